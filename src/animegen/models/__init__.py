@@ -1,0 +1,27 @@
+"""The project's generators and discriminators, built by name."""
+from __future__ import annotations
+
+from torch import nn
+
+from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .stylegan import StyleGANDiscriminator, StyleGANGenerator
+
+ARCHS = ("dcgan", "stylegan")
+
+
+def build_models(arch: str, *, c_dim: int = 0, resolution: int = 64, img_channels: int = 3, z_dim: int,
+                 channel_base: int, channel_max: int = 512, cond_mode: str = "concat", w_dim: int = 512,
+                 mapping_layers: int = 8) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for an architecture; conditional when ``c_dim`` > 0."""
+    common = dict(c_dim=c_dim, resolution=resolution, img_channels=img_channels, channel_base=channel_base,
+                  channel_max=channel_max)
+    if arch == "dcgan":
+        return DCGANGenerator(z_dim=z_dim, **common), DCGANDiscriminator(cond_mode=cond_mode, **common)
+    if arch == "stylegan":
+        g = StyleGANGenerator(z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers, cond_mode=cond_mode, **common)
+        return g, StyleGANDiscriminator(cond_mode=cond_mode, **common)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+__all__ = ["ARCHS", "build_models", "DCGANGenerator", "DCGANDiscriminator", "StyleGANGenerator",
+           "StyleGANDiscriminator"]

@@ -1,0 +1,221 @@
+"""StyleGAN (Karras et al. 2019) and its conditional form, 64 px by default, 128/256 px by adding blocks.
+
+Generator: 8-layer mapping network z -> w (z pixel-normalised; the class vector concatenated to z), a learned
+4x4 constant, per resolution [upsample] + 3x3 conv + noise + AdaIN, twice, and a 1x1 toRGB at the end.
+Discriminator: residual blocks, minibatch stddev, one logit. Every weight uses the equalised learning rate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import (LRELU_GAIN, AdaIN, EqualConv2d, EqualLinear, NoiseInjection, channels_for,
+                     check_resolution, minibatch_stddev, pixel_norm)
+
+
+def lrelu(x: torch.Tensor, gain: float = LRELU_GAIN) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2) * gain
+
+
+class MappingNetwork(nn.Module):
+    """z (+ class) -> w through ``num_layers`` fully connected layers with LeakyReLU.
+
+    cond_mode 'concat' concatenates the raw (one- or multi-hot) class vector to the normalised z, as in the
+    conditional StyleGAN papers; 'projection' concatenates a learned, normalised class embedding instead.
+    """
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_layers: int = 8, lr_mul: float = 0.01,
+                 cond_mode: str = "concat"):
+        super().__init__()
+        self.z_dim, self.c_dim, self.cond_mode = z_dim, c_dim, cond_mode
+        self.embed = EqualLinear(c_dim, z_dim, bias=False) if c_dim and cond_mode == "projection" else None
+        in_dim = z_dim + (z_dim if self.embed is not None else c_dim)
+        dims = [in_dim] + [w_dim] * num_layers
+        self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=lr_mul) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        x = pixel_norm(z.float())
+        if self.c_dim:
+            if c is None:
+                raise ValueError(f"conditional generator needs a class vector of width {self.c_dim}")
+            y = c.float() if self.embed is None else pixel_norm(self.embed(c.float()))
+            x = torch.cat([x, y], dim=1)
+        for layer in self.layers:
+            x = lrelu(layer(x))
+        return x
+
+
+class StyleLayer(nn.Module):
+    """[upsample] [3x3 conv] -> noise -> bias + LeakyReLU -> AdaIN(w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv: bool = True, up: bool = False):
+        super().__init__()
+        self.up = up
+        self.conv = EqualConv2d(in_channels, out_channels, 3, bias=False) if conv else None
+        self.noise = NoiseInjection(out_channels)
+        self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+        self.adain = AdaIN(out_channels, w_dim)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        if self.conv is not None:
+            x = self.conv(x)
+        x = self.noise(x, noise_mode)
+        x = F.leaky_relu(x + self.bias.to(x.dtype), 0.2)
+        return self.adain(x, w)
+
+
+class StyleGANGenerator(nn.Module):
+    arch = "stylegan"
+
+    def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, resolution: int = 64,
+                 img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 4096, channel_max: int = 512,
+                 cond_mode: str = "concat", w_avg_beta: float = 0.995, mapping_lr_mul: float = 0.01):
+        super().__init__()
+        log2 = check_resolution(resolution)
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.resolution, self.img_channels, self.w_avg_beta = resolution, img_channels, w_avg_beta
+        self.mapping_net = MappingNetwork(z_dim, c_dim, w_dim, mapping_layers, mapping_lr_mul, cond_mode)
+        chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(2, log2 + 1)]  # 4 .. res
+        self.const = nn.Parameter(torch.ones(1, chans[0], 4, 4))
+        layers = [StyleLayer(chans[0], chans[0], w_dim, conv=False), StyleLayer(chans[0], chans[0], w_dim)]
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [StyleLayer(cin, cout, w_dim, up=True), StyleLayer(cout, cout, w_dim)]
+        self.layers = nn.ModuleList(layers)
+        self.to_rgb = EqualConv2d(chans[-1], img_channels, 1)
+        self.num_ws = len(layers)
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.register_buffer("w_avg_class", torch.zeros(max(c_dim, 1), w_dim))
+
+    def class_params(self) -> dict[str, int]:
+        if not self.c_dim:
+            return {}
+        key = "mapping_net.embed.weight" if self.mapping_net.embed is not None else "mapping_net.layers.0.weight"
+        return {key: 1, "w_avg_class": 0}
+
+    def truncation_center(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The w that truncation pulls towards: the tracked mean w, per class (mean of the classes set) if given."""
+        center = self.w_avg.expand(n, -1)
+        if self.c_dim and c is not None:
+            c = c.float()
+            k = c.sum(dim=1, keepdim=True)
+            per_class = (c @ self.w_avg_class) / k.clamp(min=1e-8)
+            center = torch.where(k > 0, per_class, center)
+        return center
+
+    def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
+        """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim], truncated towards the tracked mean w."""
+        w = self.mapping_net(z, c)
+        if update_w_avg:
+            with torch.no_grad():
+                wd = w.detach()
+                self.w_avg.lerp_(wd.mean(dim=0), 1.0 - self.w_avg_beta)
+                if self.c_dim:
+                    cf = c.detach().float()
+                    count = cf.sum(dim=0)
+                    seen = count > 0
+                    mean_c = (cf.t() @ wd) / count.clamp(min=1e-8)[:, None]
+                    self.w_avg_class[seen] = self.w_avg_class[seen].lerp(mean_c[seen], 1.0 - self.w_avg_beta)
+        ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            center = self.truncation_center(c, len(z)).unsqueeze(1)
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            ws[:, :cutoff] = center + truncation_psi * (ws[:, :cutoff] - center)
+        return ws
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        x = self.const.expand(len(ws), -1, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, ws[:, i], noise_mode)
+        return self.to_rgb(x)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                noise_mode: str = "random") -> torch.Tensor:
+        return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode)
+
+
+class FromRGB(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = EqualConv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrelu(self.conv(x))
+
+
+class ResidualDBlock(nn.Module):
+    """conv3x3 -> conv3x3 -> downsample, plus a downsampled 1x1 skip; the sum scaled by 1/sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.skip(F.avg_pool2d(x, 2))
+        x = F.avg_pool2d(lrelu(self.conv1(lrelu(self.conv0(x)))), 2)
+        return (x + y) * (1 / math.sqrt(2))
+
+
+class DEpilogue(nn.Module):
+    """At 4x4: minibatch stddev -> conv3x3 -> FC -> features (the logit layer lives in the discriminator)."""
+
+    def __init__(self, channels: int, mbstd_group: int = 4):
+        super().__init__()
+        self.mbstd_group = mbstd_group
+        self.conv = EqualConv2d(channels + 1, channels, 3)
+        self.fc = EqualLinear(channels * 16, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = lrelu(self.conv(minibatch_stddev(x, self.mbstd_group)))
+        return lrelu(self.fc(x.flatten(1)))
+
+
+class StyleGANDiscriminator(nn.Module):
+    """fromRGB -> residual blocks down to 4x4 -> minibatch stddev epilogue -> one logit.
+
+    Conditional: class channels concatenated to the input ('concat'), or a projection term from a learned
+    class embedding ('projection', Miyato & Koyama 2018); both accept multi-hot class vectors.
+    """
+
+    def __init__(self, c_dim: int = 0, resolution: int = 64, img_channels: int = 3, channel_base: int = 4096,
+                 channel_max: int = 512, cond_mode: str = "concat", mbstd_group: int = 4):
+        super().__init__()
+        log2 = check_resolution(resolution)
+        if cond_mode not in ("concat", "projection"):
+            raise ValueError(f"cond_mode must be 'concat' or 'projection', got {cond_mode!r}")
+        self.c_dim, self.resolution, self.cond_mode = c_dim, resolution, cond_mode
+        chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(log2, 1, -1)]  # res .. 4
+        extra = c_dim if cond_mode == "concat" else 0
+        blocks = [FromRGB(img_channels + extra, chans[0])]
+        blocks += [ResidualDBlock(cin, cout) for cin, cout in zip(chans[:-1], chans[1:])]
+        blocks.append(DEpilogue(chans[-1], mbstd_group))
+        self.blocks = nn.ModuleList(blocks)
+        self.out = EqualLinear(chans[-1], 1)
+        self.embed = EqualLinear(c_dim, chans[-1], bias=False) if c_dim and cond_mode == "projection" else None
+
+    def class_params(self) -> dict[str, int]:
+        if not self.c_dim:
+            return {}
+        return {"embed.weight": 1} if self.embed is not None else {"blocks.0.conv.weight": 1}
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.c_dim and c is None:
+            raise ValueError(f"conditional discriminator needs a class vector of width {self.c_dim}")
+        x = img
+        if self.c_dim and self.embed is None:
+            x = torch.cat([x, c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        out = self.out(x).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(c.to(x.dtype)) * x).sum(dim=1) / math.sqrt(x.shape[1])
+        return out

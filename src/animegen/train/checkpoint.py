@@ -1,0 +1,156 @@
+"""Checkpoints: atomic save, load (weights_only), rebuilding models, and init-from with class remapping."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import build_models
+from ..utils import atomic_torch_save
+from .config import TrainConfig
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A Model directory or a checkpoint file -> the checkpoint file."""
+    p = Path(path)
+    return p / "checkpoint.pt" if p.is_dir() else p
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    p = checkpoint_path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p} (expected a Model directory holding checkpoint.pt)")
+    return torch.load(p, map_location=map_location, weights_only=True)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    atomic_torch_save(state, path)
+
+
+def model_kwargs(cfg: TrainConfig, c_dim: int, img_channels: int) -> dict[str, Any]:
+    return dict(c_dim=c_dim, resolution=cfg.resolution, img_channels=img_channels, z_dim=cfg.z_dim,
+                channel_base=cfg.channel_base, channel_max=cfg.channel_max, cond_mode=cfg.cond_mode,
+                w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers)
+
+
+def models_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, nn.Module, TrainConfig]:
+    """(G, D, G_ema, config) rebuilt from a checkpoint's own description, weights loaded."""
+    cfg = TrainConfig.from_dict(state["config"]).resolved()
+    G, D = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    G_ema = copy.deepcopy(G)
+    G_ema.load_state_dict(state["G_ema"])
+    return G, D, G_ema.eval().requires_grad_(False), cfg
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The sampling generator (G_ema) of a Model, in eval mode, and the checkpoint's metadata."""
+    state = load_checkpoint(path)
+    _, _, G_ema, cfg = models_from_checkpoint(state)
+    meta = {"config": cfg, "class_names": list(state["class_names"]), "images_seen": state["images_seen"]}
+    return G_ema.to(device), meta
+
+
+def class_index(old: list[str], name: str) -> int:
+    """The index of a source class given by name (or by index)."""
+    if name in old:
+        return old.index(name)
+    if str(name).isdigit() and int(name) < len(old):
+        return int(name)
+    raise ValueError(f"class {name!r} is not in the source model's classes: {', '.join(old) or '(none)'}")
+
+
+def class_index_map(old: list[str], new: list[str], class_map: dict[str, str] | None = None,
+                    init_class: str | None = None) -> list[int | None]:
+    """For each new class, the old class its weights start from (None: the mean of the old classes).
+
+    Order of precedence: an explicit ``class_map`` entry (new -> old name or index), a class of the same name,
+    ``init_class``, else the mean of all old classes.
+    """
+    class_map = dict(class_map or {})
+    unknown = sorted(set(class_map) - set(new))
+    if unknown:
+        raise ValueError(f"class map names classes the new dataset lacks: {', '.join(unknown)}")
+    fallback = class_index(old, init_class) if init_class is not None else None
+    out: list[int | None] = []
+    for name in new:
+        if name in class_map:
+            out.append(class_index(old, str(class_map[name])))
+        elif name in old:
+            out.append(old.index(name))
+        else:
+            out.append(fallback)
+    return out
+
+
+def _gains(module: nn.Module, name: str) -> tuple[float, float]:
+    owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+    return float(getattr(owner, "weight_gain", 1.0)), float(getattr(owner, "bias_gain", 1.0))
+
+
+def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[int | None],
+                     fold_class: int | None = None) -> dict[str, list]:
+    """Copy every compatible tensor of ``src`` into ``dst``; remap the class slots of class-dependent tensors.
+
+    Class-dependent tensors (``class_params()``: the class columns of the first layer, class embeddings, per-class
+    w averages) keep their non-class part and take, for new class k, the old class ``index_map[k]`` (or the mean
+    of the old classes when None). From a conditional source to an unconditional target, the old class
+    ``fold_class`` is folded into the layer's bias, so the new model starts as that class.
+    """
+    s_state, d_state = src.state_dict(), dst.state_dict()
+    s_cls, d_cls = src.class_params(), dst.class_params()
+    s_c, d_c = getattr(src, "c_dim", 0), getattr(dst, "c_dim", 0)
+    report: dict[str, list] = {"loaded": [], "remapped": [], "skipped": []}
+    new_state = {}
+    for name, d_val in d_state.items():
+        if name not in s_state:
+            report["skipped"].append([name, "not in source"])
+            continue
+        s_val = s_state[name]
+        if name in d_cls or name in s_cls:
+            dim = d_cls.get(name, s_cls.get(name))
+            d_base = d_val.shape[dim] - (d_c if name in d_cls else 0)
+            s_base = s_val.shape[dim] - (s_c if name in s_cls else 0)
+            if name == "w_avg_class":
+                d_base = s_base = 0
+            other = [i for i in range(d_val.ndim) if i != dim]
+            if d_base != s_base or any(d_val.shape[i] != s_val.shape[i] for i in other):
+                report["skipped"].append([name, f"shape {list(s_val.shape)} -> {list(d_val.shape)}"])
+                continue
+            out = d_val.clone()
+            out.narrow(dim, 0, d_base).copy_(s_val.narrow(dim, 0, s_base))
+            if name in d_cls:
+                if name == "w_avg_class" and not s_c:
+                    out.copy_(s_state["w_avg"].expand_as(out))
+                elif s_c:
+                    old = s_val.narrow(dim, s_base, s_c)
+                    for k, j in enumerate(index_map):
+                        slot = old.select(dim, j) if j is not None else old.mean(dim=dim)
+                        out.select(dim, d_base + k).copy_(slot)
+                else:
+                    out.narrow(dim, d_base, d_c).zero_()  # new class input starts with no effect
+            elif fold_class is not None and s_c:
+                if name == "w_avg_class":
+                    continue
+                bias_name = name[: -len("weight")] + "bias"
+                col = s_val.narrow(dim, s_base + fold_class, 1).squeeze(dim)
+                if name.endswith("weight") and bias_name in d_state:
+                    s_wg, _ = _gains(src, name)
+                    _, d_bg = _gains(dst, bias_name)
+                    contrib = col.sum(dim=tuple(range(1, col.ndim))) if col.ndim > 1 else col
+                    new_state[bias_name] = s_state[bias_name] + contrib * s_wg / d_bg
+            new_state[name] = out
+            report["remapped"].append(name)
+        elif s_val.shape == d_val.shape:
+            new_state.setdefault(name, s_val.clone())
+            report["loaded"].append(name)
+        else:
+            report["skipped"].append([name, f"shape {list(s_val.shape)} -> {list(d_val.shape)}"])
+    if fold_class is not None and s_c and not d_c and "w_avg" in d_state:
+        new_state["w_avg"] = s_state["w_avg_class"][fold_class].clone()
+    dst.load_state_dict({**d_state, **new_state})
+    return report

@@ -1,0 +1,111 @@
+"""Training configuration: one dataclass, JSON/YAML round trip, architecture defaults, CLI overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Defaults that differ by architecture; a field left at None takes these (see TrainConfig.resolved).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dcgan": dict(z_dim=100, channel_base=2048, batch=128, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999],
+                  real_label=[0.9, 1.0], r1_gamma=0.0, pl_weight=0.0, style_mixing=0.0, ema_kimg=0.0),
+    "stylegan": dict(z_dim=512, channel_base=4096, batch=64, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99],
+                     real_label=[1.0, 1.0], r1_gamma=10.0, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0),
+}
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = "synthetic:"
+    out: str = "runs/train"
+    resolution: int = 64
+    conditional: bool = False
+    # model
+    arch: str = "dcgan"
+    cond_mode: str = "concat"          # concat | projection (learned class embedding + projection term in D)
+    z_dim: int | None = None
+    w_dim: int = 512
+    mapping_layers: int = 8
+    channel_base: int | None = None    # feature maps at resolution r: min(channel_max, channel_base / r)
+    channel_max: int = 512
+    # duration (kimg wins when both are given)
+    kimg: float | None = None
+    epochs: float | None = None
+    # optimisation
+    batch: int | None = None
+    lr_g: float | None = None
+    lr_d: float | None = None
+    betas: list[float] | None = None
+    loss: str = "bce"                  # bce (non-saturating logistic) | hinge
+    real_label: list[float] | None = None  # real targets drawn from U[lo, hi] (label smoothing); [1, 1] = none
+    r1_gamma: float | None = None
+    r1_interval: int = 16
+    pl_weight: float | None = None
+    pl_interval: int = 16
+    pl_decay: float = 0.01
+    style_mixing: float | None = None
+    ema_kimg: float | None = None      # half-life of the G_ema average in kimg; 0 = G_ema is a copy of G
+    xflip: bool = True
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
+    snapshot_kimg: float = 50.0
+    log_every: int = 50                # steps between log lines
+    grid_size: int = 8                 # samples per row (and rows when unconditional) of the snapshot grids
+    progress: bool = True
+    # transfer
+    init_from: str | None = None       # a Model directory or checkpoint.pt to start from
+    class_map: dict[str, str] = field(default_factory=dict)  # new class -> old class, for init_from
+    init_class: str | None = None      # old class every unmapped new class starts from
+    freeze_d: int = 0                  # freeze the first K discriminator blocks (from the input side)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every architecture default filled in, validated."""
+        if self.arch not in ARCH_DEFAULTS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
+        values = dataclasses.asdict(self)
+        for key, default in ARCH_DEFAULTS[self.arch].items():
+            if values[key] is None:
+                values[key] = default
+        cfg = TrainConfig(**values)
+        if cfg.kimg is None and cfg.epochs is None:
+            cfg.kimg = 100.0
+        if cfg.loss not in ("bce", "hinge"):
+            raise ValueError(f"unknown loss {cfg.loss!r}; choose bce or hinge")
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda (got {cfg.device!r})")
+        if cfg.batch < 1:
+            raise ValueError("batch must be >= 1")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        from ..utils import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file of option values (keys as in TrainConfig; '-' and '_' both accepted)."""
+    text = Path(path).read_text()
+    if str(path).endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
