@@ -1,0 +1,223 @@
+"""`animegen <command>`: the command line over the library's stage functions."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from . import __version__
+
+TRAIN_HELP = {
+    "data": "training data: synthetic:[?n=&seed=&hair=&eyes=&labels=], a packed Dataset directory, or an image folder",
+    "out": "output Model directory (config.json, checkpoint.pt, train_log.jsonl, loss.png, samples/)",
+    "resolution": "image size in pixels (power of two: 64, 128, 256)",
+    "conditional": "condition G and D on the dataset's classes (one-hot or multi-hot)",
+    "arch": "dcgan or stylegan",
+    "cond_mode": "concat: class vector into G's input and D's input channels; projection: learned class "
+                 "embedding in G, projection term in D",
+    "z_dim": "latent size (default 100 for dcgan, 512 for stylegan)",
+    "w_dim": "StyleGAN w size",
+    "mapping_layers": "StyleGAN mapping network depth",
+    "channel_base": "feature maps at resolution r = min(channel_max, channel_base / r) (2048 dcgan, 4096 stylegan)",
+    "channel_max": "cap on feature maps per layer",
+    "kimg": "training length in thousands of real images shown to D",
+    "epochs": "training length in passes over the dataset (when --kimg is not given)",
+    "batch": "batch size (128 dcgan, 64 stylegan)",
+    "lr_g": "generator learning rate (2e-4 dcgan, 1e-3 stylegan)",
+    "lr_d": "discriminator learning rate",
+    "betas": "Adam betas (0.5 0.999 dcgan, 0 0.99 stylegan)",
+    "loss": "bce (non-saturating logistic) or hinge",
+    "real_label": "real targets drawn from U[LO, HI] (label smoothing; 0.9 1.0 dcgan, 1 1 stylegan)",
+    "r1_gamma": "R1 penalty weight (0 turns it off; 10 for stylegan)",
+    "r1_interval": "apply R1 every N steps (lazy regularisation)",
+    "pl_weight": "path-length regularisation weight (stylegan; 0 turns it off)",
+    "pl_interval": "apply path-length regularisation every N steps",
+    "pl_decay": "decay of the path-length running mean",
+    "style_mixing": "probability of style-mixing regularisation (stylegan)",
+    "ema_kimg": "half-life of G_ema in kimg (0: G_ema is a copy of G)",
+    "xflip": "random horizontal flips (p 0.5) of the real images, on the device",
+    "seed": "seed for initialisation, data order and latents",
+    "device": "auto, cpu or cuda",
+    "amp": "bf16 autocast on CUDA",
+    "snapshot_kimg": "write a checkpoint and a sample grid every N kimg",
+    "log_every": "steps between train_log.jsonl lines",
+    "grid_size": "columns of the sample grids (and rows when unconditional)",
+    "progress": "show a progress bar",
+    "init_from": "start from another Model's weights (directory or checkpoint.pt): transfer learning",
+    "class_map": "NEW=OLD: new class NEW starts from old class OLD (repeatable); same names map by themselves",
+    "init_class": "old class that every unmapped new class starts from (or, for an unconditional target, the "
+                  "class folded into it); default: the mean of the old classes",
+    "freeze_d": "freeze the first K discriminator blocks (from the input side)",
+}
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, helps: dict[str, str]) -> None:
+    """One --flag per dataclass field; defaults are SUPPRESSed so only given flags override a config file."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        hint, kw = hints[f.name], dict(default=argparse.SUPPRESS, help=helps.get(f.name, ""), dest=f.name)
+        t = hint
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None -> X
+            t = next(a for a in typing.get_args(hint) if a is not type(None))
+        if t is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(t) is list:
+            parser.add_argument(flag, type=float, nargs=2, metavar=("LO", "HI"), **kw)
+        elif typing.get_origin(t) is dict:
+            parser.add_argument(flag, type=_key_value, action="append", metavar="NEW=OLD", **kw)
+        else:
+            parser.add_argument(flag, type=t, **kw)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NEW=OLD, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _train_config(args: argparse.Namespace):
+    from .train.config import TrainConfig, load_config_file
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "class_map" in given:
+        given["class_map"] = dict(given["class_map"])
+    if args.resume:
+        out = Path(given.get("out") or TrainConfig.out)
+        saved = out / "config.json"
+        if not saved.exists():
+            raise SystemExit(f"animegen train --resume: {saved} not found; give the --out of the run to continue")
+        values = json.loads(saved.read_text())
+    else:
+        values = load_config_file(args.config) if args.config else {}
+    values.update(given)
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _train_config(args)
+    if args.print_config:
+        print(json.dumps(cfg.resolved().to_dict(), indent=2))
+        return 0
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def _generator(args: argparse.Namespace):
+    from .train.checkpoint import load_generator
+    from .utils import resolve_device
+
+    device = resolve_device(args.device)
+    G, meta = load_generator(args.model, device)
+    return G, meta["class_names"], device
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .latent import sample
+
+    G, names, device = _generator(args)
+    classes = None if args.classes is None else args.classes
+    paths = sample(G, names, args.out, n=args.n, truncation_psi=args.psi, classes=classes, seed=args.seed,
+                   device=device)
+    print(f"wrote {args.out} ({len(paths)} entries)")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .latent import interpolate
+
+    G, names, device = _generator(args)
+    interpolate(G, names, args.out, method=args.method, space=args.space, n_keys=args.keys, steps=args.steps,
+                truncation_psi=args.psi, class_name=args.class_name, seed=args.seed, fps=args.fps, rows=args.rows,
+                device=device)
+    print(f"wrote {Path(args.out) / 'interp.png'} and {Path(args.out) / 'interp.gif'}")
+    return 0
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from .latent import mix
+
+    G, names, device = _generator(args)
+    mix(G, names, args.out, n_rows=args.rows, n_cols=args.cols, truncation_psi=args.psi,
+        class_name=args.class_name, seed=args.seed, device=device)
+    print(f"wrote style-mixing grids to {args.out}")
+    return 0
+
+
+def cmd_truncate(args: argparse.Namespace) -> int:
+    from .latent import truncate
+
+    G, names, device = _generator(args)
+    truncate(G, names, args.out, psis=tuple(args.psis), n=args.n, class_name=args.class_name, seed=args.seed,
+             device=device)
+    print(f"wrote {Path(args.out) / 'truncation.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="animegen", description="Train, fine-tune, sample and evaluate "
+                                     "anime-face GANs (DCGAN, StyleGAN, conditional).")
+    parser.add_argument("--version", action="version", version=f"animegen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (or fine-tune one with --init-from)",
+                       description="Train a GAN. Options come from --config (YAML/JSON) and are overridden by flags; "
+                                   "the resolved config is saved as OUT/config.json.")
+    p.add_argument("--config", help="YAML or JSON file of options (keys as the flags, without dashes)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
+                   "(exactly: weights, optimisers, counters, RNG states); --kimg may extend it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    from .train.config import TrainConfig
+    _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    p.set_defaults(func=cmd_train)
+
+    def latent_parser(name: str, help_text: str, func):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("model", help="a Model directory (or its checkpoint.pt)")
+        q.add_argument("--out", required=True, help="output directory")
+        q.add_argument("--seed", type=int, default=0, help="seed of the latents")
+        q.add_argument("--psi", type=float, default=1.0, help="truncation psi (1 = none)")
+        q.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        q.set_defaults(func=func)
+        return q
+
+    q = latent_parser("sample", "sample N images (per class when conditional) as PNG files and a grid", cmd_sample)
+    q.add_argument("--n", type=int, default=64, help="images (per class when conditional)")
+    q.add_argument("--classes", nargs="*", help="class names (default: all); '+' joins tags of a multi-hot model")
+    q = latent_parser("interpolate", "latent interpolation as a grid PNG and a looping GIF", cmd_interpolate)
+    q.add_argument("--method", choices=("linear", "slerp", "circular"), default="slerp")
+    q.add_argument("--space", choices=("z", "w"), default="z", help="w: StyleGAN's intermediate latent space")
+    q.add_argument("--keys", type=int, default=4, help="key latents per sequence")
+    q.add_argument("--steps", type=int, default=16, help="frames between two keys")
+    q.add_argument("--rows", type=int, default=4, help="independent sequences")
+    q.add_argument("--fps", type=float, default=12.0)
+    q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
+    q = latent_parser("mix", "style mixing: coarse / middle / fine crossover grids (StyleGAN)", cmd_mix)
+    q.add_argument("--rows", type=int, default=4)
+    q.add_argument("--cols", type=int, default=4)
+    q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
+    q = latent_parser("truncate", "truncation grid: one column per psi around the tracked mean w", cmd_truncate)
+    q.add_argument("--psis", type=float, nargs="+", default=[2, 1, 0.6, 0, -0.6, -1, -2])
+    q.add_argument("--n", type=int, default=8, help="rows (latents)")
+    q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"animegen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

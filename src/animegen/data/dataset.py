@@ -1,0 +1,282 @@
+"""In-memory image sets, opening them from a URI, and writing the packed Dataset artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import parse_qsl
+
+import numpy as np
+from PIL import Image
+
+from animegen.data import synthetic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".xz", ".bz2")
+DEFAULT_RESOLUTION = 64
+SYNTHETIC_PARAMS = ("n", "seed", "resolution", "hair", "eyes", "labels")
+LABEL_MODES = ("pair", "multi_hot", "hair", "eyes", "none")
+SUPPORTED = (
+    "supported now: 'synthetic:[?n=&seed=&resolution=&hair=&eyes=&labels=]', "
+    "a packed dataset directory (images.npy + manifest.json), or a folder of image files "
+    "(optionally as file://PATH)"
+)
+
+
+@dataclass
+class ImageSet:
+    """Images plus optional labels: none, int64 class ids [N], or float32 multi-hot rows [N,K]."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str]
+    source: str
+    meta: list[dict] | None = None  # per-image facts (e.g. synthetic colours, source file) for index.jsonl
+
+    def __post_init__(self) -> None:
+        n, h, w, c = self.images.shape
+        assert self.images.dtype == np.uint8 and h == w and c in (1, 3), (self.images.dtype, (n, h, w, c))
+        if self.labels is None:
+            assert not self.class_names, "unlabelled sets have no class names"
+        else:
+            assert len(self.labels) == n and self.labels.ndim in (1, 2), self.labels.shape
+            assert self.labels.ndim == 1 or self.labels.shape[1] == len(self.class_names)
+        assert self.meta is None or len(self.meta) == n
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def label_kind(self) -> str:
+        """'none', 'class' (ids) or 'multi_hot'."""
+        if self.labels is None:
+            return "none"
+        return "class" if self.labels.ndim == 1 else "multi_hot"
+
+    def conditions(self) -> np.ndarray | None:
+        """Float32 [N,K] condition rows: one-hot from class ids, or the multi-hot rows."""
+        if self.labels is None:
+            return None
+        if self.labels.ndim == 2:
+            return self.labels.astype(np.float32)
+        return np.eye(self.num_classes, dtype=np.float32)[self.labels]
+
+    def subset(self, idx: np.ndarray | list[int] | slice) -> ImageSet:
+        keep = np.arange(len(self))[idx]
+        return ImageSet(
+            images=self.images[keep],
+            labels=None if self.labels is None else self.labels[keep],
+            class_names=list(self.class_names),
+            source=self.source,
+            meta=None if self.meta is None else [self.meta[i] for i in keep],
+        )
+
+
+def open_dataset(uri: str, resolution: int | None = None) -> ImageSet:
+    """Open a dataset URI.
+
+    - ``synthetic:[?n=&seed=&resolution=&hair=a,b&eyes=c,d&labels=pair|multi_hot|hair|eyes|none]``;
+      the ``resolution`` argument overrides the query's and the faces are drawn at that size.
+    - a packed Dataset directory: valid once manifest.json exists; ``resolution`` must match it.
+    - a folder of images, searched recursively; each is centre-cropped and resized to ``resolution``
+      (default 64). First-level subfolders become classes when every image sits under one.
+
+    A ``file://`` prefix is stripped; URLs and archives are refused with a pointer to ``animegen ingest``.
+    """
+    if uri.startswith("synthetic:"):
+        result = _open_synthetic(uri, resolution)
+    else:
+        path = Path(uri.removeprefix("file://"))
+        if (path / "images.npy").is_file():
+            result = _open_packed(path, uri, resolution)
+        elif path.is_dir():
+            result = _open_folder(path, uri, resolution)
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) or path.suffix.lower() in ARCHIVE_SUFFIXES:
+            raise ValueError(
+                f"cannot open {uri!r} directly: URLs (http/https, s3://), kaggle: and archives (zip/tar) "
+                f"are handled by the `animegen ingest` stage (coming in the data issue); {SUPPORTED}"
+            )
+        else:
+            raise ValueError(f"{uri!r}: no such directory; {SUPPORTED}")
+    if len(result) == 0:
+        raise ValueError(f"no images found in {uri!r}")
+    return result
+
+
+def _open_synthetic(uri: str, resolution: int | None) -> ImageSet:
+    params = dict(parse_qsl(uri.removeprefix("synthetic:").lstrip("?"), keep_blank_values=True))
+    unknown = sorted(set(params) - set(SYNTHETIC_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"unknown synthetic parameter(s) {unknown} in {uri!r}; valid: {', '.join(SYNTHETIC_PARAMS)}"
+        )
+    mode = params.get("labels", "pair")
+    if mode not in LABEL_MODES:
+        raise ValueError(f"labels={mode!r} in {uri!r}; valid: {', '.join(LABEL_MODES)}")
+    try:
+        n, seed = int(params.get("n", 2048)), int(params.get("seed", 0))
+        res = resolution if resolution is not None else int(params.get("resolution", DEFAULT_RESOLUTION))
+    except ValueError as e:
+        raise ValueError(f"bad integer parameter in {uri!r}: {e}") from None
+
+    def names(key: str) -> list[str] | None:
+        return params[key].split(",") if key in params else None
+
+    images, h, e, hair, eyes = synthetic.generate(n, seed, res, names("hair"), names("eyes"))
+    hair_cls, eye_cls = [f"{c} hair" for c in hair], [f"{c} eyes" for c in eyes]
+    labels: np.ndarray | None
+    if mode == "pair":
+        labels, class_names = h * len(eyes) + e, [f"{a} {b}" for a in hair_cls for b in eye_cls]
+    elif mode == "multi_hot":
+        labels = np.zeros((n, len(hair) + len(eyes)), np.float32)
+        labels[np.arange(n), h] = 1
+        labels[np.arange(n), len(hair) + e] = 1
+        class_names = hair_cls + eye_cls
+    elif mode == "hair":
+        labels, class_names = h, hair_cls
+    elif mode == "eyes":
+        labels, class_names = e, eye_cls
+    else:
+        labels, class_names = None, []
+    meta = [{"hair": hair[a], "eye": eyes[b]} for a, b in zip(h, e)]
+    return ImageSet(images, labels, class_names, uri, meta)
+
+
+def _open_packed(path: Path, uri: str, resolution: int | None) -> ImageSet:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise ValueError(f"{uri!r}: incomplete dataset (no manifest.json; it is written last); re-run ingest")
+    manifest = json.loads(manifest_path.read_text())
+    images = np.load(path / "images.npy", mmap_mode="r")
+    if manifest.get("count", len(images)) != len(images):
+        raise ValueError(f"{uri!r}: manifest says {manifest['count']} images, images.npy has {len(images)}")
+    if resolution is not None and resolution != images.shape[1]:
+        raise ValueError(
+            f"{uri!r} is packed at {images.shape[1]}px, not {resolution}px; "
+            f"re-ingest it at resolution {resolution}"
+        )
+    labels, class_names = None, []
+    if (path / "labels.npy").exists():
+        labels = np.load(path / "labels.npy")
+        class_names = json.loads((path / "classes.json").read_text())["names"]
+    return ImageSet(images, labels, class_names, uri)
+
+
+def _open_folder(root: Path, uri: str, resolution: int | None) -> ImageSet:
+    res = resolution if resolution is not None else DEFAULT_RESOLUTION
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    rel = [p.relative_to(root) for p in files]
+    # ImageFolder layout: every image under a first-level subfolder, at least two of them.
+    classes = sorted({r.parts[0] for r in rel}) if all(len(r.parts) > 1 for r in rel) else []
+    if len(classes) < 2:
+        classes = []
+    images, labels, meta = [], [], []
+    for path, r in zip(files, rel):
+        try:
+            images.append(_load_image(path, res))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}", stacklevel=3)
+            continue
+        meta.append({"source": r.as_posix()})
+        if classes:
+            labels.append(classes.index(r.parts[0]))
+    stacked = np.stack(images) if images else np.empty((0, res, res, 3), np.uint8)
+    return ImageSet(stacked, np.array(labels, np.int64) if classes else None, classes, uri, meta)
+
+
+def _load_image(path: Path, resolution: int) -> np.ndarray:
+    """RGB uint8 [res,res,3]: transparency composited on white, centre-cropped to square, resized."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        im = im.convert("RGB")
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    if side != resolution:
+        im = im.resize((resolution, resolution), Image.LANCZOS)
+    return np.asarray(im)
+
+
+def write_packed(
+    imageset: ImageSet,
+    out_dir: str | os.PathLike,
+    extra_index: list[dict] | None = None,
+    manifest_extra: dict | None = None,
+) -> Path:
+    """Write the Dataset artifact of DESIGN.md to ``out_dir`` and return its path.
+
+    Every file goes through a temporary name; manifest.json is written last, so its presence marks
+    a complete dataset (a rewrite first removes the old one).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(imageset)
+    assert extra_index is None or len(extra_index) == n
+    for name in ("manifest.json", "labels.npy", "classes.json"):
+        (out / name).unlink(missing_ok=True)
+
+    _atomic(out / "images.npy", lambda f: np.save(f, np.ascontiguousarray(imageset.images)), binary=True)
+    labels = imageset.labels
+    if labels is not None:
+        counts = np.bincount(labels, minlength=imageset.num_classes) if labels.ndim == 1 else labels.sum(0)
+        classes = {"names": imageset.class_names, "counts": [int(c) for c in counts]}
+        _atomic(out / "labels.npy", lambda f: np.save(f, labels), binary=True)
+        _atomic(out / "classes.json", lambda f: json.dump(classes, f))
+
+    def index_rows(f: IO) -> None:
+        for i in range(n):
+            row: dict = {"id": i, **(imageset.meta[i] if imageset.meta else {})}
+            if imageset.label_kind == "class":
+                row["label"] = imageset.class_names[labels[i]]
+            elif imageset.label_kind == "multi_hot":
+                row["labels"] = [c for c, v in zip(imageset.class_names, labels[i]) if v]
+            row.update(extra_index[i] if extra_index else {})
+            f.write(json.dumps(row) + "\n")
+
+    _atomic(out / "index.jsonl", index_rows)
+    manifest = {
+        "resolution": imageset.resolution,
+        "channels": imageset.images.shape[3],
+        "count": n,
+        "num_classes": imageset.num_classes,
+        "label_kind": imageset.label_kind,
+        "source": imageset.source,
+        "content_hash": _sha256(out / "images.npy"),
+        **(manifest_extra or {}),
+    }
+    _atomic(out / "manifest.json", lambda f: json.dump(manifest, f, indent=2))
+    return out
+
+
+def _atomic(path: Path, write: Callable[[IO], object], binary: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb" if binary else "w") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

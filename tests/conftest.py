@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # tests run against the working tree even without an install
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = {
+    "dcgan": dict(z_dim=16, channel_base=128, channel_max=64),
+    "stylegan": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32),
+}
+SYN = "synthetic:?n=128&resolution=16&hair=blonde,blue,black&eyes=red,green"
+
+
+def tiny_config(tmp_path, arch="dcgan", name="run", **kw):
+    """A TrainConfig for a model small enough to train hundreds of steps on a CPU in seconds."""
+    from animegen.train import TrainConfig
+
+    values = dict(data=SYN, out=str(tmp_path / name), resolution=16, arch=arch, batch=8, kimg=0.4,
+                  snapshot_kimg=0.2, log_every=10, progress=False, **TINY[arch])
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config

@@ -1,0 +1,163 @@
+import math
+
+import pytest
+import torch
+
+from animegen.models import (DCGANDiscriminator, DCGANGenerator, StyleGANDiscriminator, StyleGANGenerator,
+                             build_models)
+from animegen.models.layers import minibatch_stddev
+
+
+def count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------- DCGAN
+def test_dcgan_shapes_and_parameter_count():
+    G, D = DCGANGenerator(), DCGANDiscriminator()
+    z = torch.randn(3, 100)
+    x = G(z)
+    assert x.shape == (3, 3, 64, 64)
+    assert x.min() >= -1 and x.max() <= 1  # tanh
+    assert D(x).shape == (3,)
+    # G: FC 100 -> 512*4*4 (+bias), BN(512), ConvT 512->256->128->64 (no bias) + BN, ConvT 64->3 (+bias)
+    g = (100 * 8192 + 8192) + 2 * 512 + 512 * 256 * 16 + 2 * 256 + 256 * 128 * 16 + 2 * 128 + 128 * 64 * 16 \
+        + 2 * 64 + 64 * 3 * 16 + 3
+    assert count(G) == g == 3_584_899
+    # D: Conv 3->64 (+bias, no BN), 64->128->256->512 (no bias) + BN, FC 512*4*4 -> 1
+    d = (3 * 64 * 16 + 64) + 64 * 128 * 16 + 2 * 128 + 128 * 256 * 16 + 2 * 256 + 256 * 512 * 16 + 2 * 512 \
+        + 8192 + 1
+    assert count(D) == d == 2_765_633
+    convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (512, 256, (4, 4), (2, 2)), (256, 128, (4, 4), (2, 2)), (128, 64, (4, 4), (2, 2)), (64, 3, (4, 4), (2, 2))]
+    dconvs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in dconvs] == [(3, 64), (64, 128), (128, 256), (256, 512)]
+    assert not isinstance(D.blocks[0][1], torch.nn.BatchNorm2d)  # no BN on the first D layer
+    assert all(isinstance(b[1], torch.nn.BatchNorm2d) for b in D.blocks[1:])
+
+
+@pytest.mark.parametrize("res", [128, 256])
+def test_dcgan_larger_resolutions_add_blocks(res):
+    G, D = DCGANGenerator(resolution=res), DCGANDiscriminator(resolution=res)
+    extra = int(math.log2(res // 64))
+    assert len(G.blocks) == 3 + extra and len(D.blocks) == 4 + extra
+    x = G(torch.randn(2, 100))
+    assert x.shape == (2, 3, res, res) and D(x).shape == (2,)
+
+
+def test_dcgan_initialisation_statistics():
+    torch.manual_seed(0)
+    G, D = DCGANGenerator(), DCGANDiscriminator()
+    for m in list(G.modules()) + list(D.modules()):
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.weight.numel() > 10000:
+            assert abs(m.weight.mean().item()) < 2e-3
+            assert m.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        if isinstance(m, torch.nn.BatchNorm2d) and m.num_features >= 128:
+            assert m.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+            assert m.weight.std().item() == pytest.approx(0.02, rel=0.3)
+            assert torch.all(m.bias == 0)
+
+
+def test_conditional_dcgan_class_input():
+    G, D = DCGANGenerator(c_dim=5), DCGANDiscriminator(c_dim=5)
+    assert G.project.in_features == 105  # class vector concatenated to z
+    assert D.blocks[0][0].in_channels == 3 + 5  # broadcast as extra input channels
+    assert count(G) - count(DCGANGenerator()) == 5 * 8192
+    G.eval()
+    z = torch.randn(2, 100)
+    a, b = G(z, torch.eye(5)[[0, 0]]), G(z, torch.eye(5)[[3, 3]])
+    assert not torch.allclose(a, b)
+    multi = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])  # multi-hot works too
+    assert D(G(z, multi), multi).shape == (2,)
+    with pytest.raises(ValueError, match="class vector"):
+        G(z)
+
+
+# ---------------------------------------------------------------- StyleGAN
+def test_stylegan_shapes_and_parameter_count():
+    G, D = StyleGANGenerator(), StyleGANDiscriminator()
+    assert G.num_ws == 10 and G.w_dim == 512
+    chans = [l.adain.channels for l in G.layers]
+    assert chans == [512, 512, 512, 512, 256, 256, 128, 128, 64, 64]  # 4, 8, 16, 32, 64 px, two layers each
+    assert [l.up for l in G.layers] == [False, False, True, False] * 1 + [False] * 0 + [True, False] * 3
+    assert G.layers[0].conv is None  # 4x4: learned constant, no conv before the first AdaIN
+    mapping = 8 * (512 * 512 + 512)
+    assert count(G.mapping_net) == mapping
+    assert tuple(G.const.shape) == (1, 512, 4, 4)
+    z = torch.randn(4, 512)
+    ws = G.mapping(z)
+    assert ws.shape == (4, 10, 512)
+    x = G.synthesis(ws)
+    assert x.shape == (4, 3, 64, 64)
+    assert D(x).shape == (4,)
+    assert count(G) == 14_536_387 and count(D) == 14_037_569
+    with pytest.raises(ValueError, match="ws must be"):
+        G.synthesis(ws[:, :3])
+
+
+def test_stylegan_128_adds_a_block():
+    G, D = StyleGANGenerator(resolution=128), StyleGANDiscriminator(resolution=128)
+    assert G.num_ws == 12
+    x = G(torch.randn(2, 512))
+    assert x.shape == (2, 3, 128, 128) and D(x).shape == (2,)
+
+
+def test_stylegan_equalised_lr_initialisation():
+    torch.manual_seed(0)
+    G = StyleGANGenerator()
+    conv = G.layers[3].conv
+    assert conv.weight.std().item() == pytest.approx(1.0, rel=0.02)  # raw weights N(0, 1)
+    assert conv.weight_gain == pytest.approx(1 / math.sqrt(512 * 9))  # scaled at run time
+    fc = G.mapping_net.layers[0]
+    assert fc.weight.std().item() == pytest.approx(100.0, rel=0.02)  # N(0, 1/lr_mul), lr_mul 0.01
+    assert fc.weight_gain == pytest.approx(0.01 / math.sqrt(512))
+    assert all(torch.all(l.noise.weight == 0) for l in G.layers)  # noise strengths start at 0
+    assert torch.all(G.layers[0].adain.affine.bias[:512] == 1)  # AdaIN scale starts at 1
+
+
+def test_stylegan_noise_injection_changes_output():
+    G = StyleGANGenerator(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32)
+    for l in G.layers:
+        torch.nn.init.ones_(l.noise.weight)
+    ws = G.mapping(torch.randn(1, 32))
+    a, b = G.synthesis(ws, noise_mode="random"), G.synthesis(ws, noise_mode="random")
+    assert not torch.allclose(a, b)
+    assert torch.equal(G.synthesis(ws, noise_mode="const"), G.synthesis(ws, noise_mode="const"))
+
+
+@pytest.mark.parametrize("cond_mode", ["concat", "projection"])
+def test_conditional_stylegan(cond_mode):
+    G, D = build_models("stylegan", c_dim=4, resolution=16, z_dim=32, w_dim=32, mapping_layers=2,
+                        channel_base=256, channel_max=32, cond_mode=cond_mode)
+    z = torch.randn(3, 32)
+    if cond_mode == "concat":
+        assert G.mapping_net.layers[0].weight.shape[1] == 32 + 4  # class vector concatenated to z
+        assert D.blocks[0].conv.weight.shape[1] == 3 + 4
+    else:
+        assert D.embed is not None and G.mapping_net.embed is not None
+    c1, c2 = torch.eye(4)[[0, 1, 2]], torch.eye(4)[[3, 3, 3]]
+    assert not torch.allclose(G(z, c1, noise_mode="const"), G(z, c2, noise_mode="const"))
+    multi = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 1]])
+    x = G(z, multi, noise_mode="const")
+    assert not torch.allclose(x, G(z, c1, noise_mode="const"))
+    assert D(x, multi).shape == (3,)
+    d1, d2 = D(x, c1), D(x, c2)
+    assert not torch.allclose(d1, d2)  # D sees the class
+
+
+def test_minibatch_stddev_adds_one_channel_for_any_batch():
+    for n in (1, 3, 4, 6, 8):
+        x = torch.randn(n, 5, 4, 4)
+        y = minibatch_stddev(x, 4)
+        assert y.shape == (n, 6, 4, 4)
+        assert torch.equal(y[:, :5], x)
+    same = torch.ones(4, 2, 4, 4)
+    assert torch.allclose(minibatch_stddev(same)[:, 2], torch.full((4, 4, 4), 1e-4), atol=1e-4)
+
+
+def test_bad_resolution_and_arch_are_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        DCGANGenerator(resolution=48)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_models("vae", z_dim=8, channel_base=64)
