@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # tests run against the working tree even without an install
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight parallel jobs
 
 TINY = {
     "dcgan": dict(z_dim=16, channel_base=128, channel_max=64),

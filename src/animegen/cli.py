@@ -91,7 +91,7 @@ def _train_config(args: argparse.Namespace):
         out = Path(given.get("out") or TrainConfig.out)
         saved = out / "config.json"
         if not saved.exists():
-            raise SystemExit(f"animegen train --resume: {saved} not found; give the --out of the run to continue")
+            raise FileNotFoundError(f"--resume: {saved} not found; give the --out of the run to continue")
         values = json.loads(saved.read_text())
     else:
         values = load_config_file(args.config) if args.config else {}

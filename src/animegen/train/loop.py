@@ -18,6 +18,7 @@ from torch import nn
 from .. import __version__
 from ..data import open_dataset
 from ..latent.grid import save_grid
+from ..latent.tools import map_z, render_ws
 from ..models import build_models
 from ..utils import atomic_write_text, human_bytes, peak_memory_bytes, resolve_device
 from .checkpoint import (class_index, class_index_map, load_checkpoint, model_kwargs, models_from_checkpoint,
@@ -99,18 +100,6 @@ def _fixed_latents(G: nn.Module, cfg: TrainConfig, class_rows: torch.Tensor | No
     z = torch.randn(rows * cols, G.z_dim, generator=gen)
     c = None if class_rows is None else class_rows.repeat_interleave(cols, dim=0)
     return z, c, cols
-
-
-@torch.no_grad()
-def render(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, device: torch.device, batch: int = 64,
-           truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
-    """Images in [-1, 1] (float32, CPU) for latents, in batches, G in eval mode."""
-    out = []
-    for i in range(0, len(z), batch):
-        zc = z[i:i + batch].to(device)
-        cc = None if c is None else c[i:i + batch].to(device)
-        out.append(G(zc, cc, truncation_psi=truncation_psi, noise_mode=noise_mode).float().cpu())
-    return torch.cat(out)
 
 
 def plot_losses(log_path: Path, out_png: Path) -> None:
@@ -287,7 +276,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         return row
 
     def snapshot():
-        img = render(G_ema, fixed_z, fixed_c, device)
+        img = render_ws(G_ema, map_z(G_ema, fixed_z, fixed_c, 1.0, device), device)
         save_grid(img, out / "samples" / f"fakes-{images_seen / 1000:07.1f}kimg.png", ncol=grid_cols)
         for name, p in G.named_parameters():
             if not torch.isfinite(p).all():

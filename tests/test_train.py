@@ -1,0 +1,221 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from animegen.cli import main as cli_main
+from animegen.train import TrainingDiverged, train
+from animegen.train.checkpoint import class_index_map, load_checkpoint, load_generator
+from conftest import ROOT, SYN, tiny_config
+
+
+def log_rows(out):
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses(out):
+    return [{k: v for k, v in r.items() if k != "img_s"} for r in log_rows(out)]
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys):
+    cfg = tiny_config(tmp_path, arch, kimg=2.4, snapshot_kimg=1.2, log_every=25)  # 300 steps of batch 8
+    res = train(cfg)
+    out = Path(cfg.out)
+    assert res.steps == 300 and res.images_seen == 2400
+    rows = log_rows(out)
+    assert [r["step"] for r in rows] == list(range(25, 301, 25))
+    # the losses move: D learns to separate real from fake, then G pushes back
+    first, last = rows[0], rows[-1]
+    assert max(abs(r["loss_d"] - first["loss_d"]) for r in rows) > 0.05
+    assert max(abs(r["loss_g"] - first["loss_g"]) for r in rows) > 0.05
+    assert all(torch.isfinite(torch.tensor([r["loss_d"], r["loss_g"]])).all() for r in rows)
+    if arch == "stylegan":
+        assert any("r1" in r for r in rows) and any("pl" in r for r in rows)
+    # the Model artifact
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "step", "images_seen", "rng", "config"} <= set(state)
+    assert state["step"] == 300
+    assert json.loads((out / "config.json").read_text())["arch"] == arch
+    assert (out / "loss.png").stat().st_size > 1000
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    assert samples == ["fakes-00001.2kimg.png", "fakes-00002.4kimg.png", "reals.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["img_per_s"] > 0 and summary["peak_memory_bytes"] > 0
+    assert "img/s" in capsys.readouterr().out
+    # G_ema has moved away from its initialisation, and it samples
+    G, meta = load_generator(out)
+    assert meta["images_seen"] == 2400
+    x = G(torch.randn(2, G.z_dim))
+    assert x.shape == (2, 3, 16, 16)
+    if arch == "stylegan":
+        assert G.w_avg.abs().sum() > 0  # tracked mean w
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, arch):
+    kw = dict(conditional=True, kimg=0.48, snapshot_kimg=0.16, log_every=5)
+    full = tiny_config(tmp_path, arch, "full", **kw)
+    train(full)
+    part = tiny_config(tmp_path, arch, "part", **{**kw, "kimg": 0.16})
+    train(part)
+    resumed = tiny_config(tmp_path, arch, "part", **kw)
+    train(resumed, resume=True)
+    assert losses(full.out) == losses(part.out)
+    a, b = load_checkpoint(full.out), load_checkpoint(part.out)
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL a run after its first checkpoint; resuming it reproduces the uninterrupted run's log."""
+    kw = dict(kimg=0.8, snapshot_kimg=0.16, log_every=5)
+    full = tiny_config(tmp_path, "stylegan", "full", **kw)
+    train(full)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "animegen.cli", "train", "--arch", "stylegan", "--data", SYN, "--out", str(out),
+           "--resolution", "16", "--batch", "8", "--kimg", "0.8", "--snapshot-kimg", "0.16", "--log-every", "5",
+           "--no-progress", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2", "--channel-base", "128",
+           "--channel-max", "32"]
+    # same thread count as this process: CPU float reductions are bit-reproducible per thread count
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(out)  # the latest checkpoint is whole, whenever the kill landed
+    assert 0 < state["images_seen"] < 800, "the run was not interrupted mid-way"
+    assert cli_main(["train", "--out", str(out), "--resume"]) == 0
+    assert losses(full.out) == losses(out)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, "dcgan", kimg=0.16, snapshot_kimg=0.08)
+    train(cfg)
+    before = (Path(cfg.out) / "checkpoint.pt").read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny_config(tmp_path, "dcgan", kimg=0.32, snapshot_kimg=0.08), resume=True)
+    assert (Path(cfg.out) / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in Path(cfg.out).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from animegen.train import losses as losses_mod
+
+    calls = {"n": 0}
+    original = losses_mod.BCELoss.d_loss
+
+    def poisoned(self, real, fake):
+        calls["n"] += 1
+        value = original(self, real, fake)
+        return value * float("nan") if calls["n"] > 25 else value
+
+    monkeypatch.setattr(losses_mod.BCELoss, "d_loss", poisoned)
+    cfg = tiny_config(tmp_path, "dcgan", kimg=0.8, snapshot_kimg=0.16, log_every=5)
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        train(cfg)
+    state = load_checkpoint(cfg.out)
+    assert state["step"] == 20  # the snapshot before the NaN
+    assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
+    assert log_rows(cfg.out)[-1]["event"] == "diverged"
+
+
+def test_init_from_with_another_class_count(tmp_path):
+    src = tiny_config(tmp_path, "stylegan", "src", conditional=True, kimg=0.16)  # 3 hair x 2 eye = 6 classes
+    train(src)
+    old = load_checkpoint(src.out)
+    old_names = old["class_names"]
+    assert len(old_names) == 6
+    # 4 classes (2 hair x 2 eyes): two of them exist in the source under the same names
+    dst = tiny_config(tmp_path, "stylegan", "dst", conditional=True, kimg=0.08, freeze_d=2, init_from=src.out,
+                      data="synthetic:?n=64&resolution=16&hair=blonde,red&eyes=red,green",
+                      class_map={"red hair red eyes": "black hair red eyes"}, init_class="blue hair green eyes")
+    train(dst)
+    new = load_checkpoint(dst.out)
+    names = new["class_names"]
+    assert len(names) == 4
+    report = json.loads((Path(dst.out) / "init_report.json").read_text())
+    assert report["class_init"] == {"blonde hair green eyes": "blonde hair green eyes",
+                                    "blonde hair red eyes": "blonde hair red eyes",
+                                    "red hair green eyes": "blue hair green eyes",
+                                    "red hair red eyes": "black hair red eyes"}
+    # frozen D blocks are exactly the source's; the class columns were remapped before training moved them
+    for name, value in new["D"].items():
+        if name.startswith(("blocks.0.", "blocks.1.")) and name != "blocks.0.conv.weight":
+            assert torch.equal(value, old["D"][name]), name
+    w_old, w_new = old["D"]["blocks.0.conv.weight"], new["D"]["blocks.0.conv.weight"]
+    assert w_new.shape[1] == 3 + 4 and w_old.shape[1] == 3 + 6
+    for k, new_name in enumerate(names):
+        j = old_names.index(report["class_init"][new_name])
+        assert torch.equal(w_new[:, 3 + k], w_old[:, 3 + j])  # blocks.0 is frozen: columns stay as mapped
+
+
+def test_init_from_conditional_into_unconditional_and_back(tmp_path):
+    src = tiny_config(tmp_path, "dcgan", "src", conditional=True, kimg=0.08)
+    train(src)
+    uncond = tiny_config(tmp_path, "dcgan", "uncond", kimg=0.08, init_from=src.out, init_class="black hair red eyes")
+    train(uncond)
+    report = json.loads((Path(uncond.out) / "init_report.json").read_text())
+    assert report["folded_class"] == "black hair red eyes"
+    back = tiny_config(tmp_path, "dcgan", "back", conditional=True, kimg=0.08, init_from=uncond.out)
+    train(back)
+    assert json.loads((Path(back.out) / "init_report.json").read_text())["G_loaded"] > 0
+
+
+def test_init_from_refuses_incompatible_sources(tmp_path):
+    src = tiny_config(tmp_path, "dcgan", "src", kimg=0.08)
+    train(src)
+    with pytest.raises(ValueError, match="cannot initialise"):
+        train(tiny_config(tmp_path, "stylegan", "x", init_from=src.out))
+    with pytest.raises(ValueError, match="not in the source model's classes"):
+        class_index_map(["a", "b"], ["c"], {"c": "zzz"})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_config(tmp_path, "dcgan", "y", init_from=str(tmp_path / "missing")))
+
+
+def test_cli_train_with_config_file_flags_override_and_refusals(tmp_path, capsys):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("arch: dcgan\nbatch: 4\nkimg: 0.04\nz-dim: 16\nchannel_base: 128\nresolution: 16\n"
+                        f"data: '{SYN}'\nprogress: false\n")
+    out = tmp_path / "cli"
+    assert cli_main(["train", "--config", str(cfg_file), "--batch", "8", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["batch"] == 8 and saved["z_dim"] == 16 and saved["kimg"] == 0.04
+    assert cli_main(["train", "--config", str(cfg_file), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(out), "--resume", "--kimg", "0.08"]) == 0
+    assert load_checkpoint(out)["images_seen"] == 80
+    assert cli_main(["train", "--out", str(out), "--resume", "--batch", "4"]) == 2
+    assert "differ" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--arch"])
+
+
+def test_conditional_needs_labels(tmp_path):
+    with pytest.raises(ValueError, match="labelled dataset"):
+        train(tiny_config(tmp_path, "dcgan", conditional=True, data=SYN + "&labels=none"))
+
+
+def test_epochs_duration_and_small_datasets(tmp_path):
+    cfg = tiny_config(tmp_path, "dcgan", kimg=None, epochs=2, batch=16,
+                      data="synthetic:?n=10&resolution=16")  # fewer images than a batch
+    res = train(cfg)
+    assert res.images_seen == 32  # 2 epochs of 10 images, rounded up to whole batches
