@@ -219,3 +219,16 @@ def test_epochs_duration_and_small_datasets(tmp_path):
                       data="synthetic:?n=10&resolution=16")  # fewer images than a batch
     res = train(cfg)
     assert res.images_seen == 32  # 2 epochs of 10 images, rounded up to whole batches
+
+
+def test_multi_hot_conditional_training_and_sampling(tmp_path):
+    from animegen.latent import sample
+
+    cfg = tiny_config(tmp_path, "stylegan", conditional=True, kimg=0.08, data=SYN + "&labels=multi_hot")
+    train(cfg)
+    G, meta = load_generator(cfg.out)
+    assert meta["class_names"] == ["black hair", "blonde hair", "blue hair", "green eyes", "red eyes"]
+    assert G.c_dim == 5
+    paths = sample(G, meta["class_names"], tmp_path / "s", n=2, classes=["blonde hair+red eyes"])
+    assert len(paths["images"]) == 2 and paths["images"][0].parent.name == "blonde_hair+red_eyes"
+    assert (tmp_path / "s" / "grid.png").exists()
