@@ -237,7 +237,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     # accumulators live on the device: no host sync per step
     acc_keys = ["loss_d", "loss_g", "d_real", "d_fake"] + [r.name for r in regs]
-    acc = torch.zeros(2 * len(acc_keys), device=device)  # sums, then counts
+    acc = torch.zeros(len(acc_keys), device=device)  # sums on the device
+    zero = torch.zeros((), device=device)
+    counts = [0] * len(acc_keys)  # how many steps contributed to each sum (regularisers: due steps only)
     acc_steps = 0
     next_snapshot = (images_seen // int(cfg.snapshot_kimg * 1000) + 1) * int(cfg.snapshot_kimg * 1000)
     log_path = out / "train_log.jsonl"
@@ -251,10 +253,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                         desc=f"{cfg.arch}{'-cond' if conditions is not None else ''}")
 
     def flush_log():
-        nonlocal acc, acc_steps, t_last, seen_last
+        nonlocal acc, counts, acc_steps, t_last, seen_last
         if acc_steps == 0:
             return {}
-        sums, counts = acc.tolist()[: len(acc_keys)], acc.tolist()[len(acc_keys):]
+        sums = acc.tolist()
         now = time.perf_counter()
         rate = (images_seen - seen_last) / max(now - t_last, 1e-9)
         row = {"step": step, "kimg": round(images_seen / 1000, 3)}
@@ -272,6 +274,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         if progress is not None:
             progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_d", "loss_g")} | {"img/s": f"{rate:.0f}"})
         acc = torch.zeros_like(acc)
+        counts = [0] * len(acc_keys)
         acc_steps, t_last, seen_last = 0, now, images_seen
         return row
 
@@ -351,12 +354,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         step += 1
         images_seen += cfg.batch
         with torch.no_grad():
-            zero = torch.zeros((), device=device)
             vals = [loss_d.detach(), loss_g.detach(), real_logits.detach().mean(), fake_logits.detach().mean()]
             vals += [reg_vals[r.name].detach() / (r.weight * r.interval) if r.name in reg_vals else zero
                      for r in regs]
-            counts = [1.0] * 4 + [float(r.name in reg_vals) for r in regs]
-            acc += torch.cat([torch.stack(vals).float(), torch.tensor(counts, device=device)])
+            acc += torch.stack(vals).float()
+        counts = [n + (i < 4 or acc_keys[i] in reg_vals) for i, n in enumerate(counts)]
         acc_steps += 1
         if progress is not None:
             progress.update(cfg.batch)
