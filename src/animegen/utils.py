@@ -6,13 +6,18 @@ import resource
 import tempfile
 from pathlib import Path
 
-import torch
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_replace(path: str | Path, write) -> None:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync, then rename it over ``path``: readers
+    see the old content or the new, never half of it. The file gets the usual 0666 & ~umask mode."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -25,7 +30,7 @@ def _atomic_replace(path: Path, write) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never half of it."""
-    _atomic_replace(Path(path), lambda f: f.write(data))
+    atomic_replace(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -33,19 +38,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+    import torch
+
+    atomic_replace(path, lambda f: torch.save(obj, f))
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto"):
+    """'auto' | 'cpu' | 'cuda' (or 'cuda:N') -> torch.device; cuda without a GPU is a clear error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     return torch.device(name)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_memory_bytes(device) -> int:
     """Peak CUDA memory allocated on a CUDA device, else the process's peak resident set size."""
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

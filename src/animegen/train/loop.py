@@ -68,6 +68,17 @@ class BatchSampler:
         self.buffer = state["buffer"].clone()
 
 
+def images_to_device(arr: np.ndarray, device: torch.device, channels_last: bool, chunk: int = 4096) -> torch.Tensor:
+    """uint8 [N, H, W, C] (possibly a read-only memmap) -> uint8 [N, C, H, W] on the device, copied in chunks so
+    the host never holds a second full copy."""
+    n, h, w, c = arr.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((n, c, h, w), dtype=torch.uint8, device=device, memory_format=fmt)
+    for i in range(0, n, chunk):
+        out[i:i + chunk] = torch.from_numpy(np.array(arr[i:i + chunk])).permute(0, 3, 1, 2)
+    return out
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -166,9 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     class_names = list(data.class_names) if cfg.conditional else []
     if state is not None and class_names != list(state["class_names"]):
         raise ValueError("--resume: the dataset's classes differ from the checkpoint's")
-    images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).contiguous().to(device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images_to_device(data.images, device, channels_last)
     conditions = torch.from_numpy(data.conditions()).to(device) if cfg.conditional else None
     n_data, img_channels = images.shape[0], images.shape[1]
     total_images = int(round(cfg.kimg * 1000)) if cfg.kimg is not None else int(round(cfg.epochs * n_data))
