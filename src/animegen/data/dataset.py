@@ -7,7 +7,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -242,7 +242,7 @@ def write_packed(
         _atomic(out / "labels.npy", lambda f: np.save(f, labels), binary=True)
         _atomic(out / "classes.json", lambda f: json.dump(classes, f))
 
-    def index_rows(f: IO) -> None:
+    def index_rows() -> Iterator[dict]:
         for i in range(n):
             row: dict = {"id": i, **(imageset.meta[i] if imageset.meta else {})}
             if imageset.label_kind == "class":
@@ -250,20 +250,29 @@ def write_packed(
             elif imageset.label_kind == "multi_hot":
                 row["labels"] = [c for c, v in zip(imageset.class_names, labels[i]) if v]
             row.update(extra_index[i] if extra_index else {})
-            f.write(json.dumps(row) + "\n")
+            yield row
 
-    _atomic(out / "index.jsonl", index_rows)
-    manifest = {
-        "resolution": imageset.resolution,
-        "channels": imageset.images.shape[3],
-        "count": n,
-        "num_classes": imageset.num_classes,
-        "label_kind": imageset.label_kind,
-        "source": imageset.source,
+    manifest = {"num_classes": imageset.num_classes, "label_kind": imageset.label_kind, "source": imageset.source}
+    return finish_packed(out, index_rows(), {**manifest, **(manifest_extra or {})})
+
+
+def finish_packed(out_dir: str | os.PathLike, rows: Iterable[dict], manifest: dict) -> Path:
+    """Complete a Dataset directory whose images.npy is in place: write index.jsonl, then manifest.json LAST.
+
+    The manifest gets the facts read from images.npy (resolution, channels, count, content_hash = sha256 of
+    the file) over ``manifest``'s keys; num_classes and label_kind default to an unlabelled set.
+    """
+    out = Path(out_dir)
+    images = np.load(out / "images.npy", mmap_mode="r")
+    _atomic(out / "index.jsonl", lambda f: f.writelines(json.dumps(row) + "\n" for row in rows))
+    facts = {
+        "resolution": images.shape[1],
+        "channels": images.shape[3],
+        "count": len(images),
         "content_hash": _sha256(out / "images.npy"),
-        **(manifest_extra or {}),
     }
-    _atomic(out / "manifest.json", lambda f: json.dump(manifest, f, indent=2))
+    doc = {**facts, "num_classes": 0, "label_kind": "none", **manifest, **facts}
+    _atomic(out / "manifest.json", lambda f: json.dump(doc, f, indent=2))
     return out
 
 
