@@ -19,7 +19,7 @@ from PIL import Image
 
 from animegen.data import open_dataset
 from animegen.data.augment import Growth, apply_transform, plan_growth
-from animegen.data.dataset import _open_synthetic
+from animegen.data.dataset import open_synthetic
 from animegen.data.ingest import IngestConfig, run_ingest
 from animegen.data.pack import PackWriter
 from animegen.data.preprocess import XDoG, fit_square, preprocess
@@ -175,7 +175,7 @@ def test_filters_modes_and_lineart():
     assert np.abs(outs["box"] - box).max() <= 1  # box = the mean of each 4x4 cell
     grey = preprocess(img, 16, mode="grayscale")
     assert grey.shape == (16, 16, 1)
-    face = Image.fromarray(_open_synthetic("synthetic:?n=1&seed=3", 64).images[0])
+    face = Image.fromarray(open_synthetic("synthetic:?n=1&seed=3", 64).images[0])
     lines = preprocess(face, 64, mode="lineart")
     assert lines.shape == (64, 64, 1) and lines.dtype == np.uint8
     white, black = (lines >= 230).mean(), (lines <= 25).mean()
@@ -347,7 +347,7 @@ def test_duplicates_are_counted_and_dropped(tmp_path):
 def test_synthetic_ingest_carries_tags_and_modes(tmp_path):
     uri = "synthetic:?n=40&seed=2&hair=blonde,blue&eyes=red,green"
     out = run_ingest(IngestConfig(source=uri, resolution=16, holdout=0.25, split_block=4), tmp_path / "rgb")
-    faces = _open_synthetic(uri, 16)
+    faces = open_synthetic(uri, 16)
     rows, m = index_of(out), manifest_of(out)
     assert [r["tags"] for r in rows] == [[f"{x['hair']}_hair", f"{x['eye']}_eyes"] for x in faces.meta]
     assert [r["stem"] for r in rows] == [str(i) for i in range(40)]
@@ -401,7 +401,7 @@ def test_config_round_trip_and_errors():
     assert IngestConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="valid: rgb, grayscale, lineart"):
         IngestConfig(source="x", mode="sepia")
-    with pytest.raises(ValueError, match="unknown ingest setting"):
+    with pytest.raises(ValueError, match="unknown IngestConfig option"):
         IngestConfig.from_dict({"source": "x", "colour": 1})
     with pytest.raises(ValueError, match="holdout"):
         IngestConfig(source="x", holdout=1.0)

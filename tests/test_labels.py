@@ -365,7 +365,7 @@ def test_run_label_refuses_bad_requests(tmp_path):
         run_label(LabelConfig(tags="index"), src, src)
     with pytest.raises(ValueError, match="not a complete Dataset"):
         run_label(LabelConfig(), tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(ValueError, match="unknown label option"):
+    with pytest.raises(ValueError, match="unknown LabelConfig option"):
         LabelConfig.from_dict({"treshold": 0.5})
 
 

@@ -99,7 +99,7 @@ def open_dataset(uri: str, resolution: int | None = None) -> ImageSet:
     A ``file://`` prefix is stripped; URLs and archives are refused with a pointer to ``animegen ingest``.
     """
     if uri.startswith("synthetic:"):
-        result = _open_synthetic(uri, resolution)
+        result = open_synthetic(uri, resolution)
     else:
         path = Path(uri.removeprefix("file://"))
         if (path / "images.npy").is_file():
@@ -118,7 +118,7 @@ def open_dataset(uri: str, resolution: int | None = None) -> ImageSet:
     return result
 
 
-def _open_synthetic(uri: str, resolution: int | None) -> ImageSet:
+def open_synthetic(uri: str, resolution: int | None) -> ImageSet:
     params = dict(parse_qsl(uri.removeprefix("synthetic:").lstrip("?"), keep_blank_values=True))
     unknown = sorted(set(params) - set(SYNTHETIC_PARAMS))
     if unknown:

@@ -18,17 +18,18 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from animegen.config import Config
 from animegen.data.augment import FILLS, Growth, apply_transform, plan_growth
 from animegen.data.dataset import finish_packed
 from animegen.data.pack import PackWriter
 from animegen.data.preprocess import FILTERS, FITS, MODES, PADS, XDoG, channels_for, finish, fit_square
-from animegen.data.sources import _redact, materialize
+from animegen.data.sources import materialize, redact_uri
 from animegen.data.splits import TRAIN, assign_splits
 from animegen.data.validate import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, load_image, reason_code
 
@@ -43,7 +44,7 @@ WORK_DIR = ".work"
 
 
 @dataclass
-class IngestConfig:
+class IngestConfig(Config):
     """Settings of one ingest run; round-trips through JSON (``to_dict`` / ``from_dict``)."""
 
     source: str  # folder, archive, https://, s3://, kaggle:OWNER/DATASET or synthetic:?...
@@ -92,17 +93,6 @@ class IngestConfig:
             if value is not None and value < 1:
                 raise ValueError(f"ingest {name}={value}: must be >= 1 (or unset)")
         self.growth()  # validates the growth ranges
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IngestConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ingest setting(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**d)
 
     def xdog(self) -> XDoG:
         return XDoG(self.lineart_sigma, self.lineart_k, self.lineart_p, self.lineart_epsilon, self.lineart_phi)
@@ -160,7 +150,7 @@ def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool
 
     refused = facts.pop("refused", [])
     manifest = {
-        "source": _redact(cfg.source),
+        "source": redact_uri(cfg.source),
         "mode": cfg.mode,
         "fit": cfg.fit,
         "filter": cfg.filter,
@@ -183,7 +173,7 @@ def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool
         "refused": refused,
         "ignored": ignored,
         "duplicates": counts["duplicates"],
-        "config": {**cfg.to_dict(), "source": _redact(cfg.source)},
+        "config": {**cfg.to_dict(), "source": redact_uri(cfg.source)},
         "animegen_version": _version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t0, 2),  # up to here: the index and manifest writes follow
@@ -279,9 +269,9 @@ def _file_item(rel: str, path: Path, size: int, cfg: IngestConfig) -> _Item:
 def _synthetic_items(cfg: IngestConfig) -> list[_Item]:
     """The faces of a ``synthetic:`` URI (parsed as open_dataset parses it), drawn at ``cfg.resolution``,
     with their exact colours as Danbooru-style tags."""
-    from animegen.data.dataset import _open_synthetic
+    from animegen.data.dataset import open_synthetic
 
-    faces = _open_synthetic(cfg.source, cfg.resolution)
+    faces = open_synthetic(cfg.source, cfg.resolution)
     n = len(faces) if cfg.limit is None else min(len(faces), cfg.limit)
     items = []
     for i in range(n):
@@ -328,7 +318,7 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
             kept_items.append(item)
         if not rows:
             reasons = Counter(reason_code(s["reason"]) for s in skipped)
-            raise ValueError(f"no images kept from {_redact(cfg.source)!r} ({len(items)} candidate files, "
+            raise ValueError(f"no images kept from {redact_uri(cfg.source)!r} ({len(items)} candidate files, "
                              f"{len(duplicates)} duplicates, skipped: {dict(reasons) or 'none'}); check the source")
         kept = len(rows)
         assign_splits(rows, cfg.holdout, block=cfg.split_block, group=cfg.split_group, seed=cfg.seed)

@@ -264,7 +264,6 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-_redact = redact_uri  # the name ingest.py imports; prefer redact_uri
 
 
 # --- http(s) -------------------------------------------------------------------------------------

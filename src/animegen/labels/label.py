@@ -14,15 +14,15 @@ applies the class rules and writes (manifest.json last):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from animegen.config import Config
 from PIL import Image, ImageDraw, ImageFont
 
 from animegen.store import sha256_file
@@ -37,7 +37,7 @@ CHUNK = 4096  # images copied per step
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(Config):
     tags: str = "auto"            # TAG_SOURCES; auto: the one file in <dataset>/tags/, else the index's tags
     join: str = "stem"            # stem | id | source | row (position): what a tag file's ids match
     sha256: str | None = None     # expected sha256 of the danbooru: weights
@@ -47,20 +47,6 @@ class LabelConfig:
     rules: ClassRules = field(default_factory=ClassRules)
     grid_k: int = 8               # images per class in verification_grid.png
     seed: int = 0                 # which images the grid shows
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LabelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown label option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        values = dict(values)
-        if isinstance(values.get("rules"), dict):
-            values["rules"] = ClassRules.from_dict(values["rules"])
-        return cls(**values)
 
 
 def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

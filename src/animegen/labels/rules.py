@@ -20,12 +20,13 @@ vocabulary: a required tag the source cannot express is refused with an error.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from animegen.config import Config
 
 from animegen.labels.tags import TagTable
 
@@ -46,7 +47,7 @@ BELOW_MIN = "class below min_per_class"
 
 
 @dataclass
-class ClassRules:
+class ClassRules(Config):
     mode: str = "pair"                 # pair | hair | eye | multi_hot
     threshold: float = 0.7             # a tag is present when its probability is >= threshold
     require: list[str] | None = None   # None: the paper's solo, 1girl, age_rating_s where the source has them
@@ -94,17 +95,6 @@ class ClassRules:
             raise ValueError(f"required tag(s) {missing} never occur in the tag source, so every image would be "
                              f"dropped; give require=[] (or None for the paper's tags where the source has them)")
         return list(self.require)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ClassRules:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown class rule option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 @dataclass

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from ..config import Config, load_config_file  # noqa: F401  (re-exported for callers)
 
 # Defaults that differ by architecture; a field left at None takes these (see TrainConfig.resolved).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -17,7 +17,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     # data and output
     data: str = "synthetic:"
     out: str = "runs/train"
@@ -81,31 +81,3 @@ class TrainConfig:
         if cfg.batch < 1:
             raise ValueError("batch must be >= 1")
         return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        from ..utils import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON file of option values (keys as in TrainConfig; '-' and '_' both accepted)."""
-    text = Path(path).read_text()
-    if str(path).endswith(".json"):
-        values = json.loads(text)
-    else:
-        import yaml
-        values = yaml.safe_load(text) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in values.items()}
