@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 from . import __version__
+from .config import Config, load_config_file
 
 TRAIN_HELP = {
     "data": "training data: synthetic:[?n=&seed=&hair=&eyes=&labels=], a packed Dataset directory, or an image folder",
@@ -55,23 +56,67 @@ TRAIN_HELP = {
 }
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, helps: dict[str, str]) -> None:
-    """One --flag per dataclass field; defaults are SUPPRESSed so only given flags override a config file."""
+def _add_config_options(parser: argparse.ArgumentParser, cls, helps: dict[str, str] | None = None,
+                        skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """One --flag per field of a Config dataclass (nested configs flattened; their dest is 'outer.inner').
+
+    Defaults are SUPPRESSed so that only flags actually given override a --config file."""
+    helps = helps or {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        t = hints[f.name]
+        if typing.get_origin(t) in (typing.Union, types.UnionType):  # X | None -> X
+            t = next(a for a in typing.get_args(t) if a is not type(None))
+        if isinstance(t, type) and issubclass(t, Config):
+            _add_config_options(parser, t, helps, prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        text = helps.get(f.name, "")
+        text = text if "default" in text else (f"{text} (default: {default})" if text else f"default: {default}")
         flag = "--" + f.name.replace("_", "-")
-        hint, kw = hints[f.name], dict(default=argparse.SUPPRESS, help=helps.get(f.name, ""), dest=f.name)
-        t = hint
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None -> X
-            t = next(a for a in typing.get_args(hint) if a is not type(None))
+        kw = dict(default=argparse.SUPPRESS, help=text.replace("%", "%%"), dest=prefix + f.name)
+        origin, args = typing.get_origin(t), typing.get_args(t)
         if t is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif typing.get_origin(t) is list:
-            parser.add_argument(flag, type=float, nargs=2, metavar=("LO", "HI"), **kw)
-        elif typing.get_origin(t) is dict:
-            parser.add_argument(flag, type=_key_value, action="append", metavar="NEW=OLD", **kw)
+        elif origin is list:
+            item = args[0] if args else str
+            parser.add_argument(flag, type=item, nargs="*" if item is str else "+", metavar=f.name.upper(), **kw)
+        elif origin is dict:
+            parser.add_argument(flag, type=_key_value, action="append", metavar="KEY=VALUE", **kw)
         else:
             parser.add_argument(flag, type=t, **kw)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The config values given as flags, nested by their dotted dest, KEY=VALUE lists turned into dicts."""
+    values: dict = {}
+    for dest, value in vars(args).items():
+        if dest in ("command", "func") or dest.startswith("_"):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            value = dict(value)
+        *outer, name = dest.split(".")
+        node = values
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return values
+
+
+def _config(cls, args: argparse.Namespace, base: dict | None = None):
+    """defaults < --config file (or ``base``) < flags, as a ``cls`` instance."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(base) if base is not None else (load_config_file(args.config) if args.config else {})
+    for key, value in _given(args).items():
+        if key not in fields:
+            continue
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
+    return cls.from_dict(values)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -82,21 +127,15 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train.config import TrainConfig, load_config_file
+    from .train.config import TrainConfig
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    if "class_map" in given:
-        given["class_map"] = dict(given["class_map"])
-    if args.resume:
-        out = Path(given.get("out") or TrainConfig.out)
-        saved = out / "config.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"--resume: {saved} not found; give the --out of the run to continue")
-        values = json.loads(saved.read_text())
-    else:
-        values = load_config_file(args.config) if args.config else {}
-    values.update(given)
-    return TrainConfig.from_dict(values)
+    if not args.resume:
+        return _config(TrainConfig, args)
+    out = Path(getattr(args, "out", None) or TrainConfig.out)
+    saved = out / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"--resume: {saved} not found; give the --out of the run to continue")
+    return _config(TrainConfig, args, base=json.loads(saved.read_text()))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -107,6 +146,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.resolved().to_dict(), indent=2))
         return 0
     train(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .data.ingest import IngestConfig, run_ingest
+
+    base = load_config_file(args.config) if args.config else {}
+    cfg = _config(IngestConfig, args, base={**base, "source": args.source})
+    out = run_ingest(cfg, args.out, overwrite=args.overwrite, progress=args._progress)
+    print(f"dataset written to {out}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .labels.label import LabelConfig, run_label
+
+    out = run_label(_config(LabelConfig, args), args.dataset, args.out)
+    print(f"labelled dataset written to {out}")
     return 0
 
 
@@ -161,6 +218,37 @@ def cmd_truncate(args: argparse.Namespace) -> int:
     return 0
 
 
+INGEST_HELP = {
+    "sha256": "expected sha256 of a downloaded or archive source",
+    "resolution": "output size in pixels",
+    "mode": "rgb, grayscale, or lineart (XDoG manga-like black and white)",
+    "fit": "center_crop or pad to a square",
+    "filter": "resize filter: bilinear (DCGAN paper), lanczos, box, bicubic",
+    "min_side": "skip images whose shorter side is below this",
+    "max_pixels": "skip images with more pixels (decompression-bomb guard)",
+    "dedupe": "drop exact duplicates (content sha256)",
+    "holdout": "fraction of images in the held-out split",
+    "split_block": "split by blocks of this many consecutive ids",
+    "split_group": "split by this index field instead (whole groups on one side)",
+    "grow_to": "grow a small set to this many images (rotation, zoom, crops; train split only)",
+    "limit": "stop after this many images",
+    "cache_dir": "download cache (default $ANIMEGEN_CACHE or ~/.cache/animegen)",
+}
+LABEL_HELP = {
+    "tags": "auto | csv:PATH | tagfile:[NAME] | table:PATH | index | danbooru:WEIGHTS_URI",
+    "join": "what tag ids match in the index: stem | id | source | row",
+    "sha256": "expected sha256 of the danbooru: weights",
+    "mode": "pair ((hair, eye) classes), hair, eye, or multi_hot",
+    "threshold": "a tag counts when its probability is at least this",
+    "require": "tags every kept image must have (default: solo 1girl age_rating_s where the source has them)",
+    "exclude": "tags that drop an image",
+    "hair": "hair-colour tags to keep",
+    "eyes": "eye-colour tags to keep",
+    "min_per_class": "drop classes with fewer images (reported)",
+    "grid_k": "images per class in verification_grid.png",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="animegen", description="Train, fine-tune, sample and evaluate "
                                      "anime-face GANs (DCGAN, StyleGAN, conditional).")
@@ -175,8 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "(exactly: weights, optimisers, counters, RNG states); --kimg may extend it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     from .train.config import TrainConfig
-    _add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    _add_config_options(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)
+
+    from .data.ingest import IngestConfig
+    p = sub.add_parser("ingest", help="download, validate and pack a source of images into a Dataset directory",
+                       description="Ingest SOURCE (a folder, .zip/.tar/.tar.gz, https://, s3://bucket/key or "
+                                   "s3://bucket/prefix/, kaggle:OWNER/DATASET, synthetic:) into the Dataset artifact: "
+                                   "images.npy, index.jsonl, manifest.json (every skip with its reason).")
+    p.add_argument("source", help="the source URI")
+    p.add_argument("--out", required=True, help="output Dataset directory")
+    p.add_argument("--config", help="YAML or JSON file of ingest options")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing Dataset in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, dest="_progress",
+                   help="show a progress bar")
+    _add_config_options(p, IngestConfig, INGEST_HELP, skip=("source",))
+    p.set_defaults(func=cmd_ingest)
+
+    from .labels.label import LabelConfig
+    p = sub.add_parser("label", help="tags -> hair/eye classes: write a Labelled Dataset",
+                       description="Label a Dataset: tags from its tags/ file, a CSV, a probability table, the "
+                                   "index (synthetic:) or the Danbooru ResNet tagger (danbooru:WEIGHTS_URI), then "
+                                   "the class rules of the conditional StyleGAN paper.")
+    p.add_argument("dataset", help="a Dataset directory (from animegen ingest)")
+    p.add_argument("--out", required=True, help="output Labelled Dataset directory")
+    p.add_argument("--config", help="YAML or JSON file of label options (class rules under 'rules:')")
+    _add_config_options(p, LabelConfig, LABEL_HELP)
+    p.set_defaults(func=cmd_label)
 
     def latent_parser(name: str, help_text: str, func):
         q = sub.add_parser(name, help=help_text, description=help_text)
