@@ -183,7 +183,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     classes = None if args.classes is None else args.classes
     paths = sample(G, names, args.out, n=args.n, truncation_psi=args.psi, classes=classes, seed=args.seed,
                    device=device)
-    print(f"wrote {args.out} ({len(paths)} entries)")
+    print(f"wrote {len(paths['images'])} images and {paths['grid']} under {args.out}")
     return 0
 
 
