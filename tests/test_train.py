@@ -44,6 +44,9 @@ def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys)
     assert state["step"] == 300
     assert json.loads((out / "config.json").read_text())["arch"] == arch
     assert (out / "loss.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["G_ema-00001.2kimg.pt", "G_ema-00002.4kimg.pt"]
+    G1, meta1 = load_generator(out / "snapshots" / "G_ema-00001.2kimg.pt")
+    assert meta1["images_seen"] == 1200
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert samples == ["fakes-00001.2kimg.png", "fakes-00002.4kimg.png", "reals.png"]
     summary = json.loads((out / "summary.json").read_text())

@@ -48,9 +48,13 @@ def models_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, nn.Module,
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The sampling generator (G_ema) of a Model, in eval mode, and the checkpoint's metadata."""
+    """The sampling generator (G_ema) of a Model directory, its checkpoint.pt, or a snapshots/G_ema-*.pt file,
+    in eval mode, and the metadata (config, class_names, images_seen)."""
     state = load_checkpoint(path)
-    _, _, G_ema, cfg = models_from_checkpoint(state)
+    cfg = TrainConfig.from_dict(state["config"]).resolved()
+    G_ema, _ = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
+    G_ema.load_state_dict(state["G_ema"])
+    G_ema.eval().requires_grad_(False)
     meta = {"config": cfg, "class_names": list(state["class_names"]), "images_seen": state["images_seen"]}
     return G_ema.to(device), meta
 

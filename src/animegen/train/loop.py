@@ -163,6 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                               "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
+    (out / "snapshots").mkdir(exist_ok=True)
     device = resolve_device(cfg.device)
     use_amp = cfg.amp and device.type == "cuda"
     channels_last = device.type == "cuda"
@@ -303,6 +304,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             "version": __version__,
         }
         save_checkpoint(ckpt, ckpt_file)
+        # a small sampling-only snapshot per tick, for FID over training time (`animegen evaluate --snapshots`)
+        snap = {"G_ema": G_ema.state_dict(), "images_seen": images_seen, "config": cfg.to_dict(),
+                "class_names": class_names, "img_channels": img_channels, "version": __version__}
+        save_checkpoint(snap, out / "snapshots" / f"G_ema-{images_seen / 1000:07.1f}kimg.pt")
         plot_losses(log_path, out / "loss.png")
 
     G.train(); D.train()
