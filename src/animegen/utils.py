@@ -55,11 +55,18 @@ def resolve_device(name: str = "auto"):
 
 
 def peak_memory_bytes(device) -> int:
-    """Peak CUDA memory allocated on a CUDA device, else the process's peak resident set size."""
+    """Peak CUDA memory allocated on a CUDA device, else the process's peak resident set size (VmHWM, which,
+    unlike ru_maxrss, is not inherited from a parent process across fork/exec)."""
     import torch
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
