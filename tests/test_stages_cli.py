@@ -70,3 +70,26 @@ def test_mlds_ingests_with_its_tags(tmp_path):
     assert {k: v for k, v in got.items() if v} == dict(expected)
     labels = np.load(lab / "labels.npy")
     assert len(labels) == sum(expected.values()) == 35_492 - 4
+
+
+def test_tagger_train_predict_label_and_cluster_commands(tmp_path, capsys):
+    data = "synthetic:?n=160&resolution=32&hair=blonde,blue&eyes=red,green"
+    tagger = tmp_path / "tagger"
+    assert main(["tagger", "train", "--data", data, "--out", str(tagger), "--epochs", "4", "--batch", "32",
+                 "--width", "8", "--resolution", "32", "--block", "8", "--device", "cpu"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    ds = tmp_path / "ds"
+    assert main(["ingest", data, "--out", str(ds), "--resolution", "32", "--no-progress"]) == 0
+    pred = tmp_path / "pred"
+    assert main(["tagger", "predict", str(tagger), "--data", str(ds), "--out", str(pred), "--device", "cpu"]) == 0
+    table = pred / "colour_probs.csv"
+    header = table.read_text().splitlines()[0].split(",")
+    assert "blonde_hair" in header and "green_eyes" in header
+    lab = tmp_path / "lab"
+    assert main(["label", str(ds), "--out", str(lab), "--tags", f"table:{table}", "--join", header[0],
+                 "--threshold", "0.5", "--mode", "hair", "--hair", "blonde_hair", "blue_hair"]) == 0
+    assert json.loads((lab / "classes.json").read_text())["names"] == ["blonde hair", "blue hair"]
+    clusters = tmp_path / "clusters"
+    assert main(["cluster", "--data", str(ds), "--out", str(clusters), "--tagger", str(tagger), "--k-min", "2",
+                 "--k-max", "3", "--device", "cpu"]) == 0
+    assert (clusters / "clusters.json").exists() and (clusters / "manifest.json").exists()

@@ -94,7 +94,7 @@ def _given(args: argparse.Namespace) -> dict:
     """The config values given as flags, nested by their dotted dest, KEY=VALUE lists turned into dicts."""
     values: dict = {}
     for dest, value in vars(args).items():
-        if dest in ("command", "func") or dest.startswith("_"):
+        if dest in ("command", "func", "tagger_command") or dest.startswith("_"):
             continue
         if isinstance(value, list) and value and isinstance(value[0], tuple):
             value = dict(value)
@@ -164,6 +164,32 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     out = run_label(_config(LabelConfig, args), args.dataset, args.out)
     print(f"labelled dataset written to {out}")
+    return 0
+
+
+def cmd_tagger_train(args: argparse.Namespace) -> int:
+    from .labels.colour import TaggerTrainConfig, run_tagger_train
+
+    metrics = run_tagger_train(_config(TaggerTrainConfig, args), args.data, args.out)
+    acc = {k: metrics.get(f"{k}_accuracy") for k in ("hair", "eye")}
+    print(f"tagger written to {args.out}; held-out accuracy: "
+          + ", ".join(f"{k} {v:.1%}" if v is not None else f"{k} n/a" for k, v in acc.items()))
+    return 0
+
+
+def cmd_tagger_predict(args: argparse.Namespace) -> int:
+    from .labels.colour import TaggerPredictConfig, run_tagger_predict
+
+    path = run_tagger_predict(_config(TaggerPredictConfig, args), args.model, args.data, args.out)
+    print(f"probability table written: {path}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .labels.cluster import ClusterConfig, run_cluster
+
+    summary = run_cluster(_config(ClusterConfig, args), args.data, args.out)
+    print(f"clusters written to {args.out} (chosen K = {summary.get('chosen_k')})")
     return 0
 
 
@@ -290,6 +316,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file of label options (class rules under 'rules:')")
     _add_config_options(p, LabelConfig, LABEL_HELP)
     p.set_defaults(func=cmd_label)
+
+    from .labels.cluster import ClusterConfig
+    from .labels.colour import TaggerPredictConfig, TaggerTrainConfig
+    p = sub.add_parser("tagger", help="the hair/eye colour tagger: train it, or predict a probability table",
+                       description="A small CNN that predicts hair and eye colour. It labels untagged sets and "
+                                   "scores whether generated images show the requested colours.")
+    tsub = p.add_subparsers(dest="tagger_command", required=True, metavar="ACTION")
+    q = tsub.add_parser("train", help="train on a labelled dataset (held-out accuracy per colour in metrics.json)")
+    q.add_argument("--data", required=True, help="a labelled dataset (Labelled Dataset dir, or synthetic:)")
+    q.add_argument("--out", required=True, help="output directory (colour_tagger.pt, metrics.json, confusions)")
+    q.add_argument("--config", help="YAML or JSON file of tagger options")
+    _add_config_options(q, TaggerTrainConfig)
+    q.set_defaults(func=cmd_tagger_train)
+    q = tsub.add_parser("predict", help="write colour_probs.csv for a dataset (a tag source for `animegen label`)")
+    q.add_argument("model", help="a tagger directory (or its colour_tagger.pt)")
+    q.add_argument("--data", required=True, help="the Dataset to tag")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--config", help="YAML or JSON file of options")
+    _add_config_options(q, TaggerPredictConfig)
+    q.set_defaults(func=cmd_tagger_predict)
+
+    p = sub.add_parser("cluster", help="embedding clustering (k-means, K = 3..9, silhouette) as class labels",
+                       description="Cluster a dataset's embeddings (Danbooru/torchvision ResNet50 weights when "
+                                   "given, else the colour tagger's features) with k-means over a range of K; "
+                                   "write silhouette scores, a grid per cluster and a Labelled Dataset.")
+    p.add_argument("--data", required=True, help="the Dataset to cluster")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML or JSON file of options")
+    _add_config_options(p, ClusterConfig)
+    p.set_defaults(func=cmd_cluster)
 
     def latent_parser(name: str, help_text: str, func):
         q = sub.add_parser(name, help=help_text, description=help_text)
