@@ -413,3 +413,14 @@ def _table_for(rows: list[dict], tmp_path: Path) -> Path:
     tags = sorted({t for r in base for t in r["tags"]})
     probs = np.array([[float(t in r["tags"]) for t in tags] for r in base], np.float32)
     return write_prob_table(TagTable([r["stem"] for r in base], tags, probs, "t"), tmp_path / "t.csv", "stem")
+
+
+def test_a_table_keyed_by_another_field_than_the_join_is_refused(tmp_path):
+    from animegen.data import open_dataset, write_packed
+    from animegen.labels.label import LabelConfig, run_label
+
+    ds = write_packed(open_dataset("synthetic:?n=8&resolution=16&labels=none"), tmp_path / "ds")
+    table = tmp_path / "t.csv"
+    table.write_text("id,blonde_hair,red_eyes\n" + "".join(f"{i},1,1\n" for i in range(8)))
+    with pytest.raises(ValueError, match="pass --join id"):
+        run_label(LabelConfig(tags=f"table:{table}", join="stem"), ds, tmp_path / "out")

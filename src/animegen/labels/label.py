@@ -167,7 +167,12 @@ def _tag_table(cfg: LabelConfig, src: Path, images: np.ndarray, rows: list[dict]
         return spec, read_tag_csv(tag_dir / name, "auto", keep), cfg.join
     if kind in ("csv", "table") and arg:
         # a path, file://, https:// or s3:// (downloads are cached)
-        return spec, read_tag_csv(fetch_file(arg), "auto" if kind == "csv" else "table", keep), cfg.join
+        table = read_tag_csv(fetch_file(arg), "auto" if kind == "csv" else "table", keep)
+        if table.key_name in JOIN_KEYS and table.key_name != cfg.join:
+            # ids and stems are both numbers on MLDS-like sets: joining on the wrong one mislabels silently
+            raise ValueError(f"{arg} names its rows by {table.key_name!r} but join={cfg.join!r}; "
+                             f"pass --join {table.key_name}")
+        return spec, table, cfg.join
     if kind == "danbooru" and arg:
         from animegen.labels.danbooru import load_tagger, predict_tags
 

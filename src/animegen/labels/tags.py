@@ -42,6 +42,7 @@ class TagTable:
     probs: np.ndarray  # float32 [N, T]
     source: str = ""
     merged_duplicates: int = 0  # repeated keys whose tags were merged (union) while reading
+    key_name: str | None = None  # what the keys are, when the file says (a probability table's first header cell)
 
     def __post_init__(self) -> None:
         self.probs = np.asarray(self.probs, dtype=np.float32)
@@ -183,7 +184,7 @@ def _parse_table(rows: list[tuple[int, list[str]]], path: Path, keep: Iterable[s
     if len(set(keys)) != len(keys):
         dup = Counter(keys).most_common(1)[0][0]
         raise ValueError(f"{path}: key {dup!r} appears more than once in a probability table")
-    return TagTable(keys, [tags[j] for j in cols], probs, f"table:{path}")
+    return TagTable(keys, [tags[j] for j in cols], probs, f"table:{path}", key_name=header[0].lower())
 
 
 def write_prob_table(table: TagTable, path: str | os.PathLike, key_name: str = "id") -> Path:
