@@ -93,3 +93,27 @@ def test_tagger_train_predict_label_and_cluster_commands(tmp_path, capsys):
     assert main(["cluster", "--data", str(ds), "--out", str(clusters), "--tagger", str(tagger), "--k-min", "2",
                  "--k-max", "3", "--device", "cpu"]) == 0
     assert (clusters / "clusters.json").exists() and (clusters / "manifest.json").exists()
+
+
+def test_evaluate_compare_and_fid_commands(tmp_path, capsys):
+    model, ds = tmp_path / "model", tmp_path / "ds"
+    data = "synthetic:?n=64&resolution=16&hair=blonde,black&eyes=red"
+    assert main(["ingest", data, "--out", str(ds), "--resolution", "16", "--split-block", "8",
+                 "--no-progress"]) == 0
+    assert main(["train", "--data", data, "--out", str(model), "--resolution", "16", "--kimg", "0.032",
+                 "--batch", "8", "--z-dim", "8", "--channel-base", "64", "--no-progress"]) == 0
+    evals = []
+    for seed in (0, 1):
+        ev = tmp_path / f"eval{seed}"
+        assert main(["evaluate", str(model), "--data", str(ds), "--out", str(ev), "--n-fid", "12",
+                     "--max-reference", "12", "--grid-n", "2", "--interp-steps", "2", "--seed", str(seed),
+                     "--device", "cpu", "--no-progress"]) == 0
+        metrics = json.loads((ev / "metrics.json").read_text())
+        assert np.isfinite(metrics["fid"]) and "report:" in capsys.readouterr().out
+        evals.append(str(ev))
+    assert main(["compare", *evals, "--out", str(tmp_path / "cmp")]) == 0
+    assert "fid" in capsys.readouterr().out.lower()
+    assert len((tmp_path / "cmp" / "compare.csv").read_text().strip().splitlines()) == 3  # header + 2 runs
+    assert main(["fid", str(ds), "synthetic:?n=12&resolution=16", "--out", str(tmp_path / "fid"),
+                 "--max-images", "12", "--device", "cpu", "--no-progress"]) == 0
+    assert "fid" in json.loads((tmp_path / "fid" / "fid.json").read_text())

@@ -193,6 +193,31 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .eval.evaluate import EvalConfig, run_evaluate
+
+    out = run_evaluate(_config(EvalConfig, args), args.model, args.data, args.out)
+    m = json.loads((Path(out) / "metrics.json").read_text())
+    print(f"FID {m.get('fid')} (psi 1), {m.get('fid_psi')} (psi {m.get('psi')}); report: {Path(out) / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import CompareConfig, run_compare
+
+    out = run_compare(args.sources, args.out, _config(CompareConfig, args))
+    print((Path(out) / "compare.txt").read_text(), end="")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from .eval.evaluate import FidConfig, run_fid
+
+    path = run_fid(args.a, args.b, args.out, _config(FidConfig, args))
+    print(Path(path).read_text(), end="")
+    return 0
+
+
 def _generator(args: argparse.Namespace):
     from .train.checkpoint import load_generator
     from .utils import resolve_device
@@ -346,6 +371,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file of options")
     _add_config_options(p, ClusterConfig)
     p.set_defaults(func=cmd_cluster)
+
+    from .eval.compare import CompareConfig
+    from .eval.evaluate import EvalConfig, FidConfig
+    p = sub.add_parser("evaluate", help="FID, KID, per-class accuracy, grids and report.html for a model",
+                       description="Evaluate a Model against a Dataset: FID and KID at psi 1 and --psi, per-class "
+                                   "hair/eye accuracy with the colour tagger, sample/truncation/mixing grids, a "
+                                   "looping interpolation GIF; metrics.json and a self-contained report.html.")
+    p.add_argument("model", help="a Model directory (or checkpoint.pt, or snapshots/G_ema-*.pt)")
+    p.add_argument("--data", required=True, help="the reference Dataset (FID statistics are cached per dataset)")
+    p.add_argument("--out", required=True, help="output Evaluation directory")
+    p.add_argument("--config", help="YAML or JSON file of evaluation options")
+    _add_config_options(p, EvalConfig)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("compare", help="one table and plots of FID, KID, accuracy, time and memory across runs",
+                       description="Tabulate evaluations from local folders (searched recursively) or a run "
+                                   "registry (s3://bucket/runs/): compare.txt/csv/json/html, fid.png, "
+                                   "fid_over_kimg.png.")
+    p.add_argument("sources", nargs="+", help="evaluation folders, folders holding them, or s3://.../runs/")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML or JSON file of options")
+    _add_config_options(p, CompareConfig)
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("fid", help="FID and KID between two datasets or image folders (cross-dataset)",
+                       description="FID and KID between any two image sources: Dataset directories, image "
+                                   "folders, synthetic:. Writes fid.json.")
+    p.add_argument("a", help="first dataset or folder")
+    p.add_argument("b", help="second dataset or folder")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML or JSON file of options")
+    _add_config_options(p, FidConfig)
+    p.set_defaults(func=cmd_fid)
 
     def latent_parser(name: str, help_text: str, func):
         q = sub.add_parser(name, help=help_text, description=help_text)

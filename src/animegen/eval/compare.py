@@ -1,0 +1,318 @@
+"""Compare evaluations across models and runs: one table of FID, KID, accuracies, training time and memory.
+
+Sources (any mix, each given as a path or URI):
+
+- a local Evaluation directory (its ``metrics.json``, written by ``animegen evaluate``), that metrics.json itself,
+  or any folder holding several of them at any depth;
+- a local folder or an object-store prefix laid out as the **run registry** below.
+
+Run registry layout (the pipeline writes it; ``compare`` reads it)::
+
+    s3://BUCKET[/PREFIX]/runs/<run_id>/run.json                  one per pipeline run
+    s3://BUCKET[/PREFIX]/runs/<run_id>/metrics/<model>.json      one Evaluation metrics.json per evaluated model
+
+``run.json`` is a JSON object: ``run_id`` (str, the folder name), ``created`` (ISO-8601 UTC), ``pipeline`` (name),
+``status`` ("succeeded", "failed", ...), ``params`` (the run's parameters), ``artifacts`` (name -> URI of the
+Dataset / Model / Evaluation artifacts); only ``run_id`` and ``created`` are read here. ``metrics/<model>.json`` is
+a verbatim copy of that model's Evaluation ``metrics.json``. A source ``s3://BUCKET/runs/`` compares every run
+under it; ``s3://BUCKET/runs/<run_id>/`` one run. Endpoint and keys come from the environment
+(:mod:`animegen.store.s3`); only the ``run.json`` and ``metrics/*.json`` objects are fetched.
+
+Rows are labelled (run, model): the model is the metrics' ``model.name``; the run is the metrics' ``run_id``, else
+the registry's run id, else the folder between the source and the Evaluation directory (the source's own name
+when the Evaluation sits directly in it).
+
+FIDs and KIDs are comparable only when computed with the same feature extractor (back-end + weights sha256,
+``extractor.id`` in metrics.json). Rows whose extractor differs from the most common one are flagged everywhere
+(a ``!`` in the text table, a warning in compare.html and in the plot titles, ``comparable: false`` in
+compare.json and compare.csv); with ``strict`` the comparison is refused instead.
+
+Outputs in ``out_dir``: ``compare.txt`` (the text table), ``compare.csv``, ``compare.html`` (self-contained),
+``fid.png`` (FID per model, one bar per run), ``fid_over_kimg.png`` (when snapshot FIDs were evaluated), and
+``compare.json`` last.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from animegen.config import Config
+from animegen.eval.report import Figure, esc, figure_html, fmt, html_page, html_table
+from animegen.utils import atomic_write_bytes, atomic_write_text
+
+EVAL_FORMAT = "animegen-evaluation/1"  # metrics.json "format" of an Evaluation (written by evaluate.py)
+
+COLUMNS = ["run", "model", "fid", "fid_psi", "psi", "kid", "kid_std", "hair_accuracy", "eye_accuracy",
+           "both_accuracy", "hair_accuracy_psi", "eye_accuracy_psi", "both_accuracy_psi", "n_fid", "n_reference",
+           "kimg", "train_wall_s", "train_peak_memory_bytes", "train_device", "extractor", "comparable",
+           "created", "source"]
+
+
+@dataclass
+class CompareConfig(Config):
+    strict: bool = False  # refuse (ValueError) instead of flagging rows computed with another feature extractor
+
+
+# --------------------------------------------------------------------------------------------- discovery
+def _row(metrics: dict[str, Any], run: str, source: str) -> dict[str, Any]:
+    model, train = metrics.get("model") or {}, metrics.get("train") or {}
+    row = {k: metrics.get(k) for k in COLUMNS}
+    row.update(run=metrics.get("run_id") or run, model=model.get("name") or "?", kimg=model.get("kimg"),
+               train_wall_s=train.get("wall_s"), train_peak_memory_bytes=train.get("peak_memory_bytes"),
+               train_device=train.get("device"), extractor=(metrics.get("extractor") or {}).get("id"),
+               created=metrics.get("created"), source=source)
+    row["fid_over_kimg"] = metrics.get("fid_over_kimg") or []
+    return row
+
+
+def _read_eval(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == EVAL_FORMAT else None
+
+
+def local_rows(source: str | Path, label: str | None = None) -> list[dict[str, Any]]:
+    """Rows of every Evaluation (metrics.json) and registry run (run.json + metrics/*.json) under ``source``."""
+    root = Path(source).resolve()
+    if root.is_file():
+        root = root.parent
+    if not root.is_dir():
+        raise FileNotFoundError(f"{source}: no such file or folder (give an Evaluation directory, a folder of "
+                                "them, a run-registry folder, or s3://BUCKET/runs/)")
+    rows = []
+    registry: set[Path] = set()
+    for run_json in sorted(root.rglob("run.json")):
+        run_dir = run_json.parent
+        try:
+            run_id = json.loads(run_json.read_text()).get("run_id") or run_dir.name
+        except (OSError, ValueError, AttributeError):
+            run_id = run_dir.name
+        for path in sorted((run_dir / "metrics").glob("*.json")):
+            registry.add(path)
+            metrics = _read_eval(path)
+            if metrics is not None:
+                where = f"{label}/{path.relative_to(root).as_posix()}" if label else str(path)
+                rows.append(_row(metrics, str(run_id), where))
+    for path in sorted(root.rglob("metrics.json")):
+        metrics = None if path in registry else _read_eval(path)
+        if metrics is None:
+            continue
+        rel = path.parent.parent.relative_to(root) if path.parent != root else Path(".")
+        run = (label or root.name) if rel == Path(".") else rel.as_posix()
+        rows.append(_row(metrics, run, str(path.parent)))
+    return rows
+
+
+def registry_rows(uri: str) -> list[dict[str, Any]]:
+    """Rows of every run under an ``s3://`` registry prefix (see the module docstring)."""
+    from animegen.store.s3 import download_object, list_prefix, parse_s3_uri, s3_client
+
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    client = s3_client()
+    wanted = [o for o in list_prefix(client, bucket, prefix)
+              if o.key.endswith("/run.json") or o.key == f"{prefix}run.json"
+              or ("/metrics/" in f"/{o.key}" and o.key.endswith(".json"))]
+    if not wanted:
+        raise FileNotFoundError(f"{uri}: no run registry here (expected runs/<run_id>/run.json and "
+                                "runs/<run_id>/metrics/<model>.json)")
+    with tempfile.TemporaryDirectory(prefix="animegen-compare-") as tmp:
+        for obj in wanted:
+            download_object(client, bucket, obj.key, Path(tmp) / obj.key[len(prefix):], max_bytes=16 << 20,
+                            fsync=False)
+        return local_rows(tmp, label=uri.rstrip("/"))
+
+
+def collect_rows(sources: list[str]) -> list[dict[str, Any]]:
+    """Rows from every source (local paths and s3:// registry prefixes), in the order given."""
+    if not sources:
+        raise ValueError("compare needs at least one source: an Evaluation directory, a folder of them, "
+                         "or s3://BUCKET/runs/")
+    rows = []
+    for src in sources:
+        found = registry_rows(src) if str(src).startswith("s3://") else local_rows(src)
+        if not found:
+            raise FileNotFoundError(f"{src}: no Evaluation metrics.json (format {EVAL_FORMAT}) found; run "
+                                    "`animegen evaluate` first")
+        rows += found
+    return rows
+
+
+def flag_extractors(rows: list[dict[str, Any]], strict: bool = False) -> tuple[str | None, list[str]]:
+    """Mark each row ``comparable`` (its extractor is the most common one); returns (that id, all ids).
+
+    With ``strict``, mixed extractors raise ValueError naming the rows."""
+    ids = [r["extractor"] for r in rows if r.get("fid") is not None or r.get("kid") is not None]
+    counts = Counter(ids)
+    reference = counts.most_common(1)[0][0] if counts else None
+    for r in rows:
+        r["comparable"] = r["extractor"] == reference or (r.get("fid") is None and r.get("kid") is None)
+    if strict and len(counts) > 1:
+        odd = [f"{r['run']}/{r['model']} ({r['extractor']})" for r in rows if not r["comparable"]]
+        raise ValueError(f"FIDs computed with different feature extractors cannot be compared: {', '.join(odd)} "
+                         f"differ from {reference}; re-evaluate them with the same --inception-weights / "
+                         "--inception-backend")
+    return reference, sorted(counts, key=lambda k: (k is None, str(k)))
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _short(extractor: str | None) -> str:
+    return "—" if extractor is None else (extractor if len(extractor) <= 28 else extractor[:25] + "...")
+
+
+def text_table(rows: list[dict[str, Any]], reference: str | None) -> str:
+    """The table as fixed-width text ('!' marks a FID from another feature extractor)."""
+    psis = {r["psi"] for r in rows if r.get("psi") is not None}
+    header = ["run", "model", "FID", f"FID ψ={psis.pop():g}" if len(psis) == 1 else "FID ψ", "KID", "hair", "eye",
+              "both", "train time", "peak mem", "extractor"]
+    lines = [header]
+    for r in rows:
+        mark = "" if r["comparable"] else " !"
+        kid = f"{r['kid']:.4f}±{r['kid_std']:.4f}" if r.get("kid") is not None and r.get("kid_std") is not None \
+            else fmt(r.get("kid"))
+        lines.append([str(r["run"]), str(r["model"]), fmt(r.get("fid")) + mark, fmt(r.get("fid_psi")) + mark, kid,
+                      fmt(r.get("hair_accuracy"), "pct"), fmt(r.get("eye_accuracy"), "pct"),
+                      fmt(r.get("both_accuracy"), "pct"), fmt(r.get("train_wall_s"), "s"),
+                      fmt(r.get("train_peak_memory_bytes"), "bytes"), _short(r.get("extractor"))])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    if any(not r["comparable"] for r in rows):
+        text += (f"\n! computed with a different feature extractor than {reference}: "
+                 "not comparable with the other rows")
+    return text + "\n"
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def _save_fig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_fid_bars(rows: list[dict[str, Any]], path: Path, reference: str | None) -> Path | None:
+    """Grouped bars: one group per model, one bar per run (hatched: another feature extractor)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = [r for r in rows if r.get("fid") is not None]
+    if not have:
+        return None
+    models = list(dict.fromkeys(r["model"] for r in have))
+    runs = list(dict.fromkeys(r["run"] for r in have))
+    width = min(0.8 / len(runs), 0.35)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.5 * len(models) * len(runs)), 3.6))
+    for j, run in enumerate(runs):
+        xs, ys, hatches = [], [], []
+        for i, model in enumerate(models):
+            for r in (r for r in have if r["run"] == run and r["model"] == model):
+                xs.append(i + width * (j - (len(runs) - 1) / 2))
+                ys.append(r["fid"])
+                hatches.append("" if r["comparable"] else "//")
+        bars = ax.bar(xs, ys, width * 0.95, label=str(run))
+        for bar, hatch, y in zip(bars, hatches, ys):
+            bar.set_hatch(hatch)
+            ax.annotate(f"{y:.1f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(models)), models, rotation=20 if len(models) > 3 else 0, ha="right" if len(models) > 3
+                  else "center")
+    ax.set_ylabel("FID (ψ = 1, lower is better)")
+    ax.margins(y=0.2)
+    mixed = any(not r["comparable"] for r in have)
+    ax.set_title("FID per model and run" + ("\n! hatched bars: another feature extractor, not comparable"
+                                              if mixed else ""), fontsize=10, color="darkred" if mixed else "black")
+    ax.legend(fontsize=8, title="run", title_fontsize=8)
+    return _save_fig(fig, path)
+
+
+def plot_fid_curves(rows: list[dict[str, Any]], path: Path, title: str = "FID over training") -> Path | None:
+    """One line per (run, model) with snapshot FIDs: FID against kimg."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = [r for r in rows if r.get("fid_over_kimg")]
+    if not have:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for r in have:
+        pts = sorted((p["kimg"], p["fid"]) for p in r["fid_over_kimg"] if p.get("fid") is not None)
+        label = f"{r['run']} / {r['model']}" if len(have) > 1 else str(r["model"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                label=label + ("" if r.get("comparable", True) else " (! other extractor)"),
+                linestyle="-" if r.get("comparable", True) else "--")
+    ax.set_xlabel("kimg (thousands of real images shown to D)")
+    ax.set_ylabel("FID (ψ = 1)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_fig(fig, path)
+
+
+def _html(rows: list[dict[str, Any]], reference: str | None, extractors: list[str], figures: list[Figure]) -> str:
+    header = ["run", "model", "FID", "FID ψ", "ψ", "KID", "hair", "eye", "both", "kimg", "train time", "peak memory",
+              "extractor"]
+    body = []
+    for r in rows:
+        mark = "" if r["comparable"] else " ⚠"
+        kid = (f"{fmt(r.get('kid'))} ± {fmt(r.get('kid_std'))}" if r.get("kid") is not None else "—")
+        body.append([esc(r["run"]), esc(r["model"]), esc(fmt(r.get("fid")) + mark), esc(fmt(r.get("fid_psi")) + mark),
+                     esc(fmt(r.get("psi"))), esc(kid), fmt(r.get("hair_accuracy"), "pct"),
+                     fmt(r.get("eye_accuracy"), "pct"), fmt(r.get("both_accuracy"), "pct"), esc(fmt(r.get("kimg"))),
+                     esc(fmt(r.get("train_wall_s"), "s")), esc(fmt(r.get("train_peak_memory_bytes"), "bytes")),
+                     f'<span title="{esc(r.get("extractor"))}">{esc(_short(r.get("extractor")))}</span>'])
+    parts = ["<h1>Comparison of evaluations</h1>",
+             f'<p class="sub">{len(rows)} evaluations; accuracies are at ψ = 1 (see compare.csv for ψ)</p>']
+    if len(extractors) > 1:
+        parts.append(f'<p class="warn">⚠ FIDs from {len(extractors)} different feature extractors: rows marked ⚠ '
+                     f"were not computed with {esc(reference)} and cannot be compared with the others.</p>")
+    parts.append(html_table(header, body, left=2))
+    if figures:
+        parts.append(f'<div class="figs">{"".join(figure_html(f) for f in figures)}</div>')
+    parts.append('<p class="note">sources: ' + "; ".join(esc(r["source"]) for r in rows) + "</p>")
+    return html_page("animegen compare", "\n".join(parts))
+
+
+def run_compare(sources: list[str], out_dir: str | Path, config: CompareConfig | None = None) -> Path:
+    """Tabulate the evaluations found in ``sources`` into ``out_dir`` (see the module docstring); returns out_dir.
+
+    The text table is also ``out_dir/compare.txt`` (the CLI prints it)."""
+    cfg = config or CompareConfig()
+    rows = collect_rows(list(sources))
+    reference, extractors = flag_extractors(rows, cfg.strict)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").unlink(missing_ok=True)
+    atomic_write_text(out / "compare.txt", text_table(rows, reference))
+    atomic_write_text(out / "compare.csv", _csv(rows))
+    for stale in ("fid.png", "fid_over_kimg.png"):
+        (out / stale).unlink(missing_ok=True)
+    plots = [plot_fid_bars(rows, out / "fid.png", reference), plot_fid_curves(rows, out / "fid_over_kimg.png")]
+    figures = [Figure(p, p.stem.replace("_", " ")) for p in plots if p is not None]
+    atomic_write_text(out / "compare.html", _html(rows, reference, extractors, figures))
+    doc = {"rows": rows, "extractors": extractors, "reference_extractor": reference,
+           "extractor_mismatch": len(extractors) > 1, "sources": list(map(str, sources)),
+           "files": sorted(p.name for p in plots if p is not None) + ["compare.csv", "compare.html", "compare.txt"]}
+    atomic_write_text(out / "compare.json", json.dumps(doc, indent=2) + "\n")
+    return out

@@ -1,0 +1,355 @@
+"""The evaluate stage: FID / KID, per-class accuracy, pictures and report.html for one Model; cross-dataset FID.
+
+``run_evaluate(cfg, model, dataset, out_dir)`` writes the Evaluation artifact of DESIGN.md into ``out_dir``:
+
+- FID and KID of ``cfg.n_fid`` generated images against the dataset's reference statistics (cached by content
+  hash, see :mod:`animegen.eval.fid`), at ψ = 1 and at ψ = ``cfg.psi``. A conditional model draws its class rows
+  from the reference images' own labels (so the class mix matches the reference set);
+- per-class accuracy (:mod:`animegen.eval.accuracy`) at both ψ when the model is conditional and ``cfg.tagger``
+  names a colour tagger (else the reason it was skipped is recorded);
+- pictures through the latent tools (:mod:`animegen.latent.tools`): per-class sample grids (``samples/``), a
+  truncation grid (``truncation/``), style-mixing grids (``mixing/``, StyleGAN) and a looping interpolation GIF
+  (``interpolation/``);
+- with ``cfg.snapshots``: FID and KID of every ``snapshots/G_ema-*.pt`` of the model (``fid_over_kimg`` in
+  metrics.json and ``fid_over_kimg.png``), the curve the transfer-learning comparison needs;
+- ``report.html`` (self-contained), then ``metrics.json`` LAST: its presence marks a complete Evaluation.
+
+metrics.json (format ``animegen-evaluation/1``): ``fid``, ``kid``, ``kid_std`` (ψ = 1) and ``fid_psi``, ``kid_psi``,
+``kid_psi_std`` (ψ = ``psi``); ``psi`` and ``psi_values``; ``hair_accuracy``, ``eye_accuracy``, ``both_accuracy``
+(ψ = 1) and their ``*_psi`` twins, the full tables under ``accuracy`` / ``accuracy_psi`` (or ``accuracy_skipped``);
+``n_fid``, ``n_reference``; ``extractor`` (id, backend); ``model`` (name, path, arch, resolution, classes, kimg,
+checkpoint sha256); ``dataset`` (uri, content hash, count, split); ``train`` (wall_s, img_per_s, peak memory, device
+from the model's summary.json); ``fid_over_kimg``; ``timing`` (wall_s of this evaluation); ``config``; ``notes``.
+
+``run_fid(a, b, out_dir, cfg)`` is the cross-dataset FID / KID between two datasets or image folders (e.g. a manga
+set against a single-character set); it writes ``fid.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from animegen import __version__
+from animegen.config import Config
+from animegen.data.dataset import ImageSet, open_dataset
+from animegen.data.splits import HELDOUT, TRAIN
+from animegen.eval import fid as fidlib
+from animegen.eval.accuracy import class_accuracy, requested_classes
+from animegen.eval.compare import EVAL_FORMAT, plot_fid_curves
+from animegen.eval.inception import Extractor, resolve_extractor
+from animegen.eval.report import Figure, write_report
+from animegen.store import sha256_file
+from animegen.utils import atomic_write_text, resolve_device
+
+FID_FORMAT = "animegen-fid/1"
+SPLITS = ("all", TRAIN, HELDOUT)
+ACCURACY_KEYS = ("hair_accuracy", "eye_accuracy", "both_accuracy")
+GEN_BATCH = 64  # generator batch of the accuracy and picture steps when cfg.batch is None
+
+
+@dataclass
+class EvalConfig(Config):
+    n_fid: int = 10000                  # generated images per FID / KID
+    psi: float = 0.6                    # truncation ψ reported beside ψ = 1 (the second paper's value)
+    k_per_class: int = 100              # generated images per class for the accuracy table
+    tagger: str | None = None           # colour tagger (colour_tagger.pt or its folder); None: accuracy skipped
+    inception_weights: str | None = None  # explicit Inception weights path/URI (else the usual resolution order)
+    inception_backend: str = "auto"     # feature extractor back-end: auto | pytorch-fid | torchscript
+    reference_split: str = "all"        # reference images: all | train | heldout
+    max_reference: int | None = None    # at most this many reference images (None: every image of the split)
+    batch: int | None = None            # images per batch (None: the extractor's default, 16 on CPU, 200 on CUDA)
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = False              # progress bar while reference features are computed
+    snapshots: bool = False             # FID of every snapshots/G_ema-*.pt: fid_over_kimg
+    n_fid_snapshots: int | None = None  # generated images per snapshot FID (None: n_fid)
+    grids: bool = True                  # sample / truncation / mixing grids and the interpolation GIF
+    grid_n: int = 8                     # images per class in the sample grids; rows of the truncation grid
+    truncation_psis: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+    interp_method: str = "circular"     # linear | slerp | circular
+    interp_steps: int = 8               # frames per segment (per quarter turn for circular)
+
+    def validated(self) -> EvalConfig:
+        if self.reference_split not in SPLITS:
+            raise ValueError(f"reference_split={self.reference_split!r}; choose one of {', '.join(SPLITS)}")
+        if self.n_fid < 2 or (self.n_fid_snapshots is not None and self.n_fid_snapshots < 2):
+            raise ValueError("n_fid (and n_fid_snapshots) must be >= 2: FID needs a covariance")
+        if self.k_per_class < 1 or self.grid_n < 1 or (self.batch is not None and self.batch < 1):
+            raise ValueError("k_per_class, batch and grid_n must be >= 1")
+        return self
+
+
+@dataclass
+class FidConfig(Config):
+    max_images: int | None = None       # at most this many images of each side (a seeded subset; None: all)
+    split: str = "all"                  # all | train | heldout (of a Dataset directory with splits)
+    inception_weights: str | None = None
+    inception_backend: str = "auto"     # auto | pytorch-fid | torchscript
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    device: str = "auto"
+    progress: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def _model_paths(model: str | Path) -> tuple[Path, Path]:
+    """(Model directory, checkpoint file) of a Model directory, its checkpoint.pt or a snapshot file."""
+    from animegen.train.checkpoint import checkpoint_path
+
+    ckpt = checkpoint_path(model)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{model}: no checkpoint here (give a Model directory from `animegen train`, its "
+                                "checkpoint.pt or a snapshots/G_ema-*.pt file)")
+    model_dir = ckpt.parent.parent if ckpt.parent.name == "snapshots" else ckpt.parent
+    return model_dir, ckpt
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def content_id(data: str | ImageSet) -> str:
+    """The identity the reference-statistics cache keys a dataset by: "sha256:<manifest content hash>" for a packed
+    Dataset, else "array:<sha256 of its pixels>" (the FID core's own rule, so metrics.json names the cache entry)."""
+    return fidlib._open_source(data).content  # one rule, kept in the FID core
+
+
+def reference_classes(imageset: ImageSet, class_names: list[str]) -> np.ndarray | None:
+    """Condition rows the generated FID images draw from: the dataset's own label rows when it has the model's
+    classes (so the class mix follows the data; the train and held-out splits keep the same mix), else None
+    (a uniformly drawn one-hot class)."""
+    if not class_names or imageset.class_names != class_names:
+        return None
+    return imageset.conditions()
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric headline values of a metrics.json, flat (for a KFP Metrics artifact's log_metric)."""
+    keys = ("fid", "fid_psi", "kid", "kid_std", "kid_psi", "kid_psi_std", "psi", "n_fid", "n_reference",
+            *ACCURACY_KEYS, *(f"{k}_psi" for k in ACCURACY_KEYS))
+    return {k: float(metrics[k]) for k in keys if isinstance(metrics.get(k), (int, float))}
+
+
+# ---------------------------------------------------------------------------------------------- FID parts
+def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, classes: np.ndarray | None,
+             cfg: EvalConfig, device: torch.device) -> dict[str, float | None]:
+    """FID and KID of ``n`` samples of G (streamed into the extractor) against the reference statistics."""
+    feats = fidlib.generator_features(G, extractor, n, truncation_psi=psi, classes=classes, batch=cfg.batch,
+                                      device=device, seed=cfg.seed)
+    fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref)
+    kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
+    return {"fid": _finite(fid), "kid": _finite(kid_mean), "kid_std": _finite(kid_std)}
+
+
+def _snapshot_files(model_dir: Path) -> list[Path]:
+    files = sorted((model_dir / "snapshots").glob("G_ema-*.pt"))
+    if not files:
+        raise FileNotFoundError(f"--snapshots: {model_dir / 'snapshots'} holds no G_ema-*.pt files (they are "
+                                "written at every --snapshot-kimg by `animegen train`)")
+    return files
+
+
+def _snapshot_curve(files: list[Path], extractor: Extractor, ref: fidlib.Stats, imageset: ImageSet, cfg: EvalConfig,
+                    device: torch.device) -> list[dict[str, Any]]:
+    """FID / KID (ψ = 1) of each snapshot file, by kimg."""
+    from animegen.train.checkpoint import load_generator
+
+    n = cfg.n_fid_snapshots or cfg.n_fid
+    curve = []
+    for path in files:
+        G, meta = load_generator(path, device)
+        point = _fid_kid(G, extractor, ref, n, 1.0, reference_classes(imageset, meta["class_names"]), cfg, device)
+        curve.append({"kimg": meta["images_seen"] / 1000, "snapshot": path.name, "n": n, **point})
+        del G
+    return sorted(curve, key=lambda p: p["kimg"])
+
+
+def _accuracy(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, device: torch.device
+              ) -> tuple[dict | None, dict | None, str | None]:
+    """(accuracy at ψ = 1, at ψ = cfg.psi, or the reason it was skipped)."""
+    if not class_names:
+        return None, None, "the model is unconditional: there is no requested class to check"
+    if cfg.tagger is None:
+        return None, None, "no colour tagger given (--tagger PATH: colour_tagger.pt from `animegen tagger train`)"
+    try:
+        requested_classes(class_names, multi_hot)
+    except ValueError as e:  # no class names a hair or eye colour
+        return None, None, str(e)
+    from animegen.labels.colour import load_colour_tagger
+
+    tagger = load_colour_tagger(cfg.tagger, device)
+    kw: dict[str, Any] = {"k": cfg.k_per_class, "seed": cfg.seed, "batch": cfg.batch or GEN_BATCH,
+                          "device": device, "multi_hot": multi_hot}
+    at_1 = class_accuracy(G, class_names, tagger, truncation_psi=1.0, **kw)
+    at_psi = class_accuracy(G, class_names, tagger, truncation_psi=cfg.psi, **kw) if cfg.psi != 1.0 else None
+    return at_1, at_psi, None
+
+
+def _class_spec(class_names: list[str], multi_hot: bool | None) -> list[str] | None:
+    """The classes the pictures show: None (every class) for one-hot models; for multi-hot models every
+    hair x eye combination as a latent-tools class spec 'blonde hair+red eyes'."""
+    if not class_names:
+        return None
+    try:
+        requested, _ = requested_classes(class_names, multi_hot)
+    except ValueError:
+        return None
+    if all(r.condition.sum() <= 1 for r in requested):
+        return None
+    return ["+".join(class_names[i] for i in r.condition.nonzero().flatten().tolist()) for r in requested]
+
+
+def _pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, out: Path, device: torch.device
+              ) -> list[tuple[str, list[Figure]]]:
+    """Sample grids, truncation grid, style mixing (StyleGAN) and the interpolation GIF via the latent tools."""
+    from animegen.latent import interpolate, mix, sample, truncate
+
+    scale = max(1.0, 64 / G.resolution)  # small images are shown enlarged, pixelated
+    psi = cfg.psi
+    spec = _class_spec(class_names, multi_hot)
+    kw: dict[str, Any] = {"seed": cfg.seed, "device": device, "batch": cfg.batch or GEN_BATCH}
+    s = sample(G, class_names, out / "samples", n=cfg.grid_n, truncation_psi=psi, classes=spec, **kw)
+    samples = ([Figure(p, f"{label} (ψ = {psi:g})", scale) for label, p in s["class_grids"].items()]
+               or [Figure(s["grid"], f"ψ = {psi:g}", scale)])
+    t = truncate(G, class_names, out / "truncation", psis=list(cfg.truncation_psis), n=cfg.grid_n, class_name=spec,
+                 **kw)
+    trunc = [Figure(t["grid"], "columns: ψ = " + ", ".join(f"{p:g}" for p in cfg.truncation_psis)
+                    + "; rows: one latent each" + (" (classes in turn)" if class_names else ""), scale)]
+    mixing = []
+    if G.arch == "stylegan":
+        m = mix(G, class_names, out / "mixing", truncation_psi=psi, class_name=spec, **kw)
+        mixing = [Figure(m[band], f"{band} styles from the top row (ψ = {psi:g})", scale)
+                  for band in ("coarse", "middle", "fine") if band in m]
+    space = "w" if G.arch == "stylegan" else "z"
+    i = interpolate(G, class_names, out / "interpolation", method=cfg.interp_method, space=space,
+                    steps=cfg.interp_steps, truncation_psi=psi, class_name=spec, **kw)
+    interp = [Figure(i["gif"], f"looping {cfg.interp_method} interpolation in {space} (ψ = {psi:g})", scale),
+              Figure(i["grid"], "frames of each loop", scale)]
+    return [("Samples per class" if class_names else "Samples", samples), ("Truncation", trunc),
+            ("Style mixing", mixing), ("Interpolation", interp)]
+
+
+# --------------------------------------------------------------------------------------------------- stage
+def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str | Path) -> Path:
+    """Evaluate ``model`` (Model directory, checkpoint.pt or snapshot file) against ``dataset`` (a Dataset
+    directory, an image folder or ``synthetic:``) into ``out_dir``; returns ``out_dir``. See the module docstring.
+    """
+    from animegen.train.checkpoint import load_generator
+
+    t0 = time.perf_counter()
+    cfg = cfg.validated()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # metrics.json is written last: gone until then
+    device = resolve_device(cfg.device)
+    model_dir, ckpt = _model_paths(model)
+    snapshots = _snapshot_files(model_dir) if cfg.snapshots else []  # fail before any slow step
+    G, meta = load_generator(ckpt, device)
+    class_names = meta["class_names"]
+    imageset = open_dataset(str(dataset))
+    notes = []
+    if imageset.resolution != G.resolution:
+        notes.append(f"the model generates {G.resolution} px images but the reference set is {imageset.resolution} "
+                     "px; both are resized to Inception's 299 px, yet FID also measures that difference")
+    classes = reference_classes(imageset, class_names)
+    multi_hot = imageset.label_kind == "multi_hot" if classes is not None else None  # else guessed from the names
+    if class_names and classes is None:
+        notes.append("the dataset's classes differ from the model's: FID samples draw the model's classes uniformly")
+
+    extractor = resolve_extractor(cfg.inception_weights, cfg.inception_backend, device)
+    split = None if cfg.reference_split == "all" else cfg.reference_split
+    ref = fidlib.dataset_stats(imageset, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
+                               progress=cfg.progress)
+    at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device)
+    at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device)
+    acc_1, acc_psi, acc_skipped = _accuracy(G, class_names, multi_hot, cfg, device)
+
+    curve: list[dict[str, Any]] = []
+    sections: list[tuple[str, list[Figure]]] = []
+    (out / "fid_over_kimg.png").unlink(missing_ok=True)
+    if cfg.snapshots:
+        curve = _snapshot_curve(snapshots, extractor, ref, imageset, cfg, device)
+        plot = plot_fid_curves([{"run": "", "model": model_dir.name, "fid_over_kimg": curve}],
+                               out / "fid_over_kimg.png", title=f"FID over training: {model_dir.name}")
+        if plot is not None:
+            caption = f"FID (ψ = 1, {curve[0]['n']} generated images) of each snapshot"
+            sections.append(("FID over training", [Figure(plot, caption)]))
+    if cfg.grids:
+        sections += _pictures(G, class_names, multi_hot, cfg, out, device)
+    if (model_dir / "loss.png").is_file():
+        sections.append(("Training losses", [Figure(model_dir / "loss.png", f"{model_dir.name}/loss.png")]))
+
+    summary = _read_json(model_dir / "summary.json")
+    metrics: dict[str, Any] = {
+        "format": EVAL_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__,
+        "fid": at_1["fid"], "kid": at_1["kid"], "kid_std": at_1["kid_std"],
+        "fid_psi": at_psi["fid"], "kid_psi": at_psi["kid"], "kid_psi_std": at_psi["kid_std"],
+        "psi": float(cfg.psi), "psi_values": sorted({1.0, float(cfg.psi)}, reverse=True),
+        "n_fid": cfg.n_fid, "n_reference": int(ref.n),
+        **{k: (acc_1 or {}).get(k) for k in ACCURACY_KEYS},
+        **{f"{k}_psi": (acc_psi or acc_1 or {}).get(k) for k in ACCURACY_KEYS},
+        "accuracy": acc_1, "accuracy_psi": acc_psi, "accuracy_skipped": acc_skipped,
+        "extractor": {"id": extractor.id, "backend": extractor.backend, "source": extractor.weights.source},
+        "model": {"name": model_dir.name, "path": str(ckpt), "arch": meta["config"].arch, "resolution": G.resolution,
+                  "conditional": bool(class_names), "class_names": class_names,
+                  "kimg": meta["images_seen"] / 1000, "checkpoint_sha256": sha256_file(ckpt)},
+        "dataset": {"uri": str(dataset), "content_hash": content_id(imageset), "count": len(imageset),
+                    "resolution": imageset.resolution, "label_kind": imageset.label_kind,
+                    "split": cfg.reference_split},
+        "train": {k: summary.get(k) for k in ("wall_s", "img_per_s", "peak_memory_bytes", "device", "kimg")},
+        "fid_over_kimg": curve,
+        "notes": notes,
+        "config": cfg.to_dict(),
+    }
+    metrics["timing"] = {"wall_s": round(time.perf_counter() - t0, 2), "device": str(device),
+                         "torch_threads": torch.get_num_threads(), "inception_images": extractor.images_seen}
+    write_report(out / "report.html", metrics, sections)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return out
+
+
+def run_fid(a: str, b: str, out_dir: str | Path, cfg: FidConfig | None = None) -> Path:
+    """FID and KID between two datasets or image folders (Dataset directories, folders, ``synthetic:``; a folder
+    is read at its own image size); writes ``out_dir/fid.json`` (fid, kid, kid_std, each side's uri, content id
+    and image count, extractor id, wall time) and returns its path. Each side's statistics are cached."""
+    cfg = cfg or FidConfig()
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split!r}; choose one of {', '.join(SPLITS)}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fid.json").unlink(missing_ok=True)
+    extractor = resolve_extractor(cfg.inception_weights, cfg.inception_backend, resolve_device(cfg.device))
+    result = fidlib.fid_between(a, b, extractor, max_images=cfg.max_images,
+                                split=None if cfg.split == "all" else cfg.split, kid_subsets=cfg.kid_subsets,
+                                kid_subset_size=cfg.kid_subset_size, progress=cfg.progress)
+    doc = {"format": FID_FORMAT, "fid": _finite(result["fid"]), "kid": _finite(result["kid"]),
+           "kid_std": _finite(result["kid_std"]),
+           "a": {"uri": str(a), "content_hash": content_id(str(a)), "n": int(result["n_a"])},
+           "b": {"uri": str(b), "content_hash": content_id(str(b)), "n": int(result["n_b"])},
+           "split": cfg.split, "extractor": {"id": extractor.id, "backend": extractor.backend},
+           "inception_images": extractor.images_seen, "wall_s": round(time.perf_counter() - t0, 2),
+           "device": str(extractor.device), "config": cfg.to_dict(), "version": __version__}
+    path = out / "fid.json"
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+__all__ = ["EvalConfig", "FidConfig", "content_id", "reference_classes", "run_evaluate", "run_fid", "scalar_metrics"]
