@@ -172,10 +172,13 @@ def test_init_from_with_another_class_count(tmp_path):
 def test_init_from_conditional_into_unconditional_and_back(tmp_path):
     src = tiny_config(tmp_path, "dcgan", "src", conditional=True, kimg=0.08)
     train(src)
-    uncond = tiny_config(tmp_path, "dcgan", "uncond", kimg=0.08, init_from=src.out, init_class="black hair red eyes")
+    uncond = tiny_config(tmp_path, "dcgan", "uncond", kimg=0.08, init_from=src.out, init_class="black hair")
     train(uncond)
     report = json.loads((Path(uncond.out) / "init_report.json").read_text())
-    assert report["folded_class"] == "black hair red eyes"
+    # a partial name: the mean of every 'black hair * eyes' class is folded in
+    assert report["folded_class"] == "mean of 2 classes: black hair green eyes, black hair red eyes"
+    new = load_checkpoint(uncond.out)
+    assert new["G"]["project.weight"].shape[1] == 16  # z only: the class columns were folded into the bias
     back = tiny_config(tmp_path, "dcgan", "back", conditional=True, kimg=0.08, init_from=uncond.out)
     train(back)
     assert json.loads((Path(back.out) / "init_report.json").read_text())["G_loaded"] > 0
@@ -188,6 +191,8 @@ def test_init_from_refuses_incompatible_sources(tmp_path):
         train(tiny_config(tmp_path, "stylegan", "x", init_from=src.out))
     with pytest.raises(ValueError, match="not in the source model's classes"):
         class_index_map(["a", "b"], ["c"], {"c": "zzz"})
+    assert class_index_map(["red hair blue eyes", "red hair red eyes", "blue hair red eyes"], ["x", "y"],
+                           {"x": "red hair"}, init_class="red eyes") == [[0, 1], [1, 2]]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_config(tmp_path, "dcgan", "y", init_from=str(tmp_path / "missing")))
 

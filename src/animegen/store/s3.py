@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from animegen.store import CHUNK, write_stream
 
@@ -33,6 +33,9 @@ CREDENTIAL_CODES = {
     "InvalidSecurity", "AuthorizationHeaderMalformed",
 }
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                   "XMinioServerNotInitialized", "OperationAborted"}
+SHA256_META = "sha256"  # user metadata (x-amz-meta-sha256) that upload_file sets: the content's sha256 hex
 
 
 class S3ConfigError(ValueError):
@@ -43,11 +46,18 @@ class S3AccessError(RuntimeError):
     """The S3 endpoint refused the credentials or could not be reached."""
 
 
+class S3UnavailableError(S3AccessError):
+    """The S3 endpoint could not be reached, or answered with a server error (5xx): worth retrying.
+
+    Credential and permission refusals are plain :class:`S3AccessError`, never this: retrying them is useless."""
+
+
 @dataclass(frozen=True)
 class S3Object:
     key: str
     size: int
     etag: str
+    sha256: str | None = None  # from the object's x-amz-meta-sha256 (stat_object only; listings do not carry it)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -111,9 +121,23 @@ def endpoint_of(client: Minio) -> str:
     return f"{'https' if base.is_https else 'http'}://{base.host}"
 
 
+def _status(e: Exception) -> int:
+    """The HTTP status of a minio error, 0 when unknown."""
+    if isinstance(e, S3Error):
+        return int(getattr(e.response, "status", 0) or 0)
+    if isinstance(e, ServerError):
+        return int(e.status_code or 0)
+    if isinstance(e, InvalidResponseError):
+        return int(getattr(e, "_code", 0) or 0)
+    return 0
+
+
 @contextlib.contextmanager
 def s3_errors(client: Minio, what: str) -> Iterator[None]:
-    """Turn minio/urllib3 failures while doing ``what`` into errors that say what to fix."""
+    """Turn minio/urllib3 failures while doing ``what`` into errors that say what to fix.
+
+    Refused credentials -> S3AccessError; a missing bucket/key -> FileNotFoundError; an unreachable endpoint or a
+    server error (5xx, SlowDown) -> S3UnavailableError (the retryable kind); anything else -> S3AccessError."""
     endpoint = endpoint_of(client)
     try:
         yield
@@ -126,9 +150,14 @@ def s3_errors(client: Minio, what: str) -> Iterator[None]:
         if e.code in MISSING_CODES:
             hint = " (to fetch every object under a prefix, end the URI with '/')" if e.code == "NoSuchKey" else ""
             raise FileNotFoundError(f"{what}: {e.code} at {endpoint}{hint}") from None
+        if e.code in TRANSIENT_CODES or _status(e) >= 500:
+            raise S3UnavailableError(f"S3 server error at {endpoint} while {what}: {e.code}: {e.message}") from None
         raise S3AccessError(f"S3 error at {endpoint} while {what}: {e.code}: {e.message}") from None
-    except (urllib3.exceptions.HTTPError, MinioException) as e:
-        raise S3AccessError(
+    except (ServerError, InvalidResponseError) as e:
+        kind = S3UnavailableError if _status(e) >= 500 or _status(e) == 429 else S3AccessError
+        raise kind(f"S3 server error at {endpoint} while {what}: HTTP {_status(e) or '?'}") from None
+    except (urllib3.exceptions.HTTPError, MinioException, ConnectionError, TimeoutError) as e:
+        raise S3UnavailableError(
             f"cannot reach the S3 endpoint {endpoint} while {what}: {type(e).__name__}: {e}; "
             "check S3_ENDPOINT_URL and that the server is running"
         ) from None
@@ -156,18 +185,86 @@ def download_object(
     sha256: str | None = None,
     max_bytes: int | None = None,
     fsync: bool = True,
+    verify_metadata: bool = False,
 ) -> tuple[str, int]:
     """Stream one object to ``dest`` (temp file + rename); returns ``(sha256 hex, size)``.
 
-    ``sha256``/``max_bytes`` are enforced as in :func:`animegen.store.write_stream`.
+    ``sha256``/``max_bytes`` are enforced as in :func:`animegen.store.write_stream`. With ``verify_metadata`` and
+    no ``sha256``, the sha256 that :func:`upload_file` stored in the object's metadata is checked (when present).
     """
     uri = f"s3://{bucket}/{key}"
     with s3_errors(client, f"downloading {uri}"):
         response = client.get_object(bucket, key)
         try:
+            if sha256 is None and verify_metadata:
+                sha256 = _meta_sha256(response.headers)
             return write_stream(
                 Path(dest), response.stream(CHUNK), sha256=sha256, max_bytes=max_bytes, label=uri, fsync=fsync
             )
         finally:
             response.close()
             response.release_conn()
+
+
+def _meta_sha256(headers) -> str | None:
+    """The x-amz-meta-sha256 value of a response's headers (any case), if it looks like a sha256 hex."""
+    for name, value in (headers or {}).items():
+        if name.lower() == f"x-amz-meta-{SHA256_META}":
+            value = str(value).strip().lower()
+            return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
+    return None
+
+
+def upload_file(
+    client: Minio,
+    bucket: str,
+    key: str,
+    path: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    content_type: str = "application/octet-stream",
+) -> None:
+    """Upload one local file as ``s3://bucket/key`` (a single PUT, or a multipart upload for large files).
+
+    S3 makes the object visible only once the upload completes: an interrupted upload leaves no object (or the
+    previous one). ``sha256`` (the file's sha256 hex, when the caller has it) is stored as the object's
+    ``x-amz-meta-sha256`` so that downloads can verify it. One attempt: callers retry
+    (:class:`S3UnavailableError`) as they see fit."""
+    path = Path(path)
+    metadata = {SHA256_META: sha256} if sha256 else None
+    with s3_errors(client, f"uploading {path.name} to s3://{bucket}/{key}"):
+        client.fput_object(bucket, key, str(path), content_type=content_type, metadata=metadata)
+
+
+def upload_bytes(
+    client: Minio,
+    bucket: str,
+    key: str,
+    data: bytes,
+    *,
+    sha256: str | None = None,
+    content_type: str = "application/octet-stream",
+) -> None:
+    """Upload ``data`` as ``s3://bucket/key`` in one PUT (see :func:`upload_file`)."""
+    import io
+
+    metadata = {SHA256_META: sha256} if sha256 else None
+    with s3_errors(client, f"uploading s3://{bucket}/{key}"):
+        client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type, metadata=metadata)
+
+
+def stat_object(client: Minio, bucket: str, key: str) -> S3Object | None:
+    """The object's size, etag and stored sha256, or None when there is no such object (or bucket)."""
+    try:
+        with s3_errors(client, f"reading the metadata of s3://{bucket}/{key}"):
+            st = client.stat_object(bucket, key)
+    except FileNotFoundError:
+        return None
+    return S3Object(key, int(st.size or 0), (st.etag or "").strip('"'), _meta_sha256(st.metadata))
+
+
+def remove_object(client: Minio, bucket: str, key: str) -> None:
+    """Delete one object; deleting a missing object is not an error (S3 semantics)."""
+    with s3_errors(client, f"deleting s3://{bucket}/{key}"):
+        client.remove_object(bucket, key)
+

@@ -59,36 +59,62 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return G_ema.to(device), meta
 
 
-def class_index(old: list[str], name: str) -> int:
-    """The index of a source class given by name (or by index)."""
+def class_index(old: list[str], name: str) -> list[int]:
+    """The source classes a name refers to: an exact class name or index -> that class; otherwise every class
+    whose name contains it as whole words (e.g. 'black hair' -> all 'black hair <eye> eyes' pair classes),
+    whose weights are then averaged."""
+    name = str(name).strip()
     if name in old:
-        return old.index(name)
-    if str(name).isdigit() and int(name) < len(old):
-        return int(name)
-    raise ValueError(f"class {name!r} is not in the source model's classes: {', '.join(old) or '(none)'}")
+        return [old.index(name)]
+    if name.isdigit() and int(name) < len(old):
+        return [int(name)]
+    words = name.replace("_", " ").split()
+    matches = [i for i, c in enumerate(old) if _contains_words(c.replace("_", " ").split(), words)]
+    if not matches:
+        raise ValueError(f"class {name!r} is not in the source model's classes (nor part of any): "
+                         f"{', '.join(old) or '(none)'}")
+    return matches
+
+
+def _contains_words(haystack: list[str], needle: list[str]) -> bool:
+    n = len(needle)
+    return any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
 
 
 def class_index_map(old: list[str], new: list[str], class_map: dict[str, str] | None = None,
-                    init_class: str | None = None) -> list[int | None]:
-    """For each new class, the old class its weights start from (None: the mean of the old classes).
+                    init_class: str | None = None) -> list[list[int]]:
+    """For each new class, the old classes its weights start from (their mean; [] = the mean of all old classes).
 
-    Order of precedence: an explicit ``class_map`` entry (new -> old name or index), a class of the same name,
-    ``init_class``, else the mean of all old classes.
+    Order of precedence: an explicit ``class_map`` entry (new -> old name, index or partial name), a class of the
+    same name, ``init_class``, else the mean of all old classes.
     """
     class_map = dict(class_map or {})
     unknown = sorted(set(class_map) - set(new))
     if unknown:
         raise ValueError(f"class map names classes the new dataset lacks: {', '.join(unknown)}")
-    fallback = class_index(old, init_class) if init_class is not None else None
-    out: list[int | None] = []
+    fallback = class_index(old, init_class) if init_class is not None else []
+    out: list[list[int]] = []
     for name in new:
         if name in class_map:
             out.append(class_index(old, str(class_map[name])))
         elif name in old:
-            out.append(old.index(name))
+            out.append([old.index(name)])
         else:
             out.append(fallback)
     return out
+
+
+def describe_classes(old: list[str], idx: list[int]) -> str:
+    if not idx:
+        return "mean of source classes"
+    return old[idx[0]] if len(idx) == 1 else f"mean of {len(idx)} classes: {', '.join(old[i] for i in idx)}"
+
+
+def _class_mean(slots: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
+    """The mean of the class slots ``idx`` along ``dim`` (all of them when ``idx`` is empty)."""
+    if idx:
+        slots = slots.index_select(dim, torch.tensor(idx, dtype=torch.long, device=slots.device))
+    return slots.mean(dim=dim)
 
 
 def _gains(module: nn.Module, name: str) -> tuple[float, float]:
@@ -96,14 +122,14 @@ def _gains(module: nn.Module, name: str) -> tuple[float, float]:
     return float(getattr(owner, "weight_gain", 1.0)), float(getattr(owner, "bias_gain", 1.0))
 
 
-def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[int | None],
-                     fold_class: int | None = None) -> dict[str, list]:
+def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[list[int]],
+                     fold_class: list[int] | None = None) -> dict[str, list]:
     """Copy every compatible tensor of ``src`` into ``dst``; remap the class slots of class-dependent tensors.
 
     Class-dependent tensors (``class_params()``: the class columns of the first layer, class embeddings, per-class
-    w averages) keep their non-class part and take, for new class k, the old class ``index_map[k]`` (or the mean
-    of the old classes when None). From a conditional source to an unconditional target, the old class
-    ``fold_class`` is folded into the layer's bias, so the new model starts as that class.
+    w averages) keep their non-class part and take, for new class k, the mean of the old classes ``index_map[k]``
+    (all old classes when empty). From a conditional source to an unconditional target, the old classes
+    ``fold_class`` (their mean) are folded into the layer's bias, so the new model starts as that class.
     """
     s_state, d_state = src.state_dict(), dst.state_dict()
     s_cls, d_cls = src.class_params(), dst.class_params()
@@ -132,16 +158,15 @@ def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[int | None]
                     out.copy_(s_state["w_avg"].expand_as(out))
                 elif s_c:
                     old = s_val.narrow(dim, s_base, s_c)
-                    for k, j in enumerate(index_map):
-                        slot = old.select(dim, j) if j is not None else old.mean(dim=dim)
-                        out.select(dim, d_base + k).copy_(slot)
+                    for k, js in enumerate(index_map):
+                        out.select(dim, d_base + k).copy_(_class_mean(old, dim, js))
                 else:
                     out.narrow(dim, d_base, d_c).zero_()  # new class input starts with no effect
             elif fold_class is not None and s_c:
                 if name == "w_avg_class":
                     continue
                 bias_name = name[: -len("weight")] + "bias"
-                col = s_val.narrow(dim, s_base + fold_class, 1).squeeze(dim)
+                col = _class_mean(s_val.narrow(dim, s_base, s_c), dim, fold_class)
                 if name.endswith("weight") and bias_name in d_state:
                     s_wg, _ = _gains(src, name)
                     _, d_bg = _gains(dst, bias_name)
@@ -155,6 +180,6 @@ def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[int | None]
         else:
             report["skipped"].append([name, f"shape {list(s_val.shape)} -> {list(d_val.shape)}"])
     if fold_class is not None and s_c and not d_c and "w_avg" in d_state:
-        new_state["w_avg"] = s_state["w_avg_class"][fold_class].clone()
+        new_state["w_avg"] = _class_mean(s_state["w_avg_class"], 0, fold_class).clone()
     dst.load_state_dict({**d_state, **new_state})
     return report

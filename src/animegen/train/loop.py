@@ -21,7 +21,7 @@ from ..latent.grid import save_grid
 from ..latent.tools import map_z, render_ws
 from ..models import build_models
 from ..utils import atomic_write_text, human_bytes, peak_memory_bytes, resolve_device
-from .checkpoint import (class_index, class_index_map, load_checkpoint, model_kwargs, models_from_checkpoint,
+from .checkpoint import (class_index, class_index_map, describe_classes, load_checkpoint, model_kwargs, models_from_checkpoint,
                          save_checkpoint, transfer_weights)
 from .config import TrainConfig
 from .losses import PathLength, R1, make_loss, style_mix
@@ -422,9 +422,9 @@ def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, cl
     if not any(r["loaded"] or r["remapped"] for r in reports.values()):
         raise ValueError(f"--init-from {cfg.init_from}: no tensor is compatible with this model "
                          f"(source {src_cfg.arch} at {src_cfg.resolution} px, target at {cfg.resolution} px)")
-    classes = {new: (old[j] if j is not None else "mean of source classes") for new, j in zip(class_names, index_map)}
+    classes = {new: describe_classes(old, js) for new, js in zip(class_names, index_map)}
     summary = {"source": str(cfg.init_from), "source_classes": old, "class_init": classes,
-               "folded_class": old[fold] if fold is not None else None,
+               "folded_class": describe_classes(old, fold) if fold is not None else None,
                **{f"{k}_{part}": len(v[part]) for k, v in reports.items() for part in ("loaded", "remapped")},
                "skipped": {k: v["skipped"] for k, v in reports.items()}}
     print(f"init-from {cfg.init_from}: " + ", ".join(
