@@ -23,6 +23,7 @@ from s3server import start_weed
 from animegen.data import open_dataset, write_packed
 from animegen.eval import inception
 from animegen.eval.accuracy import class_accuracy, requested_classes
+from animegen.store.registry import write_run
 from animegen.eval.compare import CompareConfig, run_compare
 from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid, scalar_metrics
 from animegen.labels.colour import train_colour_tagger
@@ -298,17 +299,16 @@ def test_compare_reads_the_run_registry_from_s3(evaluation, tmp_path, monkeypatc
         client = server.client()
         client.make_bucket("registry")
         for run_id in ("2024-01-01-aaaa", "2024-01-02-bbbb"):
-            run = json.dumps({"run_id": run_id, "created": "2024-01-01T00:00:00Z", "pipeline": "p",
-                              "status": "succeeded", "params": {}, "artifacts": {}}).encode()
-            for key, data in ((f"runs/{run_id}/run.json", run), (f"runs/{run_id}/metrics/stylegan-cond.json", metrics)):
-                client.put_object("registry", key, io.BytesIO(data), len(data))
+            write_run("s3://registry/runs/", run_id, {}, {"stylegan-cond": {"metrics": json.loads(metrics)}})
+        # a half-written run (no _manifest.json) is never read
+        client.put_object("registry", "runs/2024-01-03-cccc/run.json", io.BytesIO(b"{}"), 2)
         out = run_compare(["s3://registry/runs/"], tmp_path / "cmp")
         rows = json.loads((out / "compare.json").read_text())["rows"]
         assert [(r["run"], r["model"]) for r in rows] == [("2024-01-01-aaaa", "stylegan-cond"),
                                                           ("2024-01-02-bbbb", "stylegan-cond")]
         one = run_compare(["s3://registry/runs/2024-01-02-bbbb/"], tmp_path / "cmp1")
         assert [r["run"] for r in json.loads((one / "compare.json").read_text())["rows"]] == ["2024-01-02-bbbb"]
-        with pytest.raises(FileNotFoundError, match="no run registry"):
+        with pytest.raises(FileNotFoundError, match="no complete run"):
             run_compare(["s3://registry/nothing/"], tmp_path / "cmp2")
 
 

@@ -112,23 +112,17 @@ def local_rows(source: str | Path, label: str | None = None) -> list[dict[str, A
 
 
 def registry_rows(uri: str) -> list[dict[str, Any]]:
-    """Rows of every run under an ``s3://`` registry prefix (see the module docstring)."""
-    from animegen.store.s3 import download_object, list_prefix, parse_s3_uri, s3_client
+    """Rows of every complete run of a run registry (``s3://bucket/runs/`` or a local registry folder): runs are
+    copied through the store, which verifies each run's ``_manifest.json`` (half-written runs are left out)."""
+    from animegen.store.artifacts import get_dir, is_complete
+    from animegen.store.registry import download_runs
 
-    bucket, prefix = parse_s3_uri(uri)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    client = s3_client()
-    wanted = [o for o in list_prefix(client, bucket, prefix)
-              if o.key.endswith("/run.json") or o.key == f"{prefix}run.json"
-              or ("/metrics/" in f"/{o.key}" and o.key.endswith(".json"))]
-    if not wanted:
-        raise FileNotFoundError(f"{uri}: no run registry here (expected runs/<run_id>/run.json and "
-                                "runs/<run_id>/metrics/<model>.json)")
     with tempfile.TemporaryDirectory(prefix="animegen-compare-") as tmp:
-        for obj in wanted:
-            download_object(client, bucket, obj.key, Path(tmp) / obj.key[len(prefix):], max_bytes=16 << 20,
-                            fsync=False)
+        if is_complete(uri):  # one run: s3://bucket/runs/<run_id>/
+            get_dir(uri, Path(tmp) / "runs" / uri.rstrip("/").rsplit("/", 1)[-1])
+        elif not download_runs(uri, tmp):
+            raise FileNotFoundError(f"{uri}: no complete run in this registry (expected runs/<run_id>/ with "
+                                    "run.json, metrics/<model>.json and _manifest.json)")
         return local_rows(tmp, label=uri.rstrip("/"))
 
 

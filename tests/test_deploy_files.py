@@ -1,0 +1,262 @@
+"""Static checks of docker/ and manifests/ (no Docker engine or cluster here): they parse, reference what exists,
+name the images the pipeline uses, pin the package version, and hold no credential value."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import animegen
+from animegen.components.images import CPU_IMAGE, GPU_IMAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+DOCKER = ROOT / "docker"
+SECRET_NAME = "mlpipeline-minio-artifact"
+SECRET_KEYS = {"accesskey", "secretkey"}  # what KFP's launcher reads (backend/src/v2/config/env.go)
+PLACEHOLDER = re.compile(r"^REPLACE_WITH_[A-Z_]+$")
+# Well-known default or example credentials that must never appear as values.
+KNOWN_SECRETS = ("minio123", "minioadmin", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG")
+LITERAL_KEY = re.compile(r"(?i)(secret_?key|access_?key|password|passwd|token)"
+                         r"\s*[:=]\s*['\"]?([A-Za-z0-9][^\s'\"#,}]{5,})")
+SECRETISH_ENV = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_?KEY|PRIVATE)", re.IGNORECASE)
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in MANIFESTS.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def docs_of(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kustomizations() -> list[Path]:
+    return sorted(MANIFESTS.rglob("kustomization.yaml"))
+
+
+def resource_docs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p in yaml_files() if p.name != "kustomization.yaml" for d in docs_of(p)]
+
+
+def dockerfile(kind: str) -> str:
+    return (DOCKER / f"Dockerfile.{kind}").read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def arg_defaults(text: str) -> dict[str, str]:
+    return {name: value for ins, rest in instructions(text) if ins == "ARG" and "=" in rest
+            for name, _, value in [rest.partition("=")]}
+
+
+# --------------------------------------------------------------------------------------------- manifests
+def test_layout():
+    for rel in ("base/kustomization.yaml", "base/kfp-launcher.yaml", "base/object-store.env.example",
+                "dev-object-store/kustomization.yaml", "dev-object-store/seaweedfs.yaml", "gpu-node-pools.md",
+                "README.md"):
+        assert (MANIFESTS / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_every_yaml_parses_and_has_kind_and_name(path):
+    docs = docs_of(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind"), (path, doc)
+        if path.name == "kustomization.yaml":
+            assert doc["kind"] == "Kustomization"
+            continue
+        name = (doc.get("metadata") or {}).get("name")
+        assert name and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), (path, name)
+        assert "namespace" not in doc["metadata"], f"{path}: {name} sets a namespace; the kustomization does"
+
+
+@pytest.mark.parametrize("path", kustomizations(), ids=lambda p: str(p.parent.relative_to(MANIFESTS)))
+def test_kustomization_references_exist(path):
+    k = docs_of(path)[0]
+    here = path.parent
+    assert k.get("namespace"), f"{path}: no namespace (set one; see manifests/README.md)"
+    for res in k.get("resources", []):
+        target = here / res
+        assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{path}: resource {res} missing"
+    for gen in k.get("configMapGenerator", []) + k.get("secretGenerator", []):
+        for entry in gen.get("files", []):
+            assert (here / entry.split("=")[-1]).is_file(), f"{path}: generator file {entry} missing"
+        for env in gen.get("envs", []):  # may be absent (git-ignored); its template must exist
+            assert (here / env).is_file() or (here / f"{env}.example").is_file(), f"{path}: {env}(.example) missing"
+    names = [(d["kind"], d["metadata"]["name"]) for res in k.get("resources", []) if (here / res).is_file()
+             for d in docs_of(here / res)]
+    assert len(names) == len(set(names)), f"{path}: duplicate resources {names}"
+
+
+def test_object_store_secret_is_generated_with_kfp_keys_and_only_placeholders():
+    base = docs_of(MANIFESTS / "base" / "kustomization.yaml")[0]
+    (gen,) = [g for g in base.get("secretGenerator", []) if g["name"] == SECRET_NAME]
+    assert base.get("generatorOptions", {}).get("disableNameSuffixHash") is True  # KFP looks it up by name
+    assert "literals" not in gen and "files" not in gen, "credentials must come from the git-ignored env file"
+    (env,) = gen["envs"]
+    example = MANIFESTS / "base" / f"{env}.example"
+    pairs = dict(line.split("=", 1) for line in example.read_text().splitlines()
+                 if line.strip() and not line.lstrip().startswith("#"))
+    assert set(pairs) == SECRET_KEYS
+    assert all(PLACEHOLDER.match(v) for v in pairs.values()), pairs
+    ignored = (MANIFESTS / "base" / ".gitignore").read_text().splitlines()
+    assert env in ignored, f"{env} must be git-ignored"
+    assert not [d for _, d in resource_docs() if d["kind"] == "Secret"]  # no Secret object is committed
+
+
+def test_kfp_launcher_sets_an_object_store_pipeline_root():
+    (cm,) = [d for p, d in resource_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kfp-launcher"]
+    root = cm["data"]["defaultPipelineRoot"]
+    assert re.fullmatch(r"(minio|s3)://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+", root), root
+    if "providers" in cm["data"]:
+        yaml.safe_load(cm["data"]["providers"])
+
+
+def test_dev_object_store_is_wired_to_the_secret_and_named_as_kfp_expects():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in docs_of(MANIFESTS / "dev-object-store" / "seaweedfs.yaml")}
+    svc = docs[("Service", "minio-service")]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [9000]
+    (deploy,) = [d for (kind, _), d in docs.items() if kind == "Deployment"]
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", container["image"]), "pin the image version (no :latest)"
+    port_names = {p["name"] for p in container["ports"]}
+    assert all(p["targetPort"] in port_names for p in svc["spec"]["ports"])
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert {r["name"] for r in refs.values()} == {SECRET_NAME} and {r["key"] for r in refs.values()} == SECRET_KEYS
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
+    assert claims and all(("PersistentVolumeClaim", c) in docs for c in claims)
+    k = docs_of(MANIFESTS / "dev-object-store" / "kustomization.yaml")[0]
+    generated = {g["name"] for g in k.get("configMapGenerator", [])}
+    assert {v["configMap"]["name"] for v in volumes.values() if "configMap" in v} <= generated
+    script = MANIFESTS / "dev-object-store" / "start-seaweedfs.sh"
+    if shutil.which("sh"):
+        subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+def test_no_credential_values_anywhere():
+    files = [p for p in [*MANIFESTS.rglob("*"), *DOCKER.rglob("*"), ROOT / ".dockerignore"] if p.is_file()]
+    for path in files:
+        text = path.read_text()
+        for known in KNOWN_SECRETS:
+            assert known not in text, f"{path} contains the well-known credential {known!r}"
+        assert not re.search(r"\bAKIA[0-9A-Z]{16}\b", text), f"{path}: an AWS access key id"
+        for m in LITERAL_KEY.finditer(text):  # key = value / key: value with a literal value
+            value = m.group(2)
+            assert PLACEHOLDER.match(value) or "$" in value or value.startswith(("<", "{")), \
+                f"{path}: {m.group(0)!r} looks like a literal credential"
+    for path, doc in resource_docs():
+        assert not (doc["kind"] == "Secret" and (doc.get("data") or doc.get("stringData"))), path
+        for env in _envs(doc):
+            if SECRETISH_ENV.search(env["name"]):
+                assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (path, env["name"])
+    assert not (MANIFESTS / "base" / "object-store.env").exists() or \
+        "object-store.env" in (MANIFESTS / "base" / ".gitignore").read_text()
+
+
+def _envs(doc: dict) -> list[dict]:
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return [e for c in spec.get("containers", []) + spec.get("initContainers", []) for e in c.get("env", [])]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None and shutil.which("kustomize") is None,
+                    reason="neither kubectl nor kustomize is installed")
+@pytest.mark.parametrize("overlay", ["base", "dev-object-store"])
+def test_kustomize_builds(tmp_path, overlay):
+    """`kustomize build` of a copy whose env file is the example: the secret appears with exactly KFP's keys."""
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    shutil.copy(copy / "base" / "object-store.env.example", copy / "base" / "object-store.env")
+    cmd = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
+    out = subprocess.run([*cmd, str(copy / overlay)], check=True, capture_output=True, text=True, timeout=60).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Secret", SECRET_NAME), ("ConfigMap", "kfp-launcher")} <= kinds
+    assert all(d["metadata"].get("namespace") == "kubeflow" for d in docs)
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert set(secret["data"]) == SECRET_KEYS
+    if overlay == "dev-object-store":
+        assert {k for k, _ in kinds} >= {"Deployment", "Service", "PersistentVolumeClaim"}
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        cm_names = {n for k, n in kinds if k == "ConfigMap"}
+        assert {v["configMap"]["name"] for v in deploy["spec"]["template"]["spec"]["volumes"] if "configMap" in v} \
+            <= cm_names
+
+
+def test_gpu_node_pool_notes_cover_the_clouds_and_the_compile_options():
+    text = (MANIFESTS / "gpu-node-pools.md").read_text()
+    for needle in ("cloud.google.com/gke-accelerator=nvidia-tesla-t4", "cloud.google.com/gke-accelerator=nvidia-l4",
+                   "nvidia.com/gpu=present:NoSchedule", "EKS", "AKS", "--gpu-node-selector", "--gpu-toleration",
+                   "animegen pipeline compile"):
+        assert needle in text, needle
+
+
+# ------------------------------------------------------------------------------------------------ docker
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_dockerfile_base_version_pin_kfp_and_user(kind):
+    text = dockerfile(kind)
+    ins = instructions(text)
+    froms = [rest for i, rest in ins if i == "FROM"]
+    assert len(froms) == 1, froms
+    if kind == "gpu":
+        assert re.fullmatch(r"(pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime|"
+                            r"nvidia/cuda:[\d.]+-(cudnn\d*-)?runtime-ubuntu[\d.]+)", froms[0]), froms[0]
+    else:
+        assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", froms[0]), froms[0]
+        assert "download.pytorch.org/whl/cpu" in text
+    args = arg_defaults(text)
+    assert args.get("ANIMEGEN_VERSION") == animegen.__version__, "ARG ANIMEGEN_VERSION must default to __version__"
+    runs = " ".join(rest for i, rest in ins if i == "RUN")
+    assert '"animegen==${ANIMEGEN_VERSION}"' in runs and "--no-index" in runs  # the pinned wheel, not an index
+    assert "dist/animegen-${ANIMEGEN_VERSION}-py3-none-any.whl" in text
+    assert '"kfp==${KFP_VERSION}"' in runs and re.fullmatch(r"\d+\.\d+\.\d+", args.get("KFP_VERSION", ""))
+    try:
+        import kfp
+    except ImportError:
+        kfp = None
+    if kfp is not None:  # the images run the components with the SDK that compiles them
+        assert args["KFP_VERSION"].split(".")[:2] == kfp.__version__.split(".")[:2], (args["KFP_VERSION"],
+                                                                                       kfp.__version__)
+    users = [rest for i, rest in ins if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    assert ":latest" not in text
+
+
+def test_dockerignore_keeps_everything_but_the_wheel_out():
+    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert lines[0] == "*" and "!dist/animegen-*.whl" in lines
+    assert all(l.startswith("!dist") for l in lines[1:]), lines
+
+
+def test_image_names_agree_with_the_components():
+    readme = (DOCKER / "README.md").read_text()
+    assert CPU_IMAGE in readme and GPU_IMAGE in readme
+    repo_cpu, tag = CPU_IMAGE.rsplit(":", 1)
+    repo_gpu, _ = GPU_IMAGE.rsplit(":", 1)
+    assert tag == animegen.__version__
+    mentioned = set(re.findall(r"([a-z0-9.-]+(?:/[a-z0-9._-]+)+/animegen-(?:cpu|gpu)):([\w.$-]+)", readme))
+    for kind, image, repo in (("cpu", CPU_IMAGE, repo_cpu), ("gpu", GPU_IMAGE, repo_gpu)):
+        assert {r for r, _ in mentioned if r.endswith(f"animegen-{kind}")} == {repo}, mentioned
+        assert {t for r, t in mentioned if r == repo} <= {tag, "$VERSION"}, mentioned
+        for r, t in re.findall(r"([a-z0-9.-]+(?:/[a-z0-9._-]+)+/animegen-(?:cpu|gpu)):([\w.-]+)", dockerfile(kind)):
+            assert f"{r}:{t}" == image
