@@ -1,0 +1,315 @@
+"""Training throughput and peak memory of the real training loop (``animegen.train.train``).
+
+Configs: DCGAN (batch 128) and StyleGAN (batch 64) at 64 px with their default widths (TrainConfig /
+ARCH_DEFAULTS), unconditional and conditional (synthetic hair x eye pair classes, 120 of them), on the CPU and,
+when there is one, on CUDA (where the loop itself uses bf16 autocast, channels_last and fused Adam).
+
+The figures are the loop's own: the ``img_s`` of its train_log.jsonl lines (measured between log lines,
+snapshot time excluded), over every log interval after the first (the first holds the warm-up). Peak memory is
+``TrainResult.peak_memory_bytes`` (CUDA max allocated, or the peak RSS of the process on the CPU); each config
+runs in a fresh subprocess (``--one CONFIG``) so that the peak belongs to that config alone.
+
+    python benchmarks/train_throughput.py                      # every config, CUDA if present, else CPU
+    python benchmarks/train_throughput.py --device cpu --configs dcgan,stylegan
+    python benchmarks/train_throughput.py --quick              # a smoke check: fewest steps that give a figure
+
+Writes benchmarks/results/train_throughput-<device>-<date>.json (``-quick`` added in quick mode).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import animegen  # noqa: F401
+except ImportError:  # run from a checkout without an install
+    sys.path.insert(0, str(ROOT / "src"))
+
+DATA = "synthetic:?n=2048"  # labels=pair (the default): 12 hair x 10 eye colours = 120 classes
+RESOLUTION = 64
+CONFIGS = {
+    "dcgan": dict(arch="dcgan", conditional=False),
+    "dcgan-cond": dict(arch="dcgan", conditional=True),
+    "stylegan": dict(arch="stylegan", conditional=False),
+    "stylegan-cond": dict(arch="stylegan", conditional=True),
+}
+# (steps, log_every) per device type. The first log interval is warm-up and is not counted, so every run has
+# at least two intervals. On CUDA log_every is a multiple of the lazy-regulariser interval (16), so each timed
+# interval holds its share of R1 / path-length steps. On the CPU (2 idle cores: DCGAN 2-3.5 s a step, StyleGAN
+# 16-20 s; 30-100 s a config) the runs log every step and time a few; their timed steps hold no R1/PL step
+# (those fall on steps 0, 16, ...), so the CPU StyleGAN img/s leaves out the amortised regulariser cost and
+# img_s_amortised_lower_bound brackets it.
+STEPS = {
+    "cpu": {"dcgan": (24, 1), "dcgan-cond": (14, 1), "stylegan": (4, 1), "stylegan-cond": (4, 1)},
+    "cuda": {name: (384, 64) for name in CONFIGS},
+}
+QUICK_STEPS = {"cpu": {name: (2, 1) for name in CONFIGS}, "cuda": {name: (48, 16) for name in CONFIGS}}
+MARK = "TRAIN_THROUGHPUT_RESULT "
+
+
+# ----------------------------------------------------------------------------------------------- child side
+def run_one(name: str, device: str, quick: bool) -> dict:
+    """Train one config in this process with the real loop; return its figures and exact settings."""
+    import torch
+
+    from animegen.train import TrainConfig, train
+    from animegen.train.checkpoint import load_checkpoint, models_from_checkpoint
+
+    steps, log_every = (QUICK_STEPS if quick else STEPS)[device][name]
+    probe = TrainConfig(**CONFIGS[name]).resolved()
+    batch = probe.batch
+    with tempfile.TemporaryDirectory(prefix=f"animegen-bench-{name}-") as tmp:
+        cfg = TrainConfig(data=DATA, out=str(Path(tmp) / "run"), resolution=RESOLUTION, **CONFIGS[name],
+                          kimg=steps * batch / 1000, log_every=log_every, snapshot_kimg=1e6, grid_size=4,
+                          progress=False, device=device, seed=0)
+        load_before = os.getloadavg()
+        ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        result = train(cfg)
+        ru1, run_s = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        load_after = os.getloadavg()
+        rows = [json.loads(line) for line in (Path(cfg.out) / "train_log.jsonl").read_text().splitlines()]
+        saved_cfg = json.loads((Path(cfg.out) / "config.json").read_text())
+        G, D, _, _ = models_from_checkpoint(load_checkpoint(Path(cfg.out) / "checkpoint.pt"))
+        reserved = torch.cuda.max_memory_reserved() if device == "cuda" else None
+
+    rows = [r for r in rows if "img_s" in r]
+    if len(rows) < 2:
+        raise RuntimeError(f"{name}: {len(rows)} log line(s); need at least 2 (the first is warm-up)")
+    prev_kimg = rows[0]["kimg"]
+    images, seconds, rates = 0, 0.0, []
+    for r in rows[1:]:
+        n = round((r["kimg"] - prev_kimg) * 1000)
+        prev_kimg = r["kimg"]
+        images += n
+        seconds += n / r["img_s"]
+        rates.append(r["img_s"])
+    img_s = images / seconds
+    first_step, last_step = rows[0]["step"], rows[-1]["step"]  # timed steps: indices first_step .. last_step-1
+    resolved = TrainConfig.from_dict(saved_cfg).resolved()
+    intervals = [resolved.r1_interval] if resolved.r1_gamma > 0 else []  # the loop's lazy regularisers
+    if resolved.pl_weight > 0 and resolved.arch == "stylegan":
+        intervals.append(resolved.pl_interval)
+    intervals = [k for k in intervals if k > 0]
+    reg_interval = min(intervals, default=0)
+    reg_steps = sum(1 for i in range(first_step, last_step) if any(i % k == 0 for k in intervals))
+    amortised = None
+    if reg_interval and reg_steps == 0:
+        # the timed steps hold no R1/PL step: bound the amortised rate by charging the warm-up interval's excess
+        # over plain steps (first-call overheads + the step-0 regularisers) to one regularised step per period
+        step_s = batch / img_s
+        reg_step_s = first_step * batch / rows[0]["img_s"] - (first_step - 1) * step_s
+        amortised = batch * reg_interval / ((reg_interval - 1) * step_s + reg_step_s)
+    settings = resolved.to_dict()
+    settings["out"] = "<temporary directory>"
+    return {
+        "config": name,
+        "device": result.device,
+        "batch": batch,
+        "img_s": round(img_s, 3),
+        "ms_per_step": round(1000 * batch / img_s, 1),
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "peak_memory_kind": "cuda max_memory_allocated" if device == "cuda" else "process peak RSS (ru_maxrss)",
+        "cuda_max_memory_reserved_bytes": reserved,
+        "timed_steps": last_step - first_step,
+        "timed_images": images,
+        "timed_s": round(seconds, 3),
+        "interval_img_s": rates,
+        "interval_img_s_min": min(rates),
+        "interval_img_s_max": max(rates),
+        "warmup_interval": {"steps": first_step, "img_s": rows[0]["img_s"]},
+        "lazy_reg_steps_in_timed": reg_steps,
+        "lazy_reg_interval": reg_interval or None,
+        "img_s_amortised_lower_bound": None if amortised is None else round(amortised, 3),
+        "loop_img_per_s_incl_warmup": round(result.img_per_s, 3),
+        "run_wall_s": round(run_s, 1),
+        "steps": result.steps,
+        "params_G": sum(p.numel() for p in G.parameters()),
+        "params_D": sum(p.numel() for p in D.parameters()),
+        "classes": getattr(G, "c_dim", 0),
+        "process_cpu_s": round(cpu_s, 1),
+        "cpu_utilisation": round(cpu_s / run_s, 2),  # busy cores of this process over the run; ~threads if idle
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "settings": settings,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+def _git_commit() -> str | None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def _cpu_info() -> dict:
+    info = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["model"] = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            info["flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+            break
+    return info
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    import animegen
+
+    env = {
+        "device_type": device,
+        "cpu": _cpu_info(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "animegen": animegen.__version__,
+        "git_commit": _git_commit(),
+        "platform": platform.platform(),
+    }
+    if device == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+    else:
+        env["device_name"] = env["cpu"]["model"]
+    return env
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return ""
+
+
+def print_table(results: list[dict]) -> None:
+    def with_reg(r: dict) -> str:
+        if r["img_s_amortised_lower_bound"] is not None:
+            return f">={r['img_s_amortised_lower_bound']:.1f}"
+        return f"{r['img_s']:.1f}" if r["lazy_reg_steps_in_timed"] else "-"
+
+    head = ["config", "device", "batch", "img/s", "ms/step", "img/s incl. R1/PL", "peak memory", "timed steps",
+            "img/s min..max"]
+    rows = [[r["config"], r["device"], str(r["batch"]), f"{r['img_s']:.1f}", f"{r['ms_per_step']:.0f}", with_reg(r),
+             human_bytes(r["peak_memory_bytes"]), str(r["timed_steps"]),
+             f"{r['interval_img_s_min']:.1f}..{r['interval_img_s_max']:.1f}"] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma-separated subset of {', '.join(CONFIGS)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="fewest steps that still give a figure (smoke check)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--one", metavar="CONFIG", help=argparse.SUPPRESS)  # internal: run one config, print JSON
+    args = ap.parse_args(argv)
+
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+
+    if args.one:
+        if args.one not in CONFIGS:
+            ap.error(f"unknown config {args.one!r}")
+        print(MARK + json.dumps(run_one(args.one, device, args.quick)), flush=True)
+        return 0
+
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        ap.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+
+    env = environment(device)
+    print(f"train throughput on {device} ({env['device_name']}, {env['torch_threads']} torch threads), "
+          f"torch {env['torch']}, animegen {env['animegen']} @ {env['git_commit']}"
+          f"{' [quick]' if args.quick else ''}", flush=True)
+    started = dt.datetime.now().astimezone()
+    results, failed = [], []
+    for name in names:
+        steps, log_every = (QUICK_STEPS if args.quick else STEPS)[device][name]
+        print(f"  {name}: {steps} steps, log every {log_every} ...", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--device", device]
+        if args.quick:
+            cmd.append("--quick")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
+        if proc.returncode != 0 or not lines:
+            failed.append(name)
+            print(f"  {name} FAILED (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}",
+                  file=sys.stderr, flush=True)
+            continue
+        r = json.loads(lines[-1][len(MARK):])
+        results.append(r)
+        print(f"    {r['img_s']:.1f} img/s, {r['ms_per_step']:.0f} ms/step, peak "
+              f"{human_bytes(r['peak_memory_bytes'])} (run {r['run_wall_s']:.0f} s, "
+              f"load {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f})", flush=True)
+        if device == "cpu" and r["cpu_utilisation"] < 0.8 * min(r["torch_threads"], os.cpu_count() or 1):
+            print(f"    note: this process kept only {r['cpu_utilisation']:.2f} cores busy with "
+                  f"{r['torch_threads']} torch threads (load average {r['loadavg_after'][0]:.1f}): other processes "
+                  "probably shared the cores, so this figure is low", flush=True)
+
+    if results:
+        print()
+        print_table(results)
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"train_throughput-{device}-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+        doc = {
+            "benchmark": "train_throughput",
+            "started": started.isoformat(timespec="seconds"),
+            "mode": "quick" if args.quick else "full",
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "data": DATA,
+            "resolution": RESOLUTION,
+            "method": "img/s = images / seconds over the loop's own train_log.jsonl intervals after the first "
+                      "(warm-up); each config in a fresh subprocess; peak memory from TrainResult",
+            "environment": env,
+            "results": results,
+            "failed": failed,
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
