@@ -273,6 +273,8 @@ INGEST_HELP = {
     "sha256": "expected sha256 of a downloaded or archive source",
     "resolution": "output size in pixels",
     "mode": "rgb, grayscale, or lineart (XDoG manga-like black and white)",
+    "channels": "packed channels: 3 or 1 (default: 3 for rgb, 1 for grayscale/lineart); 3 with grayscale/lineart "
+                "repeats the grey channel, so every layer of an RGB model transfers to the set",
     "fit": "center_crop or pad to a square",
     "filter": "resize filter: bilinear (DCGAN paper), lanczos, box, bicubic",
     "min_side": "skip images whose shorter side is below this",

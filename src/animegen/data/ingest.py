@@ -51,6 +51,8 @@ class IngestConfig(Config):
     sha256: str | None = None  # expected sha256 of a downloaded or archive source
     resolution: int = 64
     mode: str = "rgb"  # rgb | grayscale | lineart
+    channels: int | None = None  # packed channels: None = the mode's own (3 rgb, 1 grayscale/lineart); 3 with
+    #                              grayscale/lineart repeats the grey channel (so every layer of an RGB model transfers)
     fit: str = "center_crop"  # center_crop | pad
     pad: str = "white"  # pad colour for fit=pad: white | edge
     filter: str = "bilinear"  # bilinear (DCGAN paper) | lanczos | box | bicubic
@@ -80,6 +82,10 @@ class IngestConfig(Config):
                             ("grow_fill", FILLS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"ingest {name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"ingest channels={self.channels}: must be 1 or 3 (or unset: the mode's own)")
+        if self.channels == 1 and self.mode == "rgb":
+            raise ValueError("ingest channels=1 with mode rgb: use mode grayscale (or lineart) for one channel")
         if self.resolution < 4:
             raise ValueError(f"ingest resolution={self.resolution}: must be >= 4 (e.g. 64, 128, 256)")
         if self.min_side < 1 or self.max_pixels < 1:
@@ -291,10 +297,12 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
     """Validate, dedupe, preprocess and pack ``items``; split; grow. Returns (index rows, counts)."""
     from tqdm.auto import tqdm
 
-    xdog, channels = cfg.xdog(), channels_for(cfg.mode)
+    xdog, channels = cfg.xdog(), cfg.channels or channels_for(cfg.mode)
+    repeat = channels // channels_for(cfg.mode)  # 3 for grey modes packed as RGB, else 1
 
     def render(img: Image.Image) -> np.ndarray:
-        return finish(img, cfg.resolution, mode=cfg.mode, filter=cfg.filter, xdog=xdog)
+        a = finish(img, cfg.resolution, mode=cfg.mode, filter=cfg.filter, xdog=xdog)
+        return np.ascontiguousarray(np.repeat(a, repeat, axis=2)) if repeat > 1 else a
 
     rows: list[dict] = []
     kept_items: list[_Item] = []
