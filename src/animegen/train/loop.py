@@ -228,7 +228,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
 
     def real_batch():
-        idx = sampler.next(cfg.batch).to(device)
+        idx = sampler.next(cfg.batch)
+        # pinned + non_blocking: a pageable host->device copy would synchronise the host every step
+        idx = idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else idx
         x = images[idx].float().div_(127.5).sub_(1.0)
         if cfg.xflip:
             flip = torch.rand(len(x), 1, 1, 1, device=device) < 0.5
