@@ -94,7 +94,7 @@ def _given(args: argparse.Namespace) -> dict:
     """The config values given as flags, nested by their dotted dest, KEY=VALUE lists turned into dicts."""
     values: dict = {}
     for dest, value in vars(args).items():
-        if dest in ("command", "func", "tagger_command") or dest.startswith("_"):
+        if dest in ("command", "func", "tagger_command", "pipeline_command") or dest.startswith("_"):
             continue
         if isinstance(value, list) and value and isinstance(value[0], tuple):
             value = dict(value)
@@ -121,7 +121,7 @@ def _config(cls, args: argparse.Namespace, base: dict | None = None):
 
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected NEW=OLD, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. NEW=OLD), got {text!r}")
     k, v = text.split("=", 1)
     return k.strip(), v.strip()
 
@@ -267,6 +267,236 @@ def cmd_truncate(args: argparse.Namespace) -> int:
              device=device)
     print(f"wrote {Path(args.out) / 'truncation.png'}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+def _param_value(key: str, text: str):
+    """A --param value converted to the pipeline parameter's type (bool: true/false/1/0/yes/no; dict: JSON)."""
+    from .pipelines.pipeline import PARAMETERS
+
+    if key not in PARAMETERS:
+        raise ValueError(f"--param {key}: no such pipeline parameter; `animegen pipeline params` lists them")
+    want = PARAMETERS[key].type
+    try:
+        if want is bool:
+            low = text.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("expected true or false")
+            return low in ("true", "1", "yes")
+        if want is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return value
+        return want(text)
+    except ValueError as e:
+        raise ValueError(f"--param {key}={text!r}: {e} ({want.__name__} parameter)") from None
+
+
+def _pipeline_params(args: argparse.Namespace) -> dict:
+    """--params FILE (YAML/JSON mapping) < --param KEY=VALUE, as typed values (only those given)."""
+    from .pipelines.pipeline import check_params
+
+    values = load_config_file(args.params) if args.params else {}
+    for key, text in args.param or []:
+        values[key.replace("-", "_")] = _param_value(key.replace("-", "_"), text)
+    check_params(values)  # refuses unknown names and wrong types early
+    return values
+
+
+def _pipeline_options(args: argparse.Namespace):
+    from .pipelines.pipeline import PipelineOptions, parse_toleration
+
+    o = PipelineOptions()
+    if args.gpu_node_selector is not None:
+        given = [s for s in args.gpu_node_selector if s.lower() != "none"]
+        for item in given:
+            if "=" not in item:
+                raise ValueError(f"--gpu-node-selector {item!r}: expected KEY=VALUE (or none)")
+        o.gpu_node_selector = dict(item.split("=", 1) for item in given)
+    if args.gpu_toleration is not None:
+        o.gpu_tolerations = [parse_toleration(t) for t in args.gpu_toleration if t.lower() != "none"]
+    for name in ("accelerator", "gpus", "gpu_cpu", "gpu_memory", "cpu_cpu", "cpu_memory", "object_store_secret",
+                 "kaggle_secret", "retries"):
+        if getattr(args, name) is not None:
+            setattr(o, name, getattr(args, name))
+    if o.gpus < 1:
+        raise ValueError("--gpus must be >= 1")
+    return o
+
+
+def _rerun_variant(args: argparse.Namespace, given: dict) -> dict:
+    """make_pipeline keyword arguments for --only/--from-run/--registry on compile and submit (a rerun that imports
+    the other tasks' artifacts of a registry run), or for plain defaults."""
+    from .pipelines.local import record_from_registry, rerun_plan
+    from .pipelines.pipeline import check_params
+
+    if not args.only:
+        if args.from_run or args.registry:
+            raise ValueError("--from-run / --registry go with --only STAGE")
+        return {"defaults": given}
+    if not (args.from_run and args.registry):
+        raise ValueError("--only on compile/submit needs --from-run RUN_ID and --registry URI (the run registry "
+                         "that run's report wrote, e.g. s3://BUCKET/runs/); locally use `pipeline run --local`")
+    prior = record_from_registry(args.registry, args.from_run)
+    values = check_params(given)
+    rerun = rerun_plan(args.only, values)
+    reuse = {t: outs for t, outs in prior["tasks"].items() if t not in rerun}
+    return {"static": values, "rerun": rerun, "reuse": reuse, "source": f"registry run {args.from_run}"}
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise ValueError("only --local runs here (kfp.local); to run on a cluster use `animegen pipeline submit "
+                         "--host URL` (or upload the YAML of `animegen pipeline compile`)")
+    from .pipelines.local import run_local
+
+    given = _pipeline_params(args)
+    options = _pipeline_options(args)
+    run = run_local(given, args.pipeline_root, only=args.only, from_run=args.from_run, registry=args.registry,
+                    options=options, threads=args.threads)
+    rec = run.record
+    if rec.get("reused"):
+        print(f"reused from {args.from_run}: {', '.join(rec['reused'])}; reran: {', '.join(rec['rerun'])}")
+    print(f"run {run.run_id} {rec['status']} in {rec['wall_s']:.0f} s; artifacts: {run.run_dir}")
+    print(f"report: {run.report}")
+    return 0
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    from .pipelines.pipeline import compile_pipeline
+
+    variant = _rerun_variant(args, _pipeline_params(args))
+    path = compile_pipeline(args.out, _pipeline_options(args), **variant)
+    what = f"a rerun of {', '.join(sorted(variant['rerun']))}" if "rerun" in variant else "the pipeline"
+    print(f"wrote {path} ({what}); upload it in the KFP UI or run `animegen pipeline submit`")
+    return 0
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .pipelines.pipeline import compile_pipeline
+
+    given = _pipeline_params(args)
+    variant = _rerun_variant(args, given)
+    options = _pipeline_options(args)
+    import kfp
+
+    with tempfile.TemporaryDirectory(prefix="animegen-submit-") as tmp:
+        path = compile_pipeline(Path(tmp) / "animegen_pipeline.yaml", options, **variant)
+        try:
+            client = kfp.Client(host=args.host, namespace=args.namespace, existing_token=args.token)
+            result = client.create_run_from_pipeline_package(
+                str(path), arguments=given, run_name=args.run_name, experiment_name=args.experiment,
+                namespace=args.namespace, enable_caching=None if args.cache is None else args.cache)
+        except Exception as e:  # noqa: BLE001 - urllib3/kfp_server_api raise many kinds; name the host
+            reason = getattr(e, "reason", None) or e
+            raise RuntimeError(f"cannot submit to KFP at {args.host}: {type(e).__name__}: {reason}. Check --host "
+                               "(the KFP API or UI URL, e.g. http://localhost:8080 after `kubectl port-forward -n "
+                               "kubeflow svc/ml-pipeline-ui 8080:80`) and that the server is up") from None
+    print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment})")
+    return 0
+
+
+def cmd_pipeline_params(args: argparse.Namespace) -> int:
+    from .pipelines.pipeline import PARAMETERS
+
+    for name, p in PARAMETERS.items():
+        print(f"{name:24} {p.type.__name__:5} {json.dumps(p.default):>12}  {p.help}")
+    return 0
+
+
+def _add_pipeline_parser(sub) -> None:
+    from .pipelines.local import DEFAULT_ROOT
+    from .pipelines.pipeline import STAGES
+
+    p = sub.add_parser("pipeline", help="the Kubeflow pipeline: run it locally, compile it, submit it",
+                       description="The KFP v2 pipeline of both papers' experiments (every stage a component). "
+                                   "`run --local` runs it here with kfp.local; `compile` writes the YAML to upload; "
+                                   "`submit` sends it to a KFP endpoint; `params` lists its parameters.")
+    psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+
+    def params_args(q) -> None:
+        q.add_argument("--param", action="append", type=_key_value, metavar="KEY=VALUE",
+                       help="a pipeline parameter (repeatable; `animegen pipeline params` lists them)")
+        q.add_argument("--params", metavar="FILE", help="YAML/JSON mapping of pipeline parameters "
+                       "(e.g. configs/pipeline/mlds.yaml); --param wins")
+
+    def gpu_args(q) -> None:
+        g = q.add_argument_group("placement and secrets (GPU node pool of the train and transfer tasks: "
+                                 "defaults for GKE)")
+        g.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
+                       help="node label of the GPU pool (repeatable; default "
+                            "cloud.google.com/gke-accelerator=nvidia-l4; EKS e.g. "
+                            "eks.amazonaws.com/nodegroup=gpu; AKS e.g. agentpool=gpu; 'none' for no selector)")
+        g.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE]:EFFECT",
+                       help="taint the GPU nodes carry (repeatable; default nvidia.com/gpu:NoSchedule, as GKE "
+                            "and EKS GPU node groups set; AKS e.g. sku=gpu:NoSchedule; 'none' for no toleration)")
+        g.add_argument("--accelerator", help="accelerator resource type (default nvidia.com/gpu)")
+        g.add_argument("--gpus", type=int, help="GPUs per training task (default 1)")
+        g.add_argument("--gpu-cpu", help="CPU request and limit of a training task (default 8)")
+        g.add_argument("--gpu-memory", help="memory request and limit of a training task (default 32G)")
+        g.add_argument("--cpu-cpu", help="CPU request of the other stages (default 2)")
+        g.add_argument("--cpu-memory", help="memory request of the other stages (default 8G)")
+        g.add_argument("--object-store-secret", help="secret with keys accesskey / secretkey for ingest and report "
+                                                     "(default mlpipeline-minio-artifact)")
+        g.add_argument("--kaggle-secret", help="secret with keys username / key for kaggle: sources, set as "
+                                               "KAGGLE_USERNAME / KAGGLE_KEY in the ingest tasks (default: none)")
+        g.add_argument("--retries", type=int, help="retries of a failed training task (default 2)")
+
+    def rerun_args(q, local: bool) -> None:
+        q.add_argument("--only", action="append", metavar="STAGE",
+                       help=f"rerun only this stage ({', '.join(STAGES)}) or task (e.g. evaluate-manga), and what "
+                            "it feeds; the other tasks' artifacts are reused from --from-run (repeatable)")
+        q.add_argument("--from-run", metavar="RUN_ID", help="the run whose artifacts --only reuses" +
+                       (" (a folder name under --pipeline-root)" if local else " (its registry id)"))
+        q.add_argument("--registry", metavar="URI", help="read --from-run's artifacts from this run registry "
+                       "(s3://BUCKET/runs/ or a folder)" + (" instead of its local record" if local else ""))
+
+    q = psub.add_parser("run", help="run the pipeline on this machine (--local: kfp.local, no cluster)",
+                        description="Run the whole DAG here with kfp.local (each stage a subprocess of this "
+                                    "Python); prints where the report is. With --only STAGE --from-run RUN_ID, "
+                                    "rerun that stage and everything downstream of it, importing the other stages' "
+                                    "artifacts from that earlier run.")
+    q.add_argument("--local", action="store_true", help="run with kfp.local (the only mode of `run`)")
+    q.add_argument("--pipeline-root", default=DEFAULT_ROOT,
+                   help=f"where runs and their artifacts go (default {DEFAULT_ROOT})")
+    q.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per stage (default: $OMP_NUM_THREADS, else 1, the fastest for the tiny "
+                        "defaults; 0 = one per core, for real sizes)")
+    params_args(q)
+    rerun_args(q, local=True)
+    gpu_args(q)
+    q.set_defaults(func=cmd_pipeline_run)
+
+    q = psub.add_parser("compile", help="write the pipeline YAML to upload in the KFP UI",
+                        description="Compile the pipeline to the YAML users upload (Pipelines > Upload). GPU "
+                                    "placement comes from the options below; --params/--param become the YAML's "
+                                    "parameter defaults.")
+    q.add_argument("--out", default="animegen_pipeline.yaml", help="output file (default animegen_pipeline.yaml)")
+    params_args(q)
+    rerun_args(q, local=False)
+    gpu_args(q)
+    q.set_defaults(func=cmd_pipeline_compile)
+
+    q = psub.add_parser("submit", help="compile and submit a run to a KFP endpoint (kfp.Client)",
+                        description="Compile the pipeline and start a run on a KFP v2 endpoint through kfp.Client, "
+                                    "with the parameters given (the others keep their defaults).")
+    q.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    q.add_argument("--experiment", default="animegen", help="experiment name (created if missing)")
+    q.add_argument("--run-name", help="run name (default: kfp's, pipeline name + time)")
+    q.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    q.add_argument("--token", help="bearer token (else kfp.Client's own credential lookup)")
+    q.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="force caching on or off for every task (default: each task's own setting)")
+    params_args(q)
+    rerun_args(q, local=False)
+    gpu_args(q)
+    q.set_defaults(func=cmd_pipeline_submit)
+
+    q = psub.add_parser("params", help="list the pipeline's parameters with their defaults")
+    q.set_defaults(func=cmd_pipeline_params)
 
 
 INGEST_HELP = {
@@ -434,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--psis", type=float, nargs="+", default=[2, 1, 0.6, 0, -0.6, -1, -2])
     q.add_argument("--n", type=int, default=8, help="rows (latents)")
     q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
+    _add_pipeline_parser(sub)
     return parser
 
 
@@ -442,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"animegen {args.command}: error: {e}", file=sys.stderr)
+        sub = getattr(args, "pipeline_command", None) or getattr(args, "tagger_command", None)
+        print(f"animegen {args.command}{' ' + sub if sub else ''}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,1 @@
+"""The control component (component.py); see README.md."""

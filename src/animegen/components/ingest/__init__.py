@@ -1,0 +1,1 @@
+"""The ingest component (component.py); see README.md."""

@@ -1,0 +1,42 @@
+"""KFP component: ingest a source URI into the Dataset artifact (``animegen.data.ingest.run_ingest``)."""
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Output
+
+from animegen.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(
+    source: str,
+    dataset: Output[Dataset],
+    summary: Output[HTML],
+    resolution: int = 64,
+    mode: str = "rgb",
+    channels: int = 0,
+    sha256: str = "",
+    holdout: float = 0.1,
+    grow_to: int = 0,
+    limit: int = 0,
+    seed: int = 0,
+    s3_endpoint: str = "",
+    options: dict = {},
+):
+    """Ingest ``source`` (folder, archive, https://, s3://, kaggle:, synthetic:) into the Dataset ``dataset``
+    (images.npy, index.jsonl, manifest.json); ``summary`` shows counts, skips and a grid of the packed images.
+    0 / "" mean "unset" (channels: the mode's own; grow_to, limit: none). ``options``: any other IngestConfig field.
+    """
+    import json
+
+    from animegen.components import runtime as rt
+    from animegen.data.ingest import IngestConfig, run_ingest
+
+    rt.set_object_store_env(s3_endpoint)
+    cfg = rt.build_config(IngestConfig, options, {
+        "source": source, "resolution": resolution, "mode": mode, "channels": rt.opt(channels),
+        "sha256": rt.opt(sha256), "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit),
+        "seed": seed})
+    out = run_ingest(cfg, rt.out_dir(dataset), overwrite=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    dataset.metadata.update({k: manifest.get(k) for k in ("count", "resolution", "channels", "mode", "source",
+                                                          "content_hash", "skipped_count", "grown")})
+    rt.dataset_summary(summary, out, manifest, f"Dataset: {manifest.get('source')}")

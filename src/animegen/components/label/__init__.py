@@ -1,0 +1,1 @@
+"""The label component (component.py); see README.md."""

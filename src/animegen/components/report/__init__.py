@@ -1,0 +1,1 @@
+"""The report component (component.py); see README.md."""

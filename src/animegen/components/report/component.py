@@ -1,0 +1,59 @@
+"""KFP component: the run's report over every model and its row per model in the run registry
+(``animegen.pipelines.report.run_report``, which runs ``animegen.eval.compare.run_compare``)."""
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
+
+from animegen.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def report(
+    conditional: Input[Metrics],
+    manga: Input[Metrics],
+    manga_scratch: Input[Metrics],
+    character: Input[Metrics],
+    character_scratch: Input[Metrics],
+    dcgan: Input[Metrics],
+    dcgan_conditional: Input[Metrics],
+    cross_fid: Input[Metrics],
+    report: Output[HTML],
+    table: Output[Markdown],
+    summary: Output[Metrics],
+    report_dir: Output[Artifact],
+    registry_uri: str = "",
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    job_name: str = "",
+    job_id: str = "",
+):
+    """One table and plots over every model of the run (``report``, ``table``), every model's scalars in one Metrics
+    artifact (``summary``), the whole report folder (``report_dir``: compare/ tables and plots, run.json), and a row
+    per model in the run registry at ``registry_uri`` (s3://BUCKET/runs/ or a folder; "" = not recorded, logged). Each input is an evaluation's
+    Metrics artifact, or the ``skip`` placeholder of a branch that did not run. Object-store keys come from the
+    environment (the kfp-launcher's secret, ``use_secret_as_env``); ``s3_endpoint`` / ``s3_region`` are set into it."""
+    import json
+    from pathlib import Path
+
+    from animegen.components import runtime as rt
+    from animegen.pipelines.report import run_id_for, run_report
+
+    rt.set_object_store_env(s3_endpoint, s3_region)
+
+    def read(artifact):
+        return json.loads(Path(artifact.path).read_text())
+
+    evaluations = {"conditional": read(conditional), "manga": read(manga), "manga_scratch": read(manga_scratch),
+                   "character": read(character), "character_scratch": read(character_scratch),
+                   "dcgan": read(dcgan), "dcgan_conditional": read(dcgan_conditional)}
+    remote = "://" in (report.uri or "")
+    run_id = run_id_for(job_name, job_id, remote)
+    out = rt.out_dir(report_dir)
+    result = run_report(evaluations, read(cross_fid), out, run_id=run_id, registry_uri=registry_uri,
+                        report_uri=report.uri, kfp={"job_name": job_name, "job_id": job_id})
+    Path(report.path).write_text(Path(result["report"]).read_text())
+    Path(table.path).write_text(Path(result["markdown"]).read_text())
+    rt.log_scalars(summary, result["scalars"])
+    rt.write_json(summary.path, result["scalars"])
+    report_dir.metadata.update({"run_id": run_id, "registry": str(result["registry"])})
+    print(Path(result["markdown"]).read_text())
+    print(f"report: {report.path}")

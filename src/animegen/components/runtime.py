@@ -1,0 +1,224 @@
+"""What the KFP components share at run time, besides the stage functions they call.
+
+A component's Python body is copied into the compiled YAML on its own (``inspect.getsource`` of the function), so
+it cannot call helpers defined beside it in component.py; it imports this module instead (the images carry the
+package). Everything here is KFP glue: artifact directories, optional values, metric names, the object-store
+environment, small HTML pages. No stage logic lives here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+# Scalars of an Evaluation's metrics.json logged to the KFP Metrics artifact, and their names there: every name
+# ends in _<model> so the KFP Compare page lines runs up per model (fid_conditional, acc_both_manga, ...).
+EVAL_SCALARS = {
+    "fid": "fid", "fid_psi": "fid_psi", "kid": "kid", "kid_psi": "kid_psi",
+    "hair_accuracy": "acc_hair", "eye_accuracy": "acc_eye", "both_accuracy": "acc_both",
+    "hair_accuracy_psi": "acc_hair_psi", "eye_accuracy_psi": "acc_eye_psi", "both_accuracy_psi": "acc_both_psi",
+}
+TRAIN_SCALARS = {"wall_s": "train_s", "img_per_s": "img_per_s", "peak_memory_bytes": "peak_mem_mib"}
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SKIPPED = "skipped"  # key of the JSON a skipped branch writes in place of an Evaluation's metrics
+
+
+def out_dir(artifact: Any) -> Path:
+    """The directory of a directory-valued output artifact (``artifact.path``), created."""
+    path = Path(artifact.path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def opt(value: Any) -> Any:
+    """A pipeline parameter's "unset": 0, "" and negative numbers become None (KFP parameters cannot be None)."""
+    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                        and value <= 0):
+        return None
+    return value
+
+
+def csv_list(text: str) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; '' -> None (the stage's default)."""
+    items = [t.strip() for t in str(text or "").split(",") if t.strip()]
+    return items or None
+
+
+def merge(options: dict | None, explicit: dict[str, Any]) -> dict[str, Any]:
+    """A stage config's values: the free-form ``options`` (any other field of the stage's Config) under the
+    component's explicit parameters, which win; explicit values that are None (unset) leave the Config default."""
+    values = dict(options or {})
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return values
+
+
+def build_config(cls: type, options: dict | None, explicit: dict[str, Any]) -> Any:
+    """``cls.from_dict`` of :func:`merge`'s values, numbers coerced to the fields' types: a KFP dict parameter
+    arrives as a protobuf Struct, whose numbers are all floats (``{"grid_n": 2}`` comes back as 2.0)."""
+    return cls.from_dict(coerce(cls, merge(options, explicit)))
+
+
+def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Integral floats -> int where ``cls`` (a Config dataclass) declares an int field; nested Configs too."""
+    import dataclasses
+    import types
+    import typing
+
+    from animegen.config import Config
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in values.items():
+        if key not in names:
+            continue  # from_dict names the unknown key
+        hint = hints[key]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        nested = next((a for a in args if isinstance(a, type) and issubclass(a, Config)), None)
+        if nested is not None and isinstance(value, dict):
+            out[key] = coerce(nested, value)
+        elif int in args and float not in args and isinstance(value, float) and value.is_integer():
+            out[key] = int(value)
+    return out
+
+
+def check_model_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(f"model name {name!r}: use lower-case letters, digits and '_' (it names KFP metrics such as "
+                         f"fid_<name>, so it must stay stable across runs)")
+    return name
+
+
+def set_object_store_env(endpoint: str = "", region: str = "") -> None:
+    """Point the S3 client at ``endpoint`` (and ``region``) when given. KFP's ``set_env_variable`` cannot take a
+    pipeline parameter, so the endpoint arrives as a component parameter and is set here; the keys come from the
+    environment (on the cluster: ``use_secret_as_env`` with the object-store secret)."""
+    if endpoint:
+        os.environ["S3_ENDPOINT_URL"] = endpoint
+    if region:
+        os.environ["AWS_REGION"] = region
+
+
+def finite(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def write_json(path: str | os.PathLike, doc: Any) -> None:
+    from animegen.utils import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def evaluation_scalars(doc: dict[str, Any], model_name: str) -> dict[str, float]:
+    """The KFP metric names and values of one Evaluation (``fid_<model>``, ``acc_both_<model>``, training time
+    ``train_s_<model>``, ``img_per_s_<model>``, ``peak_mem_mib_<model>``); non-finite and missing values are left
+    out (the UI cannot show them)."""
+    out = {}
+    for key, name in EVAL_SCALARS.items():
+        value = finite(doc.get(key))
+        if value is not None and not (key.endswith("_psi") and doc.get("psi") == 1.0):
+            out[f"{name}_{model_name}"] = value
+    train = doc.get("train") or {}
+    for key, name in TRAIN_SCALARS.items():
+        value = finite(train.get(key))
+        if value is not None:
+            out[f"{name}_{model_name}"] = value / 2**20 if key == "peak_memory_bytes" else value
+    return out
+
+
+def log_scalars(metrics: Any, scalars: dict[str, float]) -> None:
+    for name, value in scalars.items():
+        metrics.log_metric(name, float(value))
+
+
+def log_confusion(artifact: Any, confusion: dict[str, Any] | None, reason: str) -> None:
+    """A KFP ClassificationMetrics confusion matrix (requested vs predicted colour), or a note why there is none.
+    The JSON is always written to ``artifact.path`` (an output with no file breaks caching and some launchers)."""
+    if confusion:
+        artifact.log_confusion_matrix(list(confusion["categories"]), [[int(v) for v in row]
+                                                                       for row in confusion["matrix"]])
+        write_json(artifact.path, confusion)
+    else:
+        artifact.metadata["note"] = reason
+        write_json(artifact.path, {SKIPPED: reason})
+
+
+def html_page(title: str, body: str) -> str:
+    from animegen.eval.report import html_page as page
+
+    return page(title, body)
+
+
+def figures_html(figures: list[tuple[str, Path]]) -> str:
+    """Embedded images (data: URIs) with captions, for the small HTML artifacts of ingest, label and train."""
+    from animegen.eval.report import Figure, figure_html
+
+    shown = [figure_html(Figure(Path(p), caption)) for caption, p in figures if Path(p).is_file()]
+    return f'<div class="figs">{"".join(shown)}</div>' if shown else ""
+
+
+def _facts_table(facts: dict[str, Any]) -> str:
+    from animegen.eval.report import esc, fmt, html_table
+
+    return html_table(["", ""], [[esc(k), esc(fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v))]
+                                 for k, v in facts.items() if v is not None])
+
+
+def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], title: str,
+                    figures: list[tuple[str, Path]] | None = None) -> None:
+    """An HTML artifact for a Dataset: its headline facts, the given figures and a grid of its first images."""
+    import tempfile
+
+    import numpy as np
+
+    from animegen.eval.report import esc
+    from animegen.latent.grid import save_grid
+
+    keys = ("source", "count", "resolution", "channels", "mode", "kept", "grown", "duplicates_count",
+            "skipped_count", "skipped_by_reason", "refused_count", "splits", "num_classes", "label_kind",
+            "content_hash")
+    facts = {k: manifest[k] for k in keys if k in manifest}
+    with tempfile.TemporaryDirectory(prefix="animegen-summary-") as tmp:
+        images = np.load(Path(dataset_dir) / "images.npy", mmap_mode="r")
+        grid = save_grid(np.asarray(images[:64]), Path(tmp) / "first.png", ncol=16) if len(images) else None
+        shown = list(figures or []) + ([(f"the first {min(64, len(images))} images", grid)] if grid else [])
+        body = f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(shown)}"
+        write_text(artifact.path, html_page(title, body))
+
+
+def model_summary(artifact: Any, model_dir: Path, title: str) -> None:
+    """An HTML artifact for a Model: training summary, the loss curve and the last sample grid."""
+    from animegen.eval.report import esc
+
+    model_dir = Path(model_dir)
+    summary = _read(model_dir / "summary.json")
+    init = _read(model_dir / "init_report.json")
+    facts = {k: summary.get(k) for k in ("kimg", "steps", "wall_s", "img_per_s", "peak_memory_bytes", "device")}
+    if init:
+        facts.update({"init_from": init.get("source"), "folded class": init.get("folded_class"),
+                      "class init": init.get("class_init") or None})
+    grids = sorted((model_dir / "samples").glob("fakes-*.png"))
+    figures = [("losses", model_dir / "loss.png")] + ([(f"samples: {grids[-1].stem}", grids[-1])] if grids else [])
+    write_text(artifact.path, html_page(title, f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(figures)}"))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    from animegen.utils import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}

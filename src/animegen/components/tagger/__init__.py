@@ -1,0 +1,1 @@
+"""The tagger component (component.py); see README.md."""

@@ -1,0 +1,1 @@
+"""The train component (component.py); see README.md."""

@@ -1,0 +1,48 @@
+"""KFP component: train a GAN from scratch (``animegen.train.train``); GPU image, GPU node pool."""
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Model, Output
+
+from animegen.components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def train(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    summary: Output[HTML],
+    arch: str = "stylegan",
+    conditional: bool = False,
+    resolution: int = 64,
+    kimg: float = 10.0,
+    batch: int = 0,
+    z_dim: int = 0,
+    w_dim: int = 512,
+    mapping_layers: int = 8,
+    channel_base: int = 0,
+    channel_max: int = 512,
+    cond_mode: str = "concat",
+    r1_gamma: float = -1.0,
+    snapshot_kimg: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+    options: dict = {},
+):
+    """Train ``arch`` (dcgan | stylegan, ``conditional`` on the dataset's classes) on ``dataset`` for ``kimg``
+    thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
+    snapshots/). 0 (and r1_gamma < 0) mean the architecture's default. ``options``: any other TrainConfig field.
+    A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume)."""
+    from animegen.components import runtime as rt
+    from animegen.train import TrainConfig
+    from animegen.train import train as run_train
+
+    out = rt.out_dir(model)
+    cfg = rt.build_config(TrainConfig, options, {
+        "data": dataset.path, "out": str(out), "arch": arch, "conditional": conditional, "resolution": resolution,
+        "kimg": kimg, "batch": rt.opt(batch), "z_dim": rt.opt(z_dim), "w_dim": w_dim,
+        "mapping_layers": mapping_layers, "channel_base": rt.opt(channel_base), "channel_max": channel_max,
+        "cond_mode": cond_mode, "r1_gamma": None if r1_gamma < 0 else r1_gamma,
+        "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
+    result = run_train(cfg, resume=(out / "checkpoint.pt").is_file())
+    model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
+                           "img_per_s": result.img_per_s, "device": result.device})
+    rt.model_summary(summary, out, f"{arch}{' (conditional)' if conditional else ''}: {result.images_seen / 1000:g} kimg")

@@ -1,0 +1,1 @@
+"""The transfer component (component.py); see README.md."""

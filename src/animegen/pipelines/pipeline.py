@@ -1,0 +1,574 @@
+"""The animegen KFP pipeline: the DAG that reproduces both source papers' experiments, and its compile-time options.
+
+Tasks (names are stable: they name the artifacts' folders, the KFP Compare page rows and ``--only`` targets)::
+
+    ingest-main -> label -> tagger
+                         -> train-conditional -> evaluate-conditional                  (FID, per-class accuracy)
+    [run_manga]     ingest-manga (lineart, 3 channels) -> transfer-manga (from train-conditional, init class
+                    "black hair") -> evaluate-manga
+    [+run_baselines] train-manga-scratch (same budget) -> evaluate-manga-scratch
+    [run_character] ingest-character (grown to N) -> transfer-character (init class a parameter) -> evaluate-character
+    [+run_baselines] train-character-scratch -> evaluate-character-scratch
+    [run_dcgan]     train-dcgan, train-dcgan-conditional (main set) -> evaluate-dcgan, evaluate-dcgan-conditional
+    [manga+character] fid-manga-character (cross-dataset FID)
+    report (every evaluation; a row per model into the run registry)
+
+A branch that a ``run_*`` parameter turns off is skipped with ``dsl.If``; its ``dsl.Else`` runs a ``skip-<branch>``
+placeholder, so the report (fed through ``dsl.OneOf``) lists the branch as skipped. Branches needing two switches
+(a baseline needs its transfer set; the cross-dataset FID needs both sets) test the outputs of the ``plan`` task.
+
+``make_pipeline(options)`` builds the pipeline; ``compile_pipeline(path, options)`` writes the YAML users upload
+(``animegen pipeline compile``); the committed ``animegen_pipeline.yaml`` is ``compile_pipeline`` with the default
+options. ``make_pipeline(options, static=params, reuse=outputs, rerun=tasks)`` builds the variant that reruns some
+tasks and imports the other tasks' artifacts from an earlier run (``dsl.importer``): see pipelines/README.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PIPELINE_NAME = "animegen"
+COMPILED = Path(__file__).with_name("animegen_pipeline.yaml")
+STAGES = ("ingest", "label", "tagger", "train", "transfer", "evaluate", "report")
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class Param:
+    type: type
+    default: Any
+    help: str
+
+
+def _p(type_: type, default: Any, help_: str) -> Param:
+    return Param(type_, default, help_)
+
+
+# Every user-tunable value. The defaults are TINY settings on synthetic: sources (32 px, narrow networks, a few hundred
+# images shown per model, FID on 48 images): the whole DAG runs on a laptop CPU in minutes, and its FIDs are
+# meaningless. configs/pipeline/mlds.yaml holds the settings of a real run.
+PARAMETERS: dict[str, Param] = {
+    # the main set (conditional StyleGAN, DCGANs) and its labels
+    "main_source": _p(str, "synthetic:?n=384&hair=blonde,black,blue&eyes=red,blue,green",
+                      "main set: folder, .zip/.tar, https://, s3://, kaggle:OWNER/DATASET or synthetic:"),
+    "main_sha256": _p(str, "", "expected sha256 of a downloaded main_source ('' = not checked)"),
+    "label_tags": _p(str, "auto", "tag source: auto | csv:PATH | tagfile:[NAME] | table:PATH | index | "
+                                  "danbooru:WEIGHTS_URI"),
+    "label_mode": _p(str, "pair", "classes: pair ((hair, eye) pairs), hair, eye or multi_hot"),
+    "label_threshold": _p(float, 0.7, "a tag counts when its probability is at least this"),
+    "label_min_per_class": _p(int, 1, "drop classes with fewer images"),
+    "label_hair": _p(str, "", "hair-colour tags to keep, comma-separated ('' = the paper's)"),
+    "label_eyes": _p(str, "", "eye-colour tags to keep, comma-separated ('' = the paper's)"),
+    # the monochrome (manga) transfer set
+    "manga_source": _p(str, "synthetic:?n=256&seed=7&labels=none", "monochrome transfer set (any source URI)"),
+    "manga_sha256": _p(str, "", "expected sha256 of a downloaded manga_source"),
+    "manga_mode": _p(str, "lineart", "how the monochrome set is made: lineart (XDoG) or grayscale"),
+    "manga_channels": _p(int, 3, "channels of the monochrome set: 3 repeats grey so every layer of the RGB model "
+                                 "transfers; 1 skips the RGB input/output layers"),
+    "manga_init_class": _p(str, "black hair", "source class the monochrome model starts from (a partial name "
+                                              "averages every class containing it)"),
+    # the single-character transfer set
+    "character_source": _p(str, "synthetic:?n=55&seed=23&hair=blonde&eyes=blue&labels=none",
+                           "single-character transfer set (any source URI)"),
+    "character_sha256": _p(str, "", "expected sha256 of a downloaded character_source"),
+    "character_grow_to": _p(int, 128, "grow the character set's train split to this many images (0 = no growth)"),
+    "character_init_class": _p(str, "blonde hair", "source class the character model starts from"),
+    # shared data and training settings
+    "resolution": _p(int, 32, "image size of every set and model (power of two)"),
+    "holdout": _p(float, 0.1, "held-out share of each set"),
+    "seed": _p(int, 0, "seed of splits, initialisation, data order, latents"),
+    "device": _p(str, "auto", "auto, cpu or cuda (training and evaluation)"),
+    "snapshot_kimg": _p(float, 0.0, "checkpoint and sample grid every N kimg (0 = the default, 50)"),
+    "freeze_d": _p(int, 0, "discriminator blocks frozen while transferring"),
+    # StyleGAN
+    "kimg_conditional": _p(float, 0.3, "training length of the conditional StyleGAN (thousands of images)"),
+    "kimg_manga": _p(float, 0.2, "training length of the monochrome transfer and of its from-scratch baseline"),
+    "kimg_character": _p(float, 0.2, "training length of the character transfer and of its from-scratch baseline"),
+    "sg_batch": _p(int, 16, "StyleGAN batch size (0 = 64)"),
+    "sg_z_dim": _p(int, 32, "StyleGAN z size (0 = 512)"),
+    "sg_w_dim": _p(int, 32, "StyleGAN w size"),
+    "sg_mapping_layers": _p(int, 2, "StyleGAN mapping network depth"),
+    "sg_channel_base": _p(int, 256, "StyleGAN feature maps: min(channel_max, channel_base / r) (0 = 4096)"),
+    "sg_channel_max": _p(int, 64, "StyleGAN feature-map cap per layer"),
+    "sg_cond_mode": _p(str, "concat", "conditioning of the conditional StyleGAN: concat or projection"),
+    "sg_r1_gamma": _p(float, -1.0, "StyleGAN R1 weight (< 0 = the default, 10)"),
+    # DCGAN
+    "kimg_dcgan": _p(float, 0.3, "training length of the DCGAN"),
+    "kimg_dcgan_conditional": _p(float, 0.3, "training length of the conditional DCGAN"),
+    "dcgan_batch": _p(int, 32, "DCGAN batch size (0 = 128)"),
+    "dcgan_z_dim": _p(int, 32, "DCGAN z size (0 = 100)"),
+    "dcgan_channel_base": _p(int, 256, "DCGAN feature maps: min(channel_max, channel_base / r) (0 = 2048)"),
+    "dcgan_channel_max": _p(int, 64, "DCGAN feature-map cap per layer"),
+    # colour tagger
+    "tagger_epochs": _p(int, 4, "colour tagger epochs"),
+    "tagger_width": _p(int, 16, "colour tagger width (32 = ~250k parameters)"),
+    "tagger_resolution": _p(int, 32, "colour tagger input size"),
+    "tagger_batch": _p(int, 32, "colour tagger batch size"),
+    # evaluation
+    "n_fid": _p(int, 48, "generated images per FID / KID (papers: 10000 or more)"),
+    "psi": _p(float, 0.6, "truncation psi of the second FID and accuracy (1 = none)"),
+    "k_per_class": _p(int, 16, "generated images per class for the per-class accuracy"),
+    "max_reference": _p(int, 0, "reference images per FID (0 = the whole set)"),
+    "eval_snapshots": _p(bool, False, "also FID of every snapshot (FID over kimg curves)"),
+    "eval_grids": _p(bool, True, "sample, truncation, mixing grids and interpolation GIF in each report"),
+    "eval_batch": _p(int, 0, "evaluation batch size (0 = 16 on CPU, 200 on CUDA)"),
+    "cross_fid_max_images": _p(int, 0, "images per side of the cross-dataset FID (0 = all)"),
+    # branches
+    "run_manga": _p(bool, True, "monochrome transfer branch"),
+    "run_character": _p(bool, True, "single-character transfer branch"),
+    "run_baselines": _p(bool, True, "from-scratch baselines of the transfers (same budget)"),
+    "run_dcgan": _p(bool, True, "DCGAN and conditional DCGAN on the main set"),
+    # object store and registry
+    "registry_uri": _p(str, "", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)"),
+    "s3_endpoint": _p(str, "", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
+                               "secret), e.g. http://minio-service.kubeflow:9000"),
+    "s3_region": _p(str, "", "S3 region ('' = us-east-1)"),
+    # anything else, per stage: other fields of the stage's Config
+    "ingest_options": _p(dict, {}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})"),
+    "label_options": _p(dict, {}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})"),
+    "tagger_options": _p(dict, {}, "other TaggerTrainConfig fields"),
+    "train_options": _p(dict, {}, "other TrainConfig fields for every training and transfer (e.g. lr_g)"),
+    "eval_options": _p(dict, {}, "other EvalConfig fields for every evaluation (e.g. inception_weights)"),
+}
+
+
+def default_params() -> dict[str, Any]:
+    return {k: (dict(p.default) if isinstance(p.default, dict) else p.default) for k, p in PARAMETERS.items()}
+
+
+def check_params(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` checked against PARAMETERS (unknown names refused, numbers converted); returns a full dict."""
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameter(s) {', '.join(unknown)}; see `animegen pipeline params`")
+    out = default_params()
+    for key, value in values.items():
+        want = PARAMETERS[key].type
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError(f"pipeline parameter {key}={value!r}: expected {want.__name__}")
+        out[key] = value
+    return out
+
+
+def branches(run_manga: bool, run_character: bool, run_baselines: bool, run_dcgan: bool) -> dict[str, bool]:
+    """Which optional branches run (the ``plan`` component returns exactly this)."""
+    return {"manga": bool(run_manga), "manga_scratch": bool(run_manga and run_baselines),
+            "character": bool(run_character), "character_scratch": bool(run_character and run_baselines),
+            "cross_fid": bool(run_manga and run_character), "dcgan": bool(run_dcgan)}
+
+
+# ------------------------------------------------------------------------------------------------ the task graph
+@dataclass(frozen=True)
+class Task:
+    stage: str                # one of STAGES (what --only selects)
+    branch: str               # "main" or a key of branches()
+    upstream: tuple[str, ...]  # tasks whose artifacts it reads
+    outputs: dict[str, str] = field(default_factory=dict)  # artifacts others read: output -> artifact class name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    evaluate: str
+    model: tuple[str, str]    # (task, output) of the model
+    dataset: tuple[str, str]  # (task, output) of the set it trains on and is evaluated against
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    task: str
+    name: str
+    a: tuple[str, str]
+    b: tuple[str, str]
+
+
+_EVAL = {"metrics": "Metrics"}
+TASKS: dict[str, Task] = {
+    "ingest-main": Task("ingest", "main", (), {"dataset": "Dataset"}),
+    "label": Task("label", "main", ("ingest-main",), {"labelled": "Dataset"}),
+    "tagger": Task("tagger", "main", ("label",), {"tagger": "Model"}),
+    "train-conditional": Task("train", "main", ("label",), {"model": "Model"}),
+    "evaluate-conditional": Task("evaluate", "main", ("train-conditional", "label", "tagger"), _EVAL),
+    "ingest-manga": Task("ingest", "manga", (), {"dataset": "Dataset"}),
+    "transfer-manga": Task("transfer", "manga", ("train-conditional", "ingest-manga"), {"model": "Model"}),
+    "evaluate-manga": Task("evaluate", "manga", ("transfer-manga", "ingest-manga", "tagger"), _EVAL),
+    "train-manga-scratch": Task("train", "manga_scratch", ("ingest-manga",), {"model": "Model"}),
+    "evaluate-manga-scratch": Task("evaluate", "manga_scratch", ("train-manga-scratch", "ingest-manga", "tagger"),
+                                   _EVAL),
+    "ingest-character": Task("ingest", "character", (), {"dataset": "Dataset"}),
+    "transfer-character": Task("transfer", "character", ("train-conditional", "ingest-character"),
+                               {"model": "Model"}),
+    "evaluate-character": Task("evaluate", "character", ("transfer-character", "ingest-character", "tagger"), _EVAL),
+    "train-character-scratch": Task("train", "character_scratch", ("ingest-character",), {"model": "Model"}),
+    "evaluate-character-scratch": Task("evaluate", "character_scratch",
+                                       ("train-character-scratch", "ingest-character", "tagger"), _EVAL),
+    "train-dcgan": Task("train", "dcgan", ("label",), {"model": "Model"}),
+    "train-dcgan-conditional": Task("train", "dcgan", ("label",), {"model": "Model"}),
+    "evaluate-dcgan": Task("evaluate", "dcgan", ("train-dcgan", "label", "tagger"), _EVAL),
+    "evaluate-dcgan-conditional": Task("evaluate", "dcgan", ("train-dcgan-conditional", "label", "tagger"), _EVAL),
+    "fid-manga-character": Task("evaluate", "cross_fid", ("ingest-manga", "ingest-character"), _EVAL),
+    "report": Task("report", "main", ("evaluate-conditional", "evaluate-manga", "evaluate-manga-scratch",
+                                      "evaluate-character", "evaluate-character-scratch", "evaluate-dcgan",
+                                      "evaluate-dcgan-conditional", "fid-manga-character")),
+}
+MODELS: dict[str, ModelSpec] = {
+    "conditional": ModelSpec("evaluate-conditional", ("train-conditional", "model"), ("label", "labelled")),
+    "manga": ModelSpec("evaluate-manga", ("transfer-manga", "model"), ("ingest-manga", "dataset")),
+    "manga_scratch": ModelSpec("evaluate-manga-scratch", ("train-manga-scratch", "model"),
+                               ("ingest-manga", "dataset")),
+    "character": ModelSpec("evaluate-character", ("transfer-character", "model"), ("ingest-character", "dataset")),
+    "character_scratch": ModelSpec("evaluate-character-scratch", ("train-character-scratch", "model"),
+                                   ("ingest-character", "dataset")),
+    "dcgan": ModelSpec("evaluate-dcgan", ("train-dcgan", "model"), ("label", "labelled")),
+    "dcgan_conditional": ModelSpec("evaluate-dcgan-conditional", ("train-dcgan-conditional", "model"),
+                                   ("label", "labelled")),
+}
+TAGGER = ("tagger", "tagger")
+CROSS_FID = CrossSpec("fid-manga-character", "manga_vs_character", ("ingest-manga", "dataset"),
+                      ("ingest-character", "dataset"))
+GPU_STAGES = ("train", "transfer")
+CACHED_STAGES = ("ingest", "label", "tagger", "train", "transfer")  # evaluate and report always run
+
+
+def downstream(tasks: Iterable[str]) -> set[str]:
+    """``tasks`` and every task that reads their artifacts, directly or not."""
+    out = set(tasks)
+    changed = True
+    while changed:
+        changed = False
+        for name, task in TASKS.items():
+            if name not in out and out & set(task.upstream):
+                out.add(name)
+                changed = True
+    return out
+
+
+def select(only: Iterable[str]) -> set[str]:
+    """Tasks named by ``--only`` values: a stage (every task of it) or a task name."""
+    chosen: set[str] = set()
+    for item in only:
+        hits = {n for n, t in TASKS.items() if t.stage == item} if item in STAGES else (
+            {item} if item in TASKS else set())
+        if not hits:
+            raise ValueError(f"--only {item!r}: not a stage ({', '.join(STAGES)}) nor a task "
+                             f"({', '.join(TASKS)})")
+        chosen |= hits
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ options
+@dataclass
+class PipelineOptions:
+    """Compile-time options: how the GPU tasks (train, transfer) are placed and sized, CPU task sizes, the secret
+    holding the object-store keys, retries. Defaults suit GKE; see pipelines/README.md for EKS and AKS."""
+
+    accelerator: str = "nvidia.com/gpu"
+    gpus: int = 1
+    gpu_node_selector: dict[str, str] = field(
+        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"})
+    gpu_tolerations: list[dict[str, str]] = field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu_cpu: str = "8"
+    gpu_memory: str = "32G"
+    cpu_cpu: str = "2"
+    cpu_memory: str = "8G"
+    cpu_memory_limit: str = "16G"
+    object_store_secret: str = "mlpipeline-minio-artifact"
+    kaggle_secret: str = ""  # a secret with keys username / key, for kaggle: sources ("" = none)
+    retries: int = 2
+
+
+def parse_toleration(text: str) -> dict[str, str]:
+    """``KEY[=VALUE]:EFFECT`` -> a toleration (operator Equal with a value, else Exists)."""
+    key_value, sep, effect = text.rpartition(":")
+    if not sep or not key_value or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"--gpu-toleration {text!r}: expected KEY[=VALUE]:EFFECT with EFFECT NoSchedule, "
+                         "PreferNoSchedule or NoExecute (e.g. nvidia.com/gpu:NoSchedule, sku=gpu:NoSchedule)")
+    key, eq, value = key_value.partition("=")
+    return ({"key": key, "operator": "Equal", "value": value, "effect": effect} if eq
+            else {"key": key, "operator": "Exists", "effect": effect})
+
+
+def _named(component: Any, name: str) -> Any:
+    """``component`` under the name ``name``: KFP names a task after its component, so every task of the DAG gets
+    a stable, readable name (evaluate-manga rather than evaluate-3) in the YAML, the UI and local artifact folders."""
+    from kfp.dsl.python_component import PythonComponent
+
+    return PythonComponent(dataclasses.replace(component.component_spec, name=name), component.python_func)
+
+
+def _components() -> dict[str, Any]:
+    from animegen.components.control.component import plan, skip
+    from animegen.components.evaluate.component import cross_fid, evaluate
+    from animegen.components.ingest.component import ingest
+    from animegen.components.label.component import label
+    from animegen.components.report.component import report
+    from animegen.components.tagger.component import tagger
+    from animegen.components.train.component import train
+    from animegen.components.transfer.component import transfer
+
+    return {"ingest": ingest, "label": label, "tagger": tagger, "train": train, "transfer": transfer,
+            "evaluate": evaluate, "cross_fid": cross_fid, "report": report, "plan": plan, "skip": skip}
+
+
+# ------------------------------------------------------------------------------------------------ the builder
+@dataclass(frozen=True)
+class _Ref:
+    """An output of a DAG task, resolved when a task that runs consumes it."""
+    task: str
+    output: str
+
+
+class _Dag:
+    """Creates the tasks: real ones with their placement, caching and retry settings, or (in a rerun) importers of
+    an earlier run's artifacts. ``static``: parameter values that decide the branches at build time (a rerun);
+    None: branches decided at run time by dsl.If on the pipeline parameters."""
+
+    def __init__(self, options: PipelineOptions, static: dict[str, Any] | None,
+                 reuse: dict[str, dict[str, str]] | None, rerun: set[str] | None, source: str):
+        self.options, self.static, self.reuse, self.rerun, self.source = options, static, reuse or {}, rerun, source
+        self.comp = _components()
+        self.created: dict[str, Any] = {}
+        self.imported: dict[tuple[str, str], Any] = {}
+        self.on = branches(**{k: static[k] for k in ("run_manga", "run_character", "run_baselines", "run_dcgan")}
+                           ) if static is not None else None
+
+    # --- resolving outputs
+    def resolve(self, value: Any) -> Any:
+        if not isinstance(value, _Ref):
+            return value
+        if value.task in self.created:
+            return self.created[value.task].outputs[value.output]
+        key = (value.task, value.output)
+        if key not in self.imported:
+            uri = self.reuse.get(value.task, {}).get(value.output)
+            if not uri:
+                raise ValueError(f"{self.source} has no {value.output!r} artifact of task {value.task} (it did not "
+                                 f"run there, or failed); rerun it too: --only {value.task}")
+            from kfp import dsl
+            from kfp.dsl import types
+
+            cls = getattr(types.artifact_types, TASKS[value.task].outputs.get(value.output, "Artifact"))
+            imp = dsl.importer(artifact_uri=uri, artifact_class=cls, reimport=False)
+            imp.set_display_name(f"{value.task}.{value.output} (imported)")
+            self.imported[key] = imp
+        return self.imported[key].output
+
+    # --- tasks
+    def runs(self, name: str) -> bool:
+        return self.rerun is None or name in self.rerun or name not in TASKS  # plan and skip-* always run
+
+    def task(self, name: str, component: str, /, **args: Any) -> Callable[[str], Any]:
+        """Create task ``name`` (when it runs in this build) and return ``out(output)``: a reference to one of its
+        outputs (the task's own, or an importer of the earlier run's artifact)."""
+        if self.runs(name):
+            t = _named(self.comp[component], name)(**{k: self.resolve(v) for k, v in args.items()})
+            self._configure(name, component, t)
+            self.created[name] = t
+        return lambda output: _Ref(name, output) if name in TASKS else self.created[name].outputs[output]
+
+    def _configure(self, name: str, component: str, t: Any) -> None:
+        from kfp import kubernetes
+
+        o = self.options
+        stage = TASKS[name].stage if name in TASKS else "control"
+        t.set_caching_options(stage in CACHED_STAGES or stage == "control")
+        if stage in GPU_STAGES:
+            t.set_accelerator_type(o.accelerator).set_accelerator_limit(o.gpus)
+            t.set_cpu_request(o.gpu_cpu).set_cpu_limit(o.gpu_cpu)
+            t.set_memory_request(o.gpu_memory).set_memory_limit(o.gpu_memory)
+            for key, value in o.gpu_node_selector.items():
+                kubernetes.add_node_selector(t, label_key=key, label_value=value)
+            for tol in o.gpu_tolerations:
+                kubernetes.add_toleration(t, key=tol.get("key"), operator=tol.get("operator", "Equal"),
+                                          value=tol.get("value"), effect=tol.get("effect"))
+            t.set_retry(num_retries=o.retries, backoff_duration="60s", backoff_factor=2.0)
+        elif stage != "control":
+            t.set_cpu_request(o.cpu_cpu).set_memory_request(o.cpu_memory).set_memory_limit(o.cpu_memory_limit)
+        if component in ("ingest", "report"):  # they read s3:// sources / write the registry
+            kubernetes.use_secret_as_env(t, secret_name=o.object_store_secret,
+                                         secret_key_to_env={"accesskey": "AWS_ACCESS_KEY_ID",
+                                                            "secretkey": "AWS_SECRET_ACCESS_KEY"})
+        if component == "ingest" and o.kaggle_secret:
+            kubernetes.use_secret_as_env(t, secret_name=o.kaggle_secret,
+                                         secret_key_to_env={"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"})
+
+    def optional(self, branch: str, condition: Callable[[], Any], body: Callable[[], dict[str, Any]],
+                 reason: str) -> dict[str, Any]:
+        """The outputs of ``body`` (keys starting with "dataset" or "metrics") when ``branch`` runs, else those of a
+        ``skip-<branch>`` placeholder: dsl.If / dsl.Else / dsl.OneOf, or decided now in a static build."""
+        from kfp import dsl
+
+        skip_name = f"skip-{branch.replace('_', '-')}"
+        kind = (lambda key: "dataset" if key.startswith("dataset") else "metrics")
+        if self.on is not None:
+            if self.on[branch]:
+                return body()
+            self.task(skip_name, "skip", branch=branch, reason=reason)
+            return {key: self.created[skip_name].outputs[kind(key)] for key in _body_keys(branch)}
+        with dsl.If(condition(), name=branch.replace("_", "-")):
+            produced = {k: self.resolve(v) for k, v in body().items()}
+        with dsl.Else():
+            self.task(skip_name, "skip", branch=branch, reason=reason)
+        skipped = self.created[skip_name]
+        return {k: dsl.OneOf(v, skipped.outputs[kind(k)]) for k, v in produced.items()}
+
+
+def _body_keys(branch: str) -> tuple[str, ...]:
+    return {"manga": ("dataset", "metrics"), "character": ("dataset", "metrics"),
+            "dcgan": ("metrics", "metrics_conditional")}.get(branch, ("metrics",))
+
+
+def _build(p: dict[str, Any], dag: _Dag) -> Any:
+    """The DAG. ``p``: the pipeline's parameters (channels)."""
+    seed, device, res = p["seed"], p["device"], p["resolution"]
+    ingest_common = dict(resolution=res, holdout=p["holdout"], seed=seed, s3_endpoint=p["s3_endpoint"],
+                         options=p["ingest_options"])
+    sg_shape = dict(arch="stylegan", resolution=res, z_dim=p["sg_z_dim"], w_dim=p["sg_w_dim"],
+                    mapping_layers=p["sg_mapping_layers"], channel_base=p["sg_channel_base"],
+                    channel_max=p["sg_channel_max"], cond_mode=p["sg_cond_mode"], batch=p["sg_batch"],
+                    r1_gamma=p["sg_r1_gamma"])
+    run_common = dict(snapshot_kimg=p["snapshot_kimg"], seed=seed, device=device, options=p["train_options"])
+    transfer_common = dict(batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
+                           conditional=False, **run_common)
+    eval_common = dict(n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"],
+                       max_reference=p["max_reference"], snapshots=p["eval_snapshots"], grids=p["eval_grids"],
+                       batch=p["eval_batch"], seed=seed, device=device, options=p["eval_options"])
+
+    main = dag.task("ingest-main", "ingest", source=p["main_source"], sha256=p["main_sha256"], mode="rgb",
+                    **ingest_common)
+    labelled = dag.task("label", "label", dataset=main("dataset"), tags=p["label_tags"], mode=p["label_mode"],
+                        threshold=p["label_threshold"], min_per_class=p["label_min_per_class"],
+                        hair=p["label_hair"], eyes=p["label_eyes"], options=p["label_options"])("labelled")
+    tagger = dag.task("tagger", "tagger", dataset=labelled, epochs=p["tagger_epochs"], width=p["tagger_width"],
+                      resolution=p["tagger_resolution"], batch=p["tagger_batch"], seed=seed, device=device,
+                      options=p["tagger_options"])("tagger")
+    conditional = dag.task("train-conditional", "train", dataset=labelled, conditional=True,
+                           kimg=p["kimg_conditional"], **sg_shape, **run_common)("model")
+
+    def evaluate(name: str, model: Any, dataset: Any) -> Any:
+        return dag.task(MODELS[name].evaluate, "evaluate", model=model, dataset=dataset, tagger=tagger,
+                        model_name=name, **eval_common)("metrics")
+
+    plan = None
+    if dag.on is None:
+        dag.task("plan", "plan", run_manga=p["run_manga"], run_character=p["run_character"],
+                 run_baselines=p["run_baselines"], run_dcgan=p["run_dcgan"])
+        plan = dag.created["plan"]
+
+    def transfer_branch(target: str, ingest_args: dict[str, Any], init_class: Any, kimg: Any) -> Callable:
+        def body() -> dict[str, Any]:
+            data = dag.task(f"ingest-{target}", "ingest", **ingest_args, **ingest_common)("dataset")
+            model = dag.task(f"transfer-{target}", "transfer", init_model=conditional, dataset=data,
+                             init_class=init_class, kimg=kimg, **transfer_common)("model")
+            return {"dataset": data, "metrics": evaluate(target, model, data)}
+        return body
+
+    def scratch_branch(target: str, data: Any, kimg: Any) -> Callable:
+        def body() -> dict[str, Any]:
+            model = dag.task(f"train-{target}-scratch", "train", dataset=data, conditional=False, kimg=kimg,
+                             **sg_shape, **run_common)("model")
+            return {"metrics": evaluate(f"{target}_scratch", model, data)}
+        return body
+
+    manga = dag.optional("manga", lambda: p["run_manga"] == True, transfer_branch(  # noqa: E712 (a KFP condition)
+        "manga", dict(source=p["manga_source"], sha256=p["manga_sha256"], mode=p["manga_mode"],
+                      channels=p["manga_channels"]), p["manga_init_class"], p["kimg_manga"]),
+        "run_manga is false")
+    manga_scratch = dag.optional("manga_scratch", lambda: plan.outputs["manga_scratch"] == True,  # noqa: E712
+                                 scratch_branch("manga", manga["dataset"], p["kimg_manga"]),
+                                 "run_baselines or run_manga is false")
+    character = dag.optional("character", lambda: p["run_character"] == True, transfer_branch(  # noqa: E712
+        "character", dict(source=p["character_source"], sha256=p["character_sha256"], mode="rgb",
+                          grow_to=p["character_grow_to"]), p["character_init_class"], p["kimg_character"]),
+        "run_character is false")
+    character_scratch = dag.optional("character_scratch", lambda: plan.outputs["character_scratch"] == True,  # noqa
+                                     scratch_branch("character", character["dataset"], p["kimg_character"]),
+                                     "run_baselines or run_character is false")
+
+    def dcgans() -> dict[str, Any]:
+        dc = dict(arch="dcgan", resolution=res, z_dim=p["dcgan_z_dim"], channel_base=p["dcgan_channel_base"],
+                  channel_max=p["dcgan_channel_max"], batch=p["dcgan_batch"], **run_common)
+        plain = dag.task("train-dcgan", "train", dataset=labelled, conditional=False, kimg=p["kimg_dcgan"],
+                         **dc)("model")
+        cond = dag.task("train-dcgan-conditional", "train", dataset=labelled, conditional=True,
+                        kimg=p["kimg_dcgan_conditional"], **dc)("model")
+        return {"metrics": evaluate("dcgan", plain, labelled),
+                "metrics_conditional": evaluate("dcgan_conditional", cond, labelled)}
+
+    dcgan = dag.optional("dcgan", lambda: p["run_dcgan"] == True, dcgans, "run_dcgan is false")  # noqa: E712
+
+    def cross() -> dict[str, Any]:
+        return {"metrics": dag.task(CROSS_FID.task, "cross_fid", a=manga["dataset"], b=character["dataset"],
+                                    name=CROSS_FID.name, max_images=p["cross_fid_max_images"],
+                                    device=device)("metrics")}
+
+    cross_fid = dag.optional("cross_fid", lambda: plan.outputs["cross_fid"] == True, cross,  # noqa: E712
+                             "run_manga or run_character is false")
+
+    from kfp import dsl
+    dag.task("report", "report", conditional=evaluate("conditional", conditional, labelled),
+                      manga=manga["metrics"], manga_scratch=manga_scratch["metrics"], character=character["metrics"],
+                      character_scratch=character_scratch["metrics"], dcgan=dcgan["metrics"],
+                      dcgan_conditional=dcgan["metrics_conditional"], cross_fid=cross_fid["metrics"],
+                      registry_uri=p["registry_uri"], s3_endpoint=p["s3_endpoint"], s3_region=p["s3_region"],
+                      job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    return dag.created["report"].outputs["report"]
+
+
+DESCRIPTION = ("animegen: anime-face GANs. Conditional StyleGAN on a labelled set (FID, per-class accuracy); "
+               "transfer to a monochrome set and to a single character, each against a from-scratch baseline; "
+               "DCGAN and conditional DCGAN; cross-dataset FID; a report over every model and a row per model "
+               "in the run registry.")
+
+
+def make_pipeline(options: PipelineOptions | None = None, *, defaults: dict[str, Any] | None = None,
+                  static: dict[str, Any] | None = None, reuse: dict[str, dict[str, str]] | None = None,
+                  rerun: set[str] | None = None, source: str = "the earlier run") -> Any:
+    """The pipeline (a KFP GraphComponent). Its parameters are PARAMETERS, with ``defaults`` (or ``static``)
+    overriding their default values when given. ``static`` + ``rerun`` + ``reuse``: a rerun built for those parameter values (branches decided now):
+    only the tasks in ``rerun`` run; the artifacts they read from other tasks are imported from ``reuse``
+    ({task: {output: URI}}, from ``source``)."""
+    from kfp import dsl
+
+    options = options or PipelineOptions()
+    if static is not None and defaults is not None:
+        raise ValueError("give defaults or static, not both")
+    values = check_params(static if static is not None else (defaults or {}))
+    if rerun is not None:
+        missing = {t for t in rerun if t not in TASKS}
+        if missing:
+            raise ValueError(f"unknown task(s) {sorted(missing)}")
+
+    built: list[_Dag] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:  # KFP passes the parameters' channels in signature order
+        channels = {**dict(zip(PARAMETERS, args)), **kwargs}
+        built.append(_Dag(options, values if static is not None else None, reuse, rerun, source))
+        return _build(channels, built[-1])
+
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=values[name], annotation=spec.type)
+              for name, spec in PARAMETERS.items()]
+    from kfp.dsl import HTML
+    pipeline.__signature__ = inspect.Signature(params, return_annotation=HTML)  # type: ignore[attr-defined]
+    pipeline.__name__ = PIPELINE_NAME
+    pipeline.__doc__ = DESCRIPTION + "\n\nArgs:\n" + "".join(
+        f"    {name}: {spec.help}\n" for name, spec in PARAMETERS.items())
+    graph = dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(pipeline)
+    graph.imported = sorted({task for task, _ in built[-1].imported})  # tasks whose artifacts a rerun imports
+    return graph
+
+
+def compile_pipeline(path: str | Path, options: PipelineOptions | None = None, **variant: Any) -> Path:
+    """Write the pipeline's YAML (what users upload in the KFP UI) to ``path``."""
+    from kfp import compiler
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(make_pipeline(options, **variant), str(path))
+    return path

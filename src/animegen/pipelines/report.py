@@ -1,0 +1,202 @@
+"""The pipeline's report step: one table and plots over every model of a run, and the run's registry record.
+
+``run_report(evaluations, cross_fid, out_dir, ...)`` takes each model's Evaluation metrics (the JSON the evaluate
+component writes to its Metrics artifact: metrics.json plus ``model_name``, ``train_config`` and the URIs of its
+input and output artifacts), or ``{"skipped": reason}`` for a branch a parameter turned off, and writes into
+``out_dir``:
+
+- ``compare/``: ``animegen compare`` over the run's evaluations (compare.txt/csv/json/html, fid.png,
+  fid_over_kimg.png when snapshot FIDs were evaluated);
+- ``report.html`` (self-contained): the table and plots, the two papers' comparisons side by side (transfer vs
+  from scratch at the same budget; DCGAN vs StyleGAN: FID, training time, peak memory), the cross-dataset FID,
+  the skipped branches;
+- ``report.md``: the same table in Markdown (the KFP UI renders it);
+- ``run.json``: the run's registry record, also written to the registry (:func:`animegen.store.registry.write_run`)
+  when ``registry_uri`` is given: a row per model with its metrics and artifact URIs, the run's configuration (each
+  model's training and evaluation config), and ``tasks``: ``{task: {output: URI}}`` of the artifacts the report
+  knows, from which ``animegen pipeline compile --only STAGE --from-run RUN_ID --registry URI`` builds a pipeline
+  that imports them instead of recomputing them (see pipelines/README.md).
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from animegen.components.runtime import SKIPPED, evaluation_scalars, finite
+from animegen.eval.report import esc, fmt, html_page, html_table
+from animegen.utils import atomic_write_text
+
+RUN_ID_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_id_for(job_name: str, job_id: str, remote: bool) -> str:
+    """The registry id of a run: the KFP job name (locally the run folder's name, so ``--from-run`` and the registry
+    agree); on a cluster, where run names may repeat, with the first 8 characters of the job id appended."""
+    name = RUN_ID_RE.sub("-", job_name or "").strip("-._")[:100]
+    short = RUN_ID_RE.sub("", job_id or "")[:8]
+    if not name:
+        name = RUN_ID_RE.sub("-", job_id or "").strip("-._")[:100] or "run"
+    elif remote and short and short not in name:
+        name = f"{name}-{short}"
+    return name if name[0].isalnum() else f"r{name}"
+
+
+def _is_skipped(doc: dict[str, Any] | None) -> bool:
+    return not doc or SKIPPED in doc
+
+
+def task_outputs(evaluations: dict[str, dict[str, Any]], cross: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """``{task: {output: URI}}`` of every artifact the evaluations name, by the DAG's task names."""
+    from animegen.pipelines.pipeline import CROSS_FID, MODELS, TAGGER
+
+    tasks: dict[str, dict[str, str]] = {}
+
+    def put(task_output: tuple[str, str], uri: str | None) -> None:
+        if uri:
+            tasks.setdefault(task_output[0], {})[task_output[1]] = uri
+
+    for name, doc in evaluations.items():
+        if _is_skipped(doc) or name not in MODELS:
+            continue
+        spec, uris = MODELS[name], doc.get("artifacts") or {}
+        put(spec.model, uris.get("model"))
+        put(spec.dataset, uris.get("dataset"))
+        put(TAGGER, uris.get("tagger"))
+        for output in ("evaluation", "metrics", "report"):
+            put((spec.evaluate, output), uris.get(output))
+    if not _is_skipped(cross):
+        uris = cross.get("artifacts") or {}
+        put(CROSS_FID.a, uris.get("a"))
+        put(CROSS_FID.b, uris.get("b"))
+        put((CROSS_FID.task, "metrics"), uris.get("metrics"))
+    return tasks
+
+
+def _comparisons(done: dict[str, dict[str, Any]]) -> str:
+    """The two papers' comparisons: transfer vs from scratch (same budget), DCGAN vs StyleGAN."""
+    parts = []
+    rows = []
+    for target in ("manga", "character"):
+        t, s = done.get(target), done.get(f"{target}_scratch")
+        if t and s:
+            ft, fs = finite(t.get("fid")), finite(s.get("fid"))
+            gain = f"{fs - ft:+.2f}" if ft is not None and fs is not None else "—"
+            rows.append([esc(target), esc(fmt(ft)), esc(fmt(fs)), esc(gain), esc(fmt((t.get("model") or {}).get("kimg")))])
+    if rows:
+        parts += ["<h2>Transfer learning vs training from scratch (same budget)</h2>",
+                  html_table(["target set", "FID transfer", "FID from scratch", "scratch − transfer", "kimg"], rows),
+                  '<p class="note">lower FID is better; a positive difference means the transfer helped.</p>']
+    rows = []
+    for name in ("conditional", "dcgan", "dcgan_conditional"):
+        d = done.get(name)
+        if d:
+            m, t = d.get("model") or {}, d.get("train") or {}
+            rows.append([esc(name), esc(f"{m.get('arch', '?')}{' (conditional)' if m.get('conditional') else ''}"),
+                         esc(fmt(finite(d.get("fid")))), fmt(d.get("both_accuracy"), "pct"),
+                         esc(fmt(t.get("wall_s"), "s")), esc(fmt(t.get("img_per_s"))),
+                         esc(fmt(t.get("peak_memory_bytes"), "bytes")), esc(str(t.get("device") or "—"))])
+    if len(rows) > 1:
+        parts += ["<h2>DCGAN vs StyleGAN (main set)</h2>",
+                  html_table(["model", "architecture", "FID", "both colours ✓", "training time", "img/s",
+                              "peak memory", "device"], rows, left=2)]
+    return "".join(parts)
+
+
+def _markdown(done: dict[str, dict[str, Any]], skipped: dict[str, str], cross: dict[str, Any] | None,
+              run_id: str) -> str:
+    lines = [f"# animegen run {run_id}", "",
+             "| model | arch | FID | FID ψ | KID | both colours ✓ | kimg | train time | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, d in done.items():
+        m, t = d.get("model") or {}, d.get("train") or {}
+        lines.append(f"| {name} | {m.get('arch', '?')}{' cond.' if m.get('conditional') else ''} | "
+                     f"{fmt(finite(d.get('fid')))} | {fmt(finite(d.get('fid_psi')))} (ψ {fmt(d.get('psi'))}) | "
+                     f"{fmt(finite(d.get('kid')))} | {fmt(d.get('both_accuracy'), 'pct')} | {fmt(m.get('kimg'))} | "
+                     f"{fmt(t.get('wall_s'), 's')} | {fmt(t.get('peak_memory_bytes'), 'bytes')} |")
+    if not _is_skipped(cross):
+        lines += ["", f"Cross-dataset FID ({cross.get('name')}): {fmt(finite(cross.get('fid')))} "
+                      f"({cross['a']['n']} vs {cross['b']['n']} images)"]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_report(evaluations: dict[str, dict[str, Any] | None], cross_fid: dict[str, Any] | None,
+               out_dir: str | Path, *, run_id: str, registry_uri: str = "", report_uri: str = "",
+               kfp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the run's report into ``out_dir`` and, when ``registry_uri`` is given, its registry record (see the
+    module docstring). Returns ``{"report", "markdown", "record", "scalars", "registry"}`` (paths, the KFP scalars,
+    the registry URI written or the reason none was)."""
+    from animegen.eval.compare import run_compare
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {k: v for k, v in evaluations.items() if not _is_skipped(v)}
+    skipped = {k: (v or {}).get(SKIPPED, "no evaluation") for k, v in evaluations.items() if _is_skipped(v)}
+    if cross_fid is not None and _is_skipped(cross_fid):
+        skipped["cross_fid"] = cross_fid.get(SKIPPED, "skipped")
+    if not done:
+        raise ValueError("the report needs at least one evaluated model; every branch was skipped")
+
+    with tempfile.TemporaryDirectory(prefix="animegen-report-") as tmp:
+        root = Path(tmp) / run_id
+        for i, (name, doc) in enumerate(done.items()):  # numbered folders keep the DAG's order in the table
+            (root / f"{i:02d}-{name}").mkdir(parents=True)
+            (root / f"{i:02d}-{name}" / "metrics.json").write_text(json.dumps(doc))
+        compare_dir = run_compare([str(root)], out / "compare")
+    compare_html = (compare_dir / "compare.html").read_text()
+    body = compare_html.split("<body>", 1)[-1].rsplit("</body>", 1)[0]
+    body = re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
+
+    parts = [f"<h1>animegen pipeline run {esc(run_id)}</h1>",
+             f'<p class="sub">{len(done)} models evaluated'
+             + (f"; skipped: {esc(', '.join(skipped))}" if skipped else "") + "</p>",
+             "<h2>All models</h2>", body, _comparisons(done)]
+    if not _is_skipped(cross_fid):
+        c = cross_fid
+        parts += ["<h2>Cross-dataset FID</h2>",
+                  html_table(["sets", "FID", "KID", "images"],
+                             [[esc(c.get("name")), esc(fmt(finite(c.get("fid")))), esc(fmt(finite(c.get("kid")))),
+                               esc(f"{c['a']['n']} vs {c['b']['n']}")]], left=1),
+                  '<p class="note">how far apart the two transfer targets are (FID between their real images).</p>']
+    if skipped:
+        parts += ["<h2>Skipped</h2>", html_table(["branch", "reason"],
+                                                 [[esc(k), esc(v)] for k, v in skipped.items()])]
+    report = out / "report.html"
+    atomic_write_text(report, html_page(f"animegen run {run_id}", "\n".join(parts)))
+    markdown = out / "report.md"
+    atomic_write_text(markdown, _markdown(done, skipped, cross_fid, run_id))
+
+    scalars: dict[str, float] = {}
+    for name, doc in done.items():
+        scalars.update(evaluation_scalars(doc, name))
+    if not _is_skipped(cross_fid):
+        for key in ("fid", "kid"):
+            value = finite(cross_fid.get(key))
+            if value is not None:
+                scalars[f"{key}_{cross_fid.get('name')}"] = value
+
+    config = {"models": {name: {"train": doc.get("train_config"), "evaluate": doc.get("config"),
+                                "dataset": doc.get("dataset")} for name, doc in done.items()},
+              "cross_fid": None if _is_skipped(cross_fid) else cross_fid.get("config")}
+    models = {name: {"metrics": doc, "artifacts": doc.get("artifacts") or {}} for name, doc in done.items()}
+    extra = {"pipeline": "animegen", "tasks": task_outputs(evaluations, cross_fid), "skipped": skipped,
+             "cross_fid": None if _is_skipped(cross_fid) else
+             {k: cross_fid.get(k) for k in ("name", "fid", "kid", "kid_std", "a", "b", "extractor")},
+             "kfp": kfp or {}, "artifacts": {"report": report_uri} if report_uri else {}}
+    record = {"run_id": run_id, "params": config, "models": models, **extra}
+    record_path = out / "run.json"
+    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
+    if registry_uri:
+        from animegen.store.registry import write_run
+
+        written = write_run(registry_uri, run_id, config, models, extra)
+        print(f"registry: run {run_id} written to {written}")
+    else:
+        written = None
+        print("registry: skipped (registry_uri is empty; give s3://BUCKET/runs/ or a folder to record the run)")
+    return {"report": report, "markdown": markdown, "record": record_path, "scalars": scalars,
+            "registry": written or "skipped: registry_uri is empty"}
