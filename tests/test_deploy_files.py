@@ -210,6 +210,19 @@ def test_gpu_node_pool_notes_cover_the_clouds_and_the_compile_options():
         assert needle in text, needle
 
 
+def test_gpu_node_pool_notes_state_the_pipelines_own_defaults():
+    from animegen.pipelines.pipeline import PipelineOptions
+
+    options = PipelineOptions()
+    (key, value), = options.gpu_node_selector.items()
+    (tol,) = options.gpu_tolerations
+    flag = f"{tol['key']}={tol['value']}:{tol['effect']}" if tol.get("value") else f"{tol['key']}:{tol['effect']}"
+    text = (MANIFESTS / "gpu-node-pools.md").read_text()
+    (row,) = [line for line in text.splitlines() if "(default)" in line]
+    assert f"`{key}={value}`" in row and f"`{flag}`" in row, row
+    assert f"--gpu-node-selector {key}={value}" in text and f"--gpu-toleration {flag}" in text
+
+
 # ------------------------------------------------------------------------------------------------ docker
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_dockerfile_base_version_pin_kfp_and_user(kind):
