@@ -4,7 +4,6 @@ objects on temporary folders, the report step on hand-made evaluations, the DAG 
 from __future__ import annotations
 
 import json
-import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from animegen.cli import main
-from animegen.pipelines.local import RECORD, init_local, run_local
+from animegen.pipelines.local import RECORD, init_local
 from animegen.pipelines.pipeline import COMPILED, MODELS, TASKS
 
 pytestmark = pytest.mark.slow
@@ -228,9 +228,9 @@ def test_cluster_rerun_variant_imports_registry_artifacts(full_run, tmp_path):
 
     root, first, _ = full_run
     out = tmp_path / "rerun.yaml"
+    params = [f"{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in TINY.items()]
     assert main(["pipeline", "compile", "--out", str(out), "--only", "report", "--from-run", first.name,
-                 "--registry", str(root / "registry")] + sum((["--param", f"{k}={json.dumps(v) if isinstance(v, dict) else v}"]
-                                                             for k, v in TINY.items()), [])) == 0
+                 "--registry", str(root / "registry")] + [a for p in params for a in ("--param", p)]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))
     importers = [c for c in spec["deploymentSpec"]["executors"].values() if "importer" in c]
     assert len(importers) == 8  # the 7 evaluations' and the cross FID's Metrics

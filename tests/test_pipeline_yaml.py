@@ -148,10 +148,11 @@ def test_pipeline_parameters(compiled):
     _, spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == set(PARAMETERS)
-    for name in ("main_source", "manga_source", "character_source", "character_grow_to", "resolution", "kimg_conditional",
-                 "kimg_manga", "kimg_character", "kimg_dcgan", "kimg_dcgan_conditional", "sg_batch", "dcgan_batch",
-                 "sg_channel_base", "n_fid", "psi", "seed", "registry_uri", "s3_endpoint", "run_manga",
-                 "run_character", "run_baselines", "run_dcgan", "manga_init_class", "character_init_class"):
+    for name in ("main_source", "manga_source", "character_source", "character_grow_to", "resolution",
+                 "kimg_conditional", "kimg_manga", "kimg_character", "kimg_dcgan", "kimg_dcgan_conditional",
+                 "sg_batch", "dcgan_batch", "sg_channel_base", "n_fid", "psi", "seed", "registry_uri", "s3_endpoint",
+                 "run_manga", "run_character", "run_baselines", "run_dcgan", "manga_init_class",
+                 "character_init_class"):
         assert name in params, name
     assert params["manga_init_class"]["defaultValue"] == "black hair"
     assert params["run_baselines"]["defaultValue"] is True

@@ -351,10 +351,9 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
                          "--host URL` (or upload the YAML of `animegen pipeline compile`)")
     from .pipelines.local import run_local
 
-    given = _pipeline_params(args)
-    options = _pipeline_options(args)
+    given = _pipeline_params(args)  # (placement options mean nothing to kfp.local: compile and submit take them)
     run = run_local(given, args.pipeline_root, only=args.only, from_run=args.from_run, registry=args.registry,
-                    options=options, threads=args.threads)
+                    threads=args.threads)
     rec = run.record
     if rec.get("reused"):
         print(f"reused from {args.from_run}: {', '.join(rec['reused'])}; reran: {', '.join(rec['rerun'])}")
@@ -467,7 +466,6 @@ def _add_pipeline_parser(sub) -> None:
                         "defaults; 0 = one per core, for real sizes)")
     params_args(q)
     rerun_args(q, local=True)
-    gpu_args(q)
     q.set_defaults(func=cmd_pipeline_run)
 
     q = psub.add_parser("compile", help="write the pipeline YAML to upload in the KFP UI",

@@ -235,6 +235,7 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
                       "error": error, "wall_s": round(time.perf_counter() - t0, 1), "params": values,
                       "only": list(only or []), "from_run": from_run, "registry": registry,
                       "rerun": sorted(rerun) if rerun is not None else "all",
-                      "reused": list(getattr(pipeline, "imported", [])), "tasks": tasks, "report": str(report) if report else None}
+                      "reused": list(getattr(pipeline, "imported", [])), "tasks": tasks,
+                      "report": str(report) if report else None}
             (run_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return LocalRun(run_dir.name, run_dir, report, record)

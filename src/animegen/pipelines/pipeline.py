@@ -531,9 +531,9 @@ def make_pipeline(options: PipelineOptions | None = None, *, defaults: dict[str,
                   static: dict[str, Any] | None = None, reuse: dict[str, dict[str, str]] | None = None,
                   rerun: set[str] | None = None, source: str = "the earlier run") -> Any:
     """The pipeline (a KFP GraphComponent). Its parameters are PARAMETERS, with ``defaults`` (or ``static``)
-    overriding their default values when given. ``static`` + ``rerun`` + ``reuse``: a rerun built for those parameter values (branches decided now):
-    only the tasks in ``rerun`` run; the artifacts they read from other tasks are imported from ``reuse``
-    ({task: {output: URI}}, from ``source``)."""
+    overriding their default values when given. ``static`` + ``rerun`` + ``reuse``: a rerun built for those
+    parameter values (branches decided now): only the tasks in ``rerun`` run; the artifacts they read from other
+    tasks are imported from ``reuse`` ({task: {output: URI}}, from ``source``)."""
     from kfp import dsl
 
     options = options or PipelineOptions()
@@ -552,8 +552,8 @@ def make_pipeline(options: PipelineOptions | None = None, *, defaults: dict[str,
         built.append(_Dag(options, values if static is not None else None, reuse, rerun, source))
         return _build(channels, built[-1])
 
-    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=values[name], annotation=spec.type)
-              for name, spec in PARAMETERS.items()]
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=values[name],
+                                annotation=spec.type) for name, spec in PARAMETERS.items()]
     from kfp.dsl import HTML
     pipeline.__signature__ = inspect.Signature(params, return_annotation=HTML)  # type: ignore[attr-defined]
     pipeline.__name__ = PIPELINE_NAME

@@ -84,7 +84,8 @@ def _comparisons(done: dict[str, dict[str, Any]]) -> str:
         if t and s:
             ft, fs = finite(t.get("fid")), finite(s.get("fid"))
             gain = f"{fs - ft:+.2f}" if ft is not None and fs is not None else "—"
-            rows.append([esc(target), esc(fmt(ft)), esc(fmt(fs)), esc(gain), esc(fmt((t.get("model") or {}).get("kimg")))])
+            kimg = (t.get("model") or {}).get("kimg")
+            rows.append([esc(target), esc(fmt(ft)), esc(fmt(fs)), esc(gain), esc(fmt(kimg))])
     if rows:
         parts += ["<h2>Transfer learning vs training from scratch (same budget)</h2>",
                   html_table(["target set", "FID transfer", "FID from scratch", "scratch − transfer", "kimg"], rows),

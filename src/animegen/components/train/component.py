@@ -45,4 +45,5 @@ def train(
     result = run_train(cfg, resume=(out / "checkpoint.pt").is_file())
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "img_per_s": result.img_per_s, "device": result.device})
-    rt.model_summary(summary, out, f"{arch}{' (conditional)' if conditional else ''}: {result.images_seen / 1000:g} kimg")
+    kind = f"{arch}{' (conditional)' if conditional else ''}"
+    rt.model_summary(summary, out, f"{kind}: {result.images_seen / 1000:g} kimg")
