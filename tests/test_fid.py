@@ -144,6 +144,14 @@ def test_backends_agree_with_each_other_and_with_pytorch_fid(pf, ts, faces, face
 def test_generator_output_is_quantised_like_saved_pngs(pf, faces):
     x = torch.from_numpy(faces.images[:4]).permute(0, 3, 1, 2).float() / 127.5 - 1  # exact inverse of to_uint8
     assert np.array_equal(pf(x), pf(faces.images[:4]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a CPU batch is shared out to one worker thread per torch thread
+    try:
+        assert pf.workers == 2 and pf.batch_size == 2 * inception.CPU_CHUNK
+        assert np.abs(pf(faces.images[:3]) - pf.features(faces.images[:3], batch=1)).max() < 5e-5
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     gray = faces.images[:2, :, :, :1]
     assert np.array_equal(pf(gray), pf(np.repeat(gray, 3, axis=3)))
     with pytest.raises(ValueError, match="batch"):
