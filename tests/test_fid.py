@@ -141,6 +141,26 @@ def test_backends_agree_with_each_other_and_with_pytorch_fid(pf, ts, faces, face
     assert np.abs(want - b[:6]).max() < 5e-5
 
 
+def test_torchscript_runs_its_optimised_graph(wheel_ts, faces):
+    """The speed of the CPU path rests on the rewritten graph (BN folded, in-place ReLU, channels_last weights):
+    loading must not fall back to the original graph, and the rewrite must not change the features."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the fallback announces itself with a UserWarning
+        net = inception._TorchScript(wheel_ts, torch.device("cpu"))
+    kinds = [n.kind() for n in net.net.graph.findAllNodes("aten::relu_")]
+    assert len(kinds) == 94 and not net.net.graph.findAllNodes("aten::relu")
+    assert not net.net.graph.findAllNodes("aten::batch_norm")
+    original = torch.jit.load(str(wheel_ts)).eval()
+    x = torch.from_numpy(faces.images[:3]).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        got = net(x.contiguous(memory_format=torch.channels_last))
+        y = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        want = original(2 * y - 1).flatten(1)
+    assert (got - want).abs().max() < 2e-5
+
+
 def test_generator_output_is_quantised_like_saved_pngs(pf, faces):
     x = torch.from_numpy(faces.images[:4]).permute(0, 3, 1, 2).float() / 127.5 - 1  # exact inverse of to_uint8
     assert np.array_equal(pf(x), pf(faces.images[:4]))

@@ -14,15 +14,20 @@ Two interchangeable back-ends run the same network with the same weights:
 download) and returns an :class:`Extractor`; its ``id`` (back-end + sha256 of the weights file) goes into every
 statistic and metrics.json, so FIDs from different extractors are never compared silently.
 
-Speed on the CPU (2 cores, batch 16, measured against pytorch-fid's own module, ms per 64 px image):
-pytorch-fid as it runs in ``python -m pytorch_fid`` ~90; with BatchNorm folded into the convolutions and
-channels_last ~50 (features within 1e-5). The TorchScript graph needs the same two changes, made on its frozen
-graph: it casts every weight to the input's dtype (which blocks TorchScript's conv+BN folding) and calls
-``contiguous()`` before each concat (which throws channels_last away); both are dropped, then conv+BN is folded.
-Tried and not kept: ``torch.jit.optimize_for_inference`` (MKLDNN layouts; slower here), tracing + freezing the
-folded pytorch-fid module (no gain), oneDNN graph fusion (~10 %, fails on the TorchScript graph), torch.compile
-(~10 %, 40 s compile). bf16 autocast (AMX) is ~3x faster but moves features by up to 0.14 and an FID of 46 by 0.12,
-far outside the 1e-3 agreement with pytorch-fid, so features are always computed in float32 (TF32 off on CUDA).
+Speed on the CPU (2 cores, AVX-512; ``python benchmarks/fid_speed.py``): ``python -m pytorch_fid`` spends ~97 ms
+per 64 px image (its module runs in NCHW) plus ~13 s in scipy's ``sqrtm``; here ~48 ms per image. The changes, all
+within float32 rounding (features within 1e-5): channels_last throughout; BatchNorm folded into the convolutions;
+in the TorchScript graph the weight casts and ``contiguous()`` calls dropped (they block the folding and throw
+channels_last away), ReLU made in-place and the weights stored channels_last; a batch split over one
+single-threaded worker per core (no OpenMP barrier per operator, which also keeps it fast on shared cores). That
+is ~95 % of this CPU's float32 peak in the convolutions (Inception is 11.4 GFLOP per image; the measured float32
+GEMM rate, 2 cores: ~300 GFLOP/s), so float32 leaves little more to gain.
+Tried and not kept: ``torch.jit.optimize_for_inference`` (MKLDNN layouts; slower here), oneDNN's fused conv+ReLU
+(no faster than the in-place ReLU), torch.compile (~10 %, 40 s compile), separable max-pooling (slower).
+bfloat16 (AMX) convolutions are 3-9x faster but move the FID far outside the 1e-3 agreement with pytorch-fid:
+bf16 autocast moved an FID of 46 by 0.12; even with float32 weights and only the activations rounded to bf16 the
+FID of 2 x 1,000 MLDS faces moved from 16.4825 to 16.5207. oneDNN's bf16 "fpmath" mode is only ~1.8x faster per
+convolution with the same error. So features are always computed in float32 (TF32 off on CUDA).
 """
 from __future__ import annotations
 
@@ -248,6 +253,18 @@ def _optimise_torchscript(module: torch.jit.ScriptModule) -> torch.jit.ScriptMod
     torch._C._jit_pass_dce(graph)
     torch._C._jit_pass_fold_frozen_conv_bn(graph)
     torch._C._jit_pass_dce(graph)
+    for node in list(graph.findAllNodes("aten::relu")):  # relu of a convolution's output that nothing else reads:
+        source = node.inputsAt(0)  # rectify in place (saves a pass over every activation, ~6 % of the time)
+        if source.node().kind() == "aten::conv2d" and len(source.uses()) == 1:
+            inplace = graph.create("aten::relu_", [source])
+            inplace.insertBefore(node)
+            inplace.output().setType(node.output().type())
+            node.output().replaceAllUsesWith(inplace.output())
+            node.destroy()
+    for node in graph.findAllNodes("aten::conv2d"):  # weights stored channels_last: no per-call layout copies
+        weight = node.inputsAt(1).node()
+        if weight.kind() == "prim::Constant" and weight.output().type().kind() == "TensorType":
+            weight.t_("value", weight.t("value").contiguous(memory_format=torch.channels_last))
     return frozen
 
 
