@@ -126,7 +126,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def content_id(data: str | ImageSet) -> str:
     """The identity the reference-statistics cache keys a dataset by: "sha256:<manifest content hash>" for a packed
     Dataset, else "array:<sha256 of its pixels>" (the FID core's own rule, so metrics.json names the cache entry)."""
-    return fidlib._open_source(data).content  # one rule, kept in the FID core
+    return fidlib.open_source(data).content  # one rule, kept in the FID core
 
 
 def reference_classes(imageset: ImageSet, class_names: list[str]) -> np.ndarray | None:

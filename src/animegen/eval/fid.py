@@ -162,7 +162,7 @@ def kid(feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = 100, max_subs
 # ------------------------------------------------------------------------------------------- reference statistics
 
 @dataclass
-class _Source:
+class Source:
     """Images to measure and the facts that identify them for the cache."""
 
     images: np.ndarray  # uint8 [N, H, W, C], possibly memory-mapped
@@ -171,7 +171,7 @@ class _Source:
     split_of: list[str] | None  # per-image split names, when known
 
 
-def _open_source(data: str | os.PathLike | ImageSet) -> _Source:
+def open_source(data: str | os.PathLike | ImageSet) -> Source:
     """The images of ``data`` with their cache identity: a packed Dataset is identified by its manifest's content
     hash (also when handed over as the ImageSet that ``open_dataset`` made of it), anything else by a hash of
     its pixels."""
@@ -180,13 +180,13 @@ def _open_source(data: str | os.PathLike | ImageSet) -> _Source:
         if packed is not None:
             return _packed_source(packed, data.images, data.source)
         splits = [m.get("split") for m in data.meta] if data.meta and all("split" in m for m in data.meta) else None
-        return _Source(data.images, "array:" + _array_hash(data.images), data.source, splits)
+        return Source(data.images, "array:" + _array_hash(data.images), data.source, splits)
     uri = str(data)
     path = Path(uri.removeprefix("file://"))
     if (path / "images.npy").is_file() and (path / "manifest.json").is_file():
         return _packed_source(path, open_dataset(uri).images, uri)
     resolution = _folder_resolution(path) if path.is_dir() else None
-    return _open_source(open_dataset(uri, resolution))
+    return open_source(open_dataset(uri, resolution))
 
 
 def _packed_dir(images: np.ndarray) -> Path | None:
@@ -202,7 +202,7 @@ def _packed_dir(images: np.ndarray) -> Path | None:
     return folder if count == len(images) else None
 
 
-def _packed_source(folder: Path, images: np.ndarray, name: str) -> _Source:
+def _packed_source(folder: Path, images: np.ndarray, name: str) -> Source:
     manifest = json.loads((folder / "manifest.json").read_text())
     splits = None
     if (folder / "index.jsonl").is_file():
@@ -210,7 +210,7 @@ def _packed_source(folder: Path, images: np.ndarray, name: str) -> _Source:
         if len(rows) == len(images) and all("split" in r for r in rows):
             splits = [r["split"] for r in rows]
     content = manifest.get("content_hash")
-    return _Source(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
+    return Source(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
 
 
 def _folder_resolution(root: Path) -> int | None:
@@ -236,7 +236,7 @@ def _array_hash(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _select(source: _Source, max_images: int | None, split: str | None) -> tuple[np.ndarray, str]:
+def _select(source: Source, max_images: int | None, split: str | None) -> tuple[np.ndarray, str]:
     """Indices of the images to measure: the split's (all when None), then a seeded random subset if capped;
     and how the subset was taken ("all" or "random<seed>")."""
     idx = np.arange(len(source.images))
@@ -364,7 +364,7 @@ def dataset_stats(data: str | os.PathLike | ImageSet, extractor: Extractor, max_
     subset). ``cache``: True = local cache plus the object store when ANIMEGEN_STORE is set; False = none; or a
     StatsCache. The cache key: content hash, resolution, split, sample count, extractor id.
     """
-    source = _open_source(data)
+    source = open_source(data)
     idx, subset = _select(source, max_images, split)
     parts = {"version": CACHE_VERSION, "content": source.content, "resolution": int(source.images.shape[1]),
              "split": split, "count": len(idx), "subset": subset, "extractor_id": extractor.id}
