@@ -1,4 +1,4 @@
-"""Static checks of docker/ and manifests/ (no Docker engine or cluster here): they parse, reference what exists,
+"""Static checks of containers/ and manifests/ (no Docker engine or cluster here): they parse, reference what exists,
 name the images the pipeline uses, pin the package version, and hold no credential value."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from animegen.components.images import CPU_IMAGE, GPU_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-DOCKER = ROOT / "docker"
+DOCKER = ROOT / "containers"
 SECRET_NAME = "mlpipeline-minio-artifact"
 SECRET_KEYS = {"accesskey", "secretkey"}  # what KFP's launcher reads (backend/src/v2/config/env.go)
 PLACEHOLDER = re.compile(r"^REPLACE_WITH_[A-Z_]+$")

@@ -1,6 +1,6 @@
-"""Container images of the pipeline's stages: one source of truth for components, docker/ and manifests/.
+"""Container images of the pipeline's stages: one source of truth for components, containers/ and manifests/.
 
-Both images install this package at exactly this version (docker/Dockerfile.cpu, docker/Dockerfile.gpu).
+Both images install this package at exactly this version (containers/Dockerfile.cpu, containers/Dockerfile.gpu).
 """
 from animegen import __version__
 

@@ -75,24 +75,6 @@ def _patch_oneof_artifacts() -> None:
     cls._animegen_oneof = True
 
 
-def _unshadow_docker() -> None:
-    """Run from the repository root with the current directory on sys.path (``python -m pytest``, ``python -m
-    animegen.cli``), ``import docker`` finds the repository's docker/ folder (Dockerfiles) as a namespace package;
-    kfp.local then fails on ``docker.DockerClient`` instead of falling back to "no Docker SDK". Mark the SDK as
-    absent in that case (the SubprocessRunner needs none)."""
-    import importlib.util
-    import sys
-
-    module = sys.modules.get("docker")
-    if module is not None:
-        shadowed = not hasattr(module, "DockerClient")
-    else:
-        spec = importlib.util.find_spec("docker") if "docker" not in sys.modules else None
-        shadowed = spec is not None and spec.origin is None  # a namespace package: a plain folder named docker
-    if shadowed:
-        sys.modules["docker"] = None  # type: ignore[assignment]  # `import docker` now raises ImportError
-
-
 def init_local(pipeline_root: str | os.PathLike) -> Path:
     """``kfp.local`` set up for this package: subprocesses of this Python, artifacts under ``pipeline_root``."""
     import logging
@@ -104,7 +86,6 @@ def init_local(pipeline_root: str | os.PathLike) -> Path:
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    _unshadow_docker()
     _patch_oneof_artifacts()
     # The components import animegen in subprocesses: make sure they find this very copy (an editable install
     # does already; a source checkout on sys.path would not be inherited otherwise).
