@@ -15,6 +15,11 @@ The animegen runs also save their statistics, so the parent times pytorch-fid's 
     python benchmarks/fid_speed.py                  # CPU (pytorch-fid takes ~8-9 min on 2 idle cores)
     python benchmarks/fid_speed.py --device cuda    # a GPU: pytorch-fid --device cuda vs ours (target >= 5x)
     python benchmarks/fid_speed.py --n 200          # a quick smoke run
+    python benchmarks/fid_speed.py --background-load 1   # the same with one busy process sharing the cores
+
+It also measures this machine's float32 roofline: the Inception forward's FLOPs per image (torch's FlopCounterMode)
+over the measured float32 GEMM rate (a 4096^2 matmul), i.e. the least time any float32 implementation needs for the
+2 x n forwards. bfloat16 (AMX) would be faster but moves the FID far beyond 1e-3 (see eval/inception.py).
 
 Writes benchmarks/results/fid_speed-<device>-<date>.json.
 """
@@ -95,6 +100,37 @@ def make_folders(root: Path, n: int, seed: int) -> dict:
     return {**facts, "per_folder": n, "resolution": 64}
 
 
+def roofline(device: str, n_images: int) -> dict:
+    """FLOPs of one Inception forward (64 px input, resize included) and the float32 GEMM rate here."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from animegen.eval.inception import resolve_extractor
+
+    net = resolve_extractor(backend="torchscript", device=device).net
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.rand(1, 3, 64, 64, device=device))
+    flops = counter.get_total_flops()
+    a, b = (torch.randn(4096, 4096, device=device) for _ in range(2))
+    a @ b
+    reps = 20 if device == "cuda" else 4
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    rate = 2 * 4096 ** 3 * reps / (time.perf_counter() - t)
+    return {"inception_gflop_per_image": round(flops / 1e9, 3), "fp32_gemm_gflops": round(rate / 1e9, 1),
+            "images": n_images, "fp32_forward_floor_s": round(n_images * flops / rate, 1)}
+
+
+def busy(stop) -> None:  # a background process that keeps one core busy
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
 def timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run a command; (process, wall s, CPU s of the child)."""
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -111,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="images per folder (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", default="pytorch-fid,torchscript")
+    ap.add_argument("--background-load", type=int, default=0, metavar="K",
+                    help="K busy processes share the cores during the timed runs (default 0: an idle machine)")
     ap.add_argument("--skip-pytorch-fid", action="store_true", help=argparse.SUPPRESS)  # development only
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
     ap.add_argument("--one", nargs=5, metavar=("BACKEND", "DIR1", "DIR2", "STATS_OUT", "T_START"),
@@ -150,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [str(work / "a"), str(work / "b")]
         rows = []
 
+        import multiprocessing as mp
+
+        stop = mp.Event()
+        hogs = [mp.Process(target=busy, args=(stop,), daemon=True) for _ in range(args.background_load)]
+        for h in hogs:
+            h.start()
         load0 = os.getloadavg()
         if not args.skip_pytorch_fid:
             print(f"pytorch-fid --device {args.device} ...", flush=True)
@@ -184,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {wall:.1f} s, FID {r['fid']:.4f} (start-up {r['startup_s']} s, torch + weights {r['load_s']} s, "
                   f"images+stats {r['images_and_stats_s']} s, distance {r['distance_s']} s)", flush=True)
 
+        stop.set()
+        for h in hogs:
+            h.join()
         # the square-root term alone, on our 2048-d statistics: scipy sqrtm (pytorch-fid) vs eigenvalues (ours)
         from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -205,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         "animegen_frechet_distance_s": round(t_ours, 2), "fid_scipy": ref, "fid_ours": ours,
                         "abs_diff": abs(ref - ours), "statistics_from": first.name}
         load1 = os.getloadavg()
+        floor = roofline(args.device, 2 * args.n)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -234,11 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsquare-root term on the same 2048-d statistics: scipy sqrtm (pytorch-fid) "
               f"{distance['pytorch_fid_calculate_frechet_distance_s']:.1f} s, eigenvalues (animegen) "
               f"{distance['animegen_frechet_distance_s']:.1f} s; FIDs differ by {distance['abs_diff']:.1e}")
-    print(f"load average {load0[0]:.2f} before, {load1[0]:.2f} after" + ("" if ok else "; VALUES DISAGREE"))
+    print(f"float32 roofline: {floor['inception_gflop_per_image']:.2f} GFLOP per Inception forward, "
+          f"{floor['fp32_gemm_gflops']:.0f} GFLOP/s float32 GEMM -> at least {floor['fp32_forward_floor_s']:.0f} s "
+          f"for {floor['images']} forwards" + (f" (pytorch-fid's whole run is {base['wall_s'] / floor['fp32_forward_floor_s']:.2f}x that)" if base else ""))
+    print(f"background load: {args.background_load} busy process(es); load average {load0[0]:.2f} before, "
+          f"{load1[0]:.2f} after" + ("" if ok else "; VALUES DISAGREE"))
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fid_speed-{args.device}-{started:%Y-%m-%d}{'' if args.n == 2000 else f'-n{args.n}'}.json"
+    suffix = ("" if args.n == 2000 else f"-n{args.n}") + (f"-load{args.background_load}" if args.background_load else "")
+    path = out_dir / f"fid_speed-{args.device}-{started:%Y-%m-%d}{suffix}.json"
     doc = {
         "benchmark": "fid_speed",
         "started": started.isoformat(timespec="seconds"),
@@ -252,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": envinfo,
         "results": rows,
         "frechet_distance": distance,
+        "roofline": floor,
+        "background_load_processes": args.background_load,
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in load1],
     }
