@@ -8,6 +8,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -109,7 +110,7 @@ def open_dataset(uri: str, resolution: int | None = None) -> ImageSet:
         elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) or path.suffix.lower() in ARCHIVE_SUFFIXES:
             raise ValueError(
                 f"cannot open {uri!r} directly: URLs (http/https, s3://), kaggle: and archives (zip/tar) "
-                f"are handled by the `animegen ingest` stage (coming in the data issue); {SUPPORTED}"
+                f"are read by the ingest stage: `animegen ingest {uri} --out DIR`, then open DIR; {SUPPORTED}"
             )
         else:
             raise ValueError(f"{uri!r}: no such directory; {SUPPORTED}")
@@ -185,13 +186,20 @@ def _open_folder(root: Path, uri: str, resolution: int | None) -> ImageSet:
     classes = sorted({r.parts[0] for r in rel}) if all(len(r.parts) > 1 for r in rel) else []
     if len(classes) < 2:
         classes = []
-    images, labels, meta = [], [], []
-    for path, r in zip(files, rel):
+    def load(path: Path) -> np.ndarray | Exception:
         try:
-            images.append(_load_image(path, res))
+            return _load_image(path, res)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}", stacklevel=3)
+            return e
+
+    images, labels, meta = [], [], []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        loaded = list(pool.map(load, files))
+    for path, r, image in zip(files, rel, loaded):
+        if isinstance(image, Exception):
+            warnings.warn(f"skipping {path}: {type(image).__name__}: {image}", stacklevel=3)
             continue
+        images.append(image)
         meta.append({"source": r.as_posix()})
         if classes:
             labels.append(classes.index(r.parts[0]))
