@@ -25,15 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import animegen  # noqa: F401
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import environment  # one environment record for every benchmark
+from common import MLDS, RESULTS, environment, write_result
 
-ZIP = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 TARGETS = {"hair": 0.90, "eye": 0.75}
 EPOCHS = 5  # fewer than TaggerTrainConfig's 10: keeps the run near 10 minutes on 2 busy cores (3 on idle ones)
 
@@ -48,7 +41,7 @@ def _stage(name: str, fn, *args, **kwargs):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zip", default=str(ZIP), help="the MLDS zip (default: ../shared/datasets/...)")
+    ap.add_argument("--zip", default=str(MLDS), help="the MLDS zip (default: ../shared/datasets/...)")
     ap.add_argument("--work", help="folder for the ingested and labelled datasets and the tagger (kept; "
                                    "existing complete datasets there are reused); default: a temporary folder")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
@@ -57,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="3,000 images and 1 epoch: a smoke check")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     args = ap.parse_args(argv)
 
     import torch
@@ -144,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "tagger_config": cfg.to_dict(),
         "environment": env,
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"colour_tagger_mlds-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"colour_tagger_mlds-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json", doc)
     return 0
 
 

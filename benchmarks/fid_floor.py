@@ -30,15 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import animegen  # noqa: F401
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import environment  # the house environment capture
+from common import MLDS, RESULTS, environment, write_result
 
-MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 SPLIT_BLOCK = 32
 
 
@@ -92,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=("auto", "pytorch-fid", "torchscript"), default="auto")
     ap.add_argument("--inception-weights", default=None, help="PATH|URI of the Inception weights (default: resolved)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     args = ap.parse_args(argv)
 
     import torch
@@ -143,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nInception on {2 * sizes[-1]:,} images: {inception_s:.0f} s "
           f"({1000 * inception_s / (2 * sizes[-1]):.1f} ms/image; load {load_before[0]:.1f} -> {load_after[0]:.1f})")
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fid_floor-{device}-{started:%Y-%m-%d}.json"
     doc = {
         "benchmark": "fid_floor",
         "started": started.isoformat(timespec="seconds"),
@@ -162,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                    "loadavg_before": [round(x, 2) for x in load_before],
                    "loadavg_after": [round(x, 2) for x in load_after]},
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"fid_floor-{device}-{started:%Y-%m-%d}.json", doc)
     return 0
 
 

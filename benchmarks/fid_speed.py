@@ -40,14 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import animegen  # noqa: F401
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fid_floor import MLDS, disjoint_halves, mlds_images  # the same disjoint halves
-from train_throughput import environment  # the house environment capture
+from common import MLDS, RESULTS, ROOT, environment, print_table, write_result
+from fid_floor import disjoint_halves, mlds_images  # the same disjoint halves
 
 CONVERTER = ROOT.parent / "shared" / "tools" / "convert_fid_weights.py"
 MARK = "FID_SPEED_RESULT "
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background-load", type=int, default=0, metavar="K",
                     help="K busy processes share the cores during the timed runs (default 0: an idle machine)")
     ap.add_argument("--skip-pytorch-fid", action="store_true", help=argparse.SUPPRESS)  # development only
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", nargs=5, metavar=("BACKEND", "DIR1", "DIR2", "STATS_OUT", "T_START"),
                     help=argparse.SUPPRESS)  # child side
     args = ap.parse_args(argv)
@@ -273,11 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     table = [[r["tool"], r["device"], f"{r['wall_s']:.1f}", f"{r['fid']:.4f}",
               "-" if r["abs_diff_vs_pytorch_fid"] is None else f"{r['abs_diff_vs_pytorch_fid']:.1e}",
               "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in rows]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    print_table(head, table)
     if distance:
         print(f"\nsquare-root term on the same 2048-d statistics: scipy sqrtm (pytorch-fid) "
               f"{distance['pytorch_fid_calculate_frechet_distance_s']:.1f} s, eigenvalues (animegen) "
@@ -288,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"background load: {args.background_load} busy process(es); load average {load0[0]:.2f} before, "
           f"{load1[0]:.2f} after" + ("" if ok else "; VALUES DISAGREE"))
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ("" if args.n == 2000 else f"-n{args.n}") + (f"-load{args.background_load}" if args.background_load else "")
-    path = out_dir / f"fid_speed-{args.device}-{started:%Y-%m-%d}{suffix}.json"
     doc = {
         "benchmark": "fid_speed",
         "started": started.isoformat(timespec="seconds"),
@@ -310,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in load1],
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, f"fid_speed-{args.device}-{started:%Y-%m-%d}{suffix}.json", doc)
     return 0 if ok else 1
 
 

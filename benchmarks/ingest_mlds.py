@@ -26,15 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import animegen  # noqa: F401
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import environment, human_bytes  # the house environment capture
+from common import MLDS, RESULTS, environment, print_table, write_result
+from animegen.utils import human_bytes, peak_rss_bytes
 
-MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 MARK = "INGEST_MLDS_RESULT "
 
 
@@ -48,18 +42,7 @@ def run_one(cfg_dict: dict, out: str) -> dict:
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {"wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2), "peak_rss_bytes": _peak_rss(ru1)}
-
-
-def _peak_rss(ru: resource.struct_rusage) -> int:
-    """VmHWM of this process (Linux): ru_maxrss can carry the parent's peak over fork + exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return ru.ru_maxrss * 1024
+    return {"wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2), "peak_rss_bytes": peak_rss_bytes()}
 
 
 def class_mix(out: Path) -> dict | None:
@@ -94,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="rgb", choices=("rgb", "grayscale", "lineart"))
     ap.add_argument("--split-block", type=int, default=32)
     ap.add_argument("--keep", metavar="DIR", help="write the Dataset here and keep it (default: a temp dir)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG_JSON", "OUT"), help=argparse.SUPPRESS)  # child side
     args = ap.parse_args(argv)
 
@@ -157,19 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     row = [f"{files:,}", f"{m['kept']:,}", f"{m['duplicates_count']:,}", f"{m['skipped_count']:,}",
            f"{r['wall_s']:.1f}", human_bytes(r["peak_rss_bytes"]), f"{result['files_per_s']:.0f}",
            f"{m['timings']['source_s']:.1f}", f"{m['timings']['pack_s']:.1f}", f"{m['timings']['cleanup_s']:.1f}"]
-    widths = [max(len(h), len(c)) for h, c in zip(head, row)]
     print()
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(head, [row])
     if mix:
         print(f"\nclass mix, train vs held-out (TV distance, 0 = same): "
               f"(hair, eye) pairs {mix['pair_tv_block_split']:.3f} with blocks of {args.split_block} vs {mix['pair_tv_id_range_split']:.3f} for two id ranges; "
               f"hair {mix['hair_tv_block_split']:.3f} vs {mix['hair_tv_id_range_split']:.3f}")
 
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"ingest_mlds-{started:%Y-%m-%d}.json"
     doc = {
         "benchmark": "ingest_mlds",
         "started": started.isoformat(timespec="seconds"),
@@ -181,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "result": result,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    print()
+    write_result(args.out, f"ingest_mlds-{started:%Y-%m-%d}.json", doc)
     return 0
 
 

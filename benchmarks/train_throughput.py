@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,11 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import animegen  # noqa: F401
-except ImportError:  # run from a checkout without an install
-    sys.path.insert(0, str(ROOT / "src"))
+from common import RESULTS, environment, print_table, write_result
+from animegen.utils import human_bytes
 
 DATA = "synthetic:?n=2048"  # labels=pair (the default): 12 hair x 10 eye colours = 120 classes
 RESOLUTION = 64
@@ -147,71 +143,7 @@ def run_one(name: str, device: str, quick: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def _git_commit() -> str | None:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
-def _cpu_info() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-            info["flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-            break
-    return info
-
-
-def environment(device: str) -> dict:
-    import torch
-
-    import animegen
-
-    env = {
-        "device_type": device,
-        "cpu": _cpu_info(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "animegen": animegen.__version__,
-        "git_commit": _git_commit(),
-        "platform": platform.platform(),
-    }
-    if device == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
-    else:
-        env["device_name"] = env["cpu"]["model"]
-    return env
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return ""
-
-
-def print_table(results: list[dict]) -> None:
+def print_results(results: list[dict]) -> None:
     def with_reg(r: dict) -> str:
         if r["img_s_amortised_lower_bound"] is not None:
             return f">={r['img_s_amortised_lower_bound']:.1f}"
@@ -222,11 +154,7 @@ def print_table(results: list[dict]) -> None:
     rows = [[r["config"], r["device"], str(r["batch"]), f"{r['img_s']:.1f}", f"{r['ms_per_step']:.0f}", with_reg(r),
              human_bytes(r["peak_memory_bytes"]), str(r["timed_steps"]),
              f"{r['interval_img_s_min']:.1f}..{r['interval_img_s_max']:.1f}"] for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), flush=True)
+    print_table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated subset of {', '.join(CONFIGS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewest steps that still give a figure (smoke check)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the result JSON")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", metavar="CONFIG", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = ap.parse_args(argv)
 
@@ -289,10 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if results:
         print()
-        print_table(results)
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"train_throughput-{device}-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+        print_results(results)
         doc = {
             "benchmark": "train_throughput",
             "started": started.isoformat(timespec="seconds"),
@@ -306,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "failed": failed,
         }
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nwrote {path}")
+        print()
+        write_result(args.out, f"train_throughput-{device}-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json", doc)
     return 1 if failed else 0
 
 

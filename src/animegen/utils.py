@@ -61,6 +61,12 @@ def peak_memory_bytes(device) -> int:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size: VmHWM on Linux (ru_maxrss can carry a parent's peak over
+    fork + exec), else ru_maxrss."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -70,7 +76,10 @@ def peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def human_bytes(n: float) -> str:
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-'."""
+    if n is None:
+        return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
