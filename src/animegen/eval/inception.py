@@ -391,8 +391,7 @@ class Extractor:
 
     def _forward_one_thread(self, x: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(1)  # this worker thread's operators run single-threaded
-        with torch.inference_mode():
-            return self.net(x)
+        return self._forward(x)
 
     def features(self, images: ImageBatch | Iterable[ImageBatch], batch: int | None = None,
                  progress: bool = False) -> np.ndarray:
