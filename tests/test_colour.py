@@ -22,10 +22,9 @@ from animegen.labels.colour import (
     predict_colours,
     run_tagger_predict,
     train_colour_tagger,
-    write_probability_table,
 )
 from animegen.labels.label import LabelConfig, run_label
-from animegen.labels.tags import read_tag_csv
+from animegen.labels.tags import TagTable, read_tag_csv, write_prob_table
 
 SYN = "synthetic:?n=480&resolution=32&hair=blonde,blue,black,red&eyes=red,green,blue"
 TINY = dict(epochs=8, batch=16, width=16, resolution=32, block=16, holdout=0.25, lr=3e-3, seed=0)
@@ -164,12 +163,12 @@ def test_probability_table_round_trip_and_label_stage_reads_it(trained, tmp_path
     names = colour_tag_names(model)
     assert names == ["black_hair", "blonde_hair", "blue_hair", "red_hair", "blue_eyes", "green_eyes", "red_eyes"]
     probs = np.random.default_rng(0).random((5, len(names))).astype(np.float32)
-    path = write_probability_table([3, 1, 4, 15, 9], probs, names, tmp_path / "t.csv")
+    path = write_prob_table(TagTable(["3", "1", "4", "15", "9"], names, probs, "colour tagger"), tmp_path / "t.csv")
     table = read_tag_csv(path, "table")
     assert table.keys == ["3", "1", "4", "15", "9"] and table.tags == names
     np.testing.assert_allclose(table.probs, probs, rtol=1e-5)
-    with pytest.raises(ValueError, match="ids"):
-        write_probability_table([1, 2], probs, names, tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match=r"probs \(5, 7\) != \(2, 7\)"):
+        TagTable(["1", "2"], names, probs, "colour tagger")
 
     # the tagger labels an untagged dataset: predict -> table -> label stage -> pair classes
     stems = [{"stem": f"face{i:03d}"} for i in range(64)]

@@ -19,7 +19,6 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,19 +207,6 @@ def colour_tag_names(model: ColourTagger) -> list[str]:
     """Danbooru-style tag names of the tagger's outputs: '<colour>_hair' ..., then '<colour>_eyes' ..."""
     return ([f"{c.replace(' ', '_')}_hair" for c in model.hair_names]
             + [f"{c.replace(' ', '_')}_eyes" for c in model.eye_names])
-
-
-# ------------------------------------------------------------------------------------------ probability table
-def write_probability_table(ids: Sequence, probs: np.ndarray, names: Sequence[str], path: str | Path) -> Path:
-    """Write the tagger probability table ``id,<tag1>,<tag2>,...`` (one row per image; atomic).
-
-    The label stage reads it back as a tag source (``tags='table:PATH'``; ``tags.read_tag_csv``).
-    """
-    probs = np.asarray(probs, np.float32)
-    if probs.shape != (len(ids), len(names)):
-        raise ValueError(f"probability table: {probs.shape} values for {len(ids)} ids x {len(names)} tags")
-    table = TagTable([str(i) for i in ids], list(names), probs, "colour tagger")
-    return write_prob_table(table, path, key_name="id")
 
 
 # ---------------------------------------------------------------------------------------------------- splits
