@@ -21,6 +21,7 @@ from PIL import Image
 from s3server import start_weed
 
 from animegen.data import open_dataset, write_packed
+from animegen.eval import fid as fidlib
 from animegen.eval import inception
 from animegen.eval.accuracy import class_accuracy, requested_classes
 from animegen.store.registry import write_run
@@ -313,13 +314,17 @@ def test_compare_reads_the_run_registry_from_s3(evaluation, tmp_path, monkeypatc
 
 
 # --------------------------------------------------------------------------------------------------- run_fid
-def test_cross_dataset_fid_between_a_packed_set_and_an_image_folder(dataset, inception_weights, tmp_path):
+def test_cross_dataset_fid_between_a_packed_set_and_an_image_folder(dataset, inception_weights, tmp_path,
+                                                                     monkeypatch):
     folder = tmp_path / "folder"
     folder.mkdir()
     other = open_dataset("synthetic:?n=12&seed=5&resolution=16&hair=red&eyes=blue")
     for i, img in enumerate(other.images):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
+    opened = []
+    monkeypatch.setattr(fidlib, "open_dataset", lambda uri, *a: opened.append(uri) or open_dataset(uri, *a))
     path = run_fid(str(dataset), str(folder), tmp_path / "fid", FidConfig(max_images=12, device="cpu"))
+    assert sorted(opened) == sorted([str(dataset), str(folder)])  # each side is read (and hashed) once
     doc = json.loads(path.read_text())
     assert math.isfinite(doc["fid"]) and doc["fid"] > 0 and math.isfinite(doc["kid"]) and doc["kid_std"] >= 0
     assert doc["a"]["n"] == 12 and doc["b"]["n"] == 12 and doc["inception_images"] == 24

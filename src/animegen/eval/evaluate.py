@@ -123,12 +123,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def content_id(data: str | ImageSet) -> str:
-    """The identity the reference-statistics cache keys a dataset by: "sha256:<manifest content hash>" for a packed
-    Dataset, else "array:<sha256 of its pixels>" (the FID core's own rule, so metrics.json names the cache entry)."""
-    return fidlib.open_source(data).content  # one rule, kept in the FID core
-
-
 def reference_classes(imageset: ImageSet, class_names: list[str]) -> np.ndarray | None:
     """Condition rows the generated FID images draw from: the dataset's own label rows when it has the model's
     classes (so the class mix follows the data; the train and held-out splits keep the same mix), else None
@@ -273,7 +267,8 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
 
     extractor = resolve_extractor(cfg.inception_weights, cfg.inception_backend, device)
     split = None if cfg.reference_split == "all" else cfg.reference_split
-    ref = fidlib.dataset_stats(imageset, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
+    reference = fidlib.open_source(imageset)
+    ref = fidlib.dataset_stats(reference, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
                                progress=cfg.progress)
     at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device)
     at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device)
@@ -310,7 +305,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
         "model": {"name": model_dir.name, "path": str(ckpt), "arch": meta["config"].arch, "resolution": G.resolution,
                   "conditional": bool(class_names), "class_names": class_names,
                   "kimg": meta["images_seen"] / 1000, "checkpoint_sha256": sha256_file(ckpt)},
-        "dataset": {"uri": str(dataset), "content_hash": content_id(imageset), "count": len(imageset),
+        "dataset": {"uri": str(dataset), "content_hash": reference.content, "count": len(imageset),
                     "resolution": imageset.resolution, "label_kind": imageset.label_kind,
                     "split": cfg.reference_split},
         "train": {k: summary.get(k) for k in ("wall_s", "img_per_s", "peak_memory_bytes", "device", "kimg")},
@@ -342,8 +337,8 @@ def run_fid(a: str, b: str, out_dir: str | Path, cfg: FidConfig | None = None) -
                                 kid_subset_size=cfg.kid_subset_size, progress=cfg.progress)
     doc = {"format": FID_FORMAT, "fid": _finite(result["fid"]), "kid": _finite(result["kid"]),
            "kid_std": _finite(result["kid_std"]),
-           "a": {"uri": str(a), "content_hash": content_id(str(a)), "n": int(result["n_a"])},
-           "b": {"uri": str(b), "content_hash": content_id(str(b)), "n": int(result["n_b"])},
+           "a": {"uri": str(a), "content_hash": result["content_a"], "n": int(result["n_a"])},
+           "b": {"uri": str(b), "content_hash": result["content_b"], "n": int(result["n_b"])},
            "split": cfg.split, "extractor": {"id": extractor.id, "backend": extractor.backend},
            "inception_images": extractor.images_seen, "wall_s": round(time.perf_counter() - t0, 2),
            "device": str(extractor.device), "config": cfg.to_dict(), "version": __version__}
@@ -352,4 +347,4 @@ def run_fid(a: str, b: str, out_dir: str | Path, cfg: FidConfig | None = None) -
     return path
 
 
-__all__ = ["EvalConfig", "FidConfig", "content_id", "reference_classes", "run_evaluate", "run_fid", "scalar_metrics"]
+__all__ = ["EvalConfig", "FidConfig", "reference_classes", "run_evaluate", "run_fid", "scalar_metrics"]

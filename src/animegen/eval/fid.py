@@ -171,10 +171,12 @@ class Source:
     split_of: list[str] | None  # per-image split names, when known
 
 
-def open_source(data: str | os.PathLike | ImageSet) -> Source:
+def open_source(data: str | os.PathLike | ImageSet | Source) -> Source:
     """The images of ``data`` with their cache identity: a packed Dataset is identified by its manifest's content
     hash (also when handed over as the ImageSet that ``open_dataset`` made of it), anything else by a hash of
-    its pixels."""
+    its pixels. A Source is returned as it is (open once, then measure and record it)."""
+    if isinstance(data, Source):
+        return data
     if isinstance(data, ImageSet):
         packed = _packed_dir(data.images)
         if packed is not None:
@@ -354,12 +356,13 @@ class StatsCache:
             self._retry(f"uploading to {self.store}", send)
 
 
-def dataset_stats(data: str | os.PathLike | ImageSet, extractor: Extractor, max_images: int | None = None,
+def dataset_stats(data: str | os.PathLike | ImageSet | Source, extractor: Extractor, max_images: int | None = None,
                   split: str | None = None, cache: bool | StatsCache = True, batch: int | None = None,
                   progress: bool = False) -> Stats:
     """Statistics (and float32 features) of a dataset's images under ``extractor``, cached.
 
-    ``data``: a packed Dataset directory, an image folder, ``synthetic:...`` or an ImageSet. ``split`` picks the
+    ``data``: a packed Dataset directory, an image folder, ``synthetic:...``, an ImageSet or a Source (see
+    :func:`open_source`). ``split`` picks the
     train/heldout side recorded in a packed Dataset's index.jsonl; ``max_images`` caps the count (a seeded random
     subset). ``cache``: True = local cache plus the object store when ANIMEGEN_STORE is set; False = none; or a
     StatsCache. The cache key: content hash, resolution, split, sample count, extractor id.
@@ -433,10 +436,12 @@ def fid_between(a: str | os.PathLike | ImageSet, b: str | os.PathLike | ImageSet
                 kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False) -> dict[str, Any]:
     """FID and KID between two datasets or image folders (cross-dataset), each side's statistics cached.
 
-    Returns a JSON-ready dict: fid, kid, kid_std, n_a, n_b, extractor (id).
+    Returns a JSON-ready dict: fid, kid, kid_std, n_a, n_b, content_a, content_b (each side's cache identity, see
+    :func:`open_source`), extractor (id).
     """
-    sa = dataset_stats(a, extractor, max_images, split, cache, progress=progress)
-    sb = dataset_stats(b, extractor, max_images, split, cache, progress=progress)
+    src_a, src_b = open_source(a), open_source(b)
+    sa = dataset_stats(src_a, extractor, max_images, split, cache, progress=progress)
+    sb = dataset_stats(src_b, extractor, max_images, split, cache, progress=progress)
     kid_mean, kid_std = kid(sa.features, sb.features, kid_subsets, kid_subset_size)
     return {"fid": fid_from_stats(sa, sb), "kid": kid_mean, "kid_std": kid_std, "n_a": sa.n, "n_b": sb.n,
-            "extractor": extractor.id}
+            "content_a": src_a.content, "content_b": src_b.content, "extractor": extractor.id}
