@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ import torch
 
 from animegen.cli import main as cli_main
 from animegen.train import TrainingDiverged, train
-from animegen.train.checkpoint import class_index_map, load_checkpoint, load_generator
+from animegen.train.checkpoint import load_checkpoint, load_generator
+from animegen.train.transfer import class_index_map
 from conftest import ROOT, SYN, tiny_config
 
 
@@ -158,15 +160,18 @@ def test_init_from_with_another_class_count(tmp_path):
                                     "blonde hair red eyes": "blonde hair red eyes",
                                     "red hair green eyes": "blue hair green eyes",
                                     "red hair red eyes": "black hair red eyes"}
-    # frozen D blocks are exactly the source's; the class columns were remapped before training moved them
+    # frozen D blocks are exactly the source's, except the first conv, whose fan-in (3 + classes) changed: its
+    # stored weights are rescaled so that the weights it applies (stored x 1/sqrt(fan-in)) are the source's
     for name, value in new["D"].items():
         if name.startswith(("blocks.0.", "blocks.1.")) and name != "blocks.0.conv.weight":
             assert torch.equal(value, old["D"][name]), name
     w_old, w_new = old["D"]["blocks.0.conv.weight"], new["D"]["blocks.0.conv.weight"]
     assert w_new.shape[1] == 3 + 4 and w_old.shape[1] == 3 + 6
+    applied_old, applied_new = w_old / math.sqrt(3 + 6), w_new / math.sqrt(3 + 4)
+    torch.testing.assert_close(applied_new[:, :3], applied_old[:, :3], rtol=1e-6, atol=1e-7)
     for k, new_name in enumerate(names):
         j = old_names.index(report["class_init"][new_name])
-        assert torch.equal(w_new[:, 3 + k], w_old[:, 3 + j])  # blocks.0 is frozen: columns stay as mapped
+        torch.testing.assert_close(applied_new[:, 3 + k], applied_old[:, 3 + j], rtol=1e-6, atol=1e-7)
 
 
 def test_init_from_conditional_into_unconditional_and_back(tmp_path):

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import channels_for, check_resolution
+from .layers import ClassInput, ClassLayout, ClassProjection, channels_for, check_resolution
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -44,9 +45,9 @@ class DCGANGenerator(nn.Module):
         self.c0 = chans[0]
         dcgan_init_(self)
 
-    def class_params(self) -> dict[str, int]:
-        """Parameters whose last ``c_dim`` entries along the given dim belong to the class input."""
-        return {"project.weight": 1} if self.c_dim else {}
+    def class_layout(self) -> ClassLayout:
+        return ClassLayout(inputs=(ClassInput("project.weight", "project.bias", self.c_dim),)) if self.c_dim \
+            else ClassLayout()
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
@@ -93,19 +94,28 @@ class DCGANDiscriminator(nn.Module):
         self.embed = nn.Linear(c_dim, chans[-1] * 16, bias=False) if c_dim and cond_mode == "projection" else None
         dcgan_init_(self)
 
-    def class_params(self) -> dict[str, int]:
+    def class_layout(self) -> ClassLayout:
         if not self.c_dim:
-            return {}
-        return {"embed.weight": 1} if self.embed is not None else {"blocks.0.0.weight": 1}
+            return ClassLayout()
+        if self.embed is not None:
+            return ClassLayout(projections=(ClassProjection("embed.weight", "fc.weight", 1.0),))
+        return ClassLayout(inputs=(ClassInput("blocks.0.0.weight", "blocks.0.0.bias", self.c_dim),))
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.c_dim and c is None:
             raise ValueError(f"conditional discriminator needs a class vector of width {self.c_dim}")
-        x = img
         if self.c_dim and self.embed is None:
-            cmap = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-            x = torch.cat([x, cmap], dim=1)
-        for block in self.blocks:
+            # the class channels as constant maps padded with their own value (not zeros): their contribution is
+            # the same at every output pixel, a per-class bias, so a class folds exactly into the bias on transfer
+            conv = self.blocks[0][0]
+            k = img.shape[1]
+            class_bias = c.to(img.dtype) @ conv.weight[:, k:].sum(dim=(2, 3)).to(img.dtype).t()
+            x = F.conv2d(img, conv.weight[:, :k], conv.bias, conv.stride, conv.padding)
+            x = self.blocks[0][1](x + class_bias[:, :, None, None])
+            blocks = self.blocks[1:]
+        else:
+            x, blocks = img, self.blocks
+        for block in blocks:
             x = block(x)
         h = x.flatten(1)
         out = self.fc(h).squeeze(1)

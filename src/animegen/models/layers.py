@@ -2,12 +2,45 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LRELU_GAIN = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class ClassInput:
+    """A layer whose input ends with ``width`` class-dependent columns (dim 1 of ``weight``): the class vector
+    itself (``embed`` None), or its embedding by the [width, c_dim] matrix ``embed`` (pixel-normalised when
+    ``normalise``). A spatial kernel sees the class as a constant map over its whole window."""
+    weight: str
+    bias: str
+    width: int
+    embed: str | None = None
+    normalise: bool = False
+
+
+@dataclass(frozen=True)
+class ClassProjection:
+    """A logit term ``scale * <embed @ c, h>`` beside ``out``, the [1, len(h)] layer that reads the same h."""
+    embed: str
+    out: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class ClassLayout:
+    """Where a conditional model reads its class vector; transfer (``animegen.train.transfer``) remaps, zeroes or
+    folds exactly these tensors. ``per_class`` pairs a [c_dim, ...] buffer with its class-independent form."""
+    inputs: tuple[ClassInput, ...] = ()
+    projections: tuple[ClassProjection, ...] = ()
+    per_class: tuple[tuple[str, str], ...] = ()
+
+    def embeddings(self) -> set[str]:
+        return {i.embed for i in self.inputs if i.embed} | {p.embed for p in self.projections}
 
 
 def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

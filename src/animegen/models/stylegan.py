@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (LRELU_GAIN, AdaIN, EqualConv2d, EqualLinear, NoiseInjection, channels_for,
-                     check_resolution, minibatch_stddev, pixel_norm)
+from .layers import (LRELU_GAIN, AdaIN, ClassInput, ClassLayout, ClassProjection, EqualConv2d, EqualLinear,
+                     NoiseInjection, channels_for, check_resolution, minibatch_stddev, pixel_norm)
 
 
 def lrelu(x: torch.Tensor, gain: float = LRELU_GAIN) -> torch.Tensor:
@@ -91,11 +91,15 @@ class StyleGANGenerator(nn.Module):
         self.register_buffer("w_avg", torch.zeros(w_dim))
         self.register_buffer("w_avg_class", torch.zeros(max(c_dim, 1), w_dim))
 
-    def class_params(self) -> dict[str, int]:
+    def class_layout(self) -> ClassLayout:
         if not self.c_dim:
-            return {}
-        key = "mapping_net.embed.weight" if self.mapping_net.embed is not None else "mapping_net.layers.0.weight"
-        return {key: 1, "w_avg_class": 0}
+            return ClassLayout()
+        if self.mapping_net.embed is not None:
+            first = ClassInput("mapping_net.layers.0.weight", "mapping_net.layers.0.bias", self.z_dim,
+                               embed="mapping_net.embed.weight", normalise=True)
+        else:
+            first = ClassInput("mapping_net.layers.0.weight", "mapping_net.layers.0.bias", self.c_dim)
+        return ClassLayout(inputs=(first,), per_class=(("w_avg_class", "w_avg"),))
 
     def truncation_center(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
         """The w that truncation pulls towards: the tracked mean w, per class (mean of the classes set) if given."""
@@ -112,8 +116,10 @@ class StyleGANGenerator(nn.Module):
         """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim], truncated towards the tracked mean w."""
         w = self.mapping_net(z, c)
         if update_w_avg:
-            with torch.no_grad():
-                wd = w.detach()
+            # the tracked means stay float32 whatever precision w was computed in (autocast would run the
+            # per-class matmul below in bf16)
+            with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
+                wd = w.detach().float()
                 self.w_avg.lerp_(wd.mean(dim=0), 1.0 - self.w_avg_beta)
                 if self.c_dim:
                     cf = c.detach().float()
@@ -202,10 +208,13 @@ class StyleGANDiscriminator(nn.Module):
         self.out = EqualLinear(chans[-1], 1)
         self.embed = EqualLinear(c_dim, chans[-1], bias=False) if c_dim and cond_mode == "projection" else None
 
-    def class_params(self) -> dict[str, int]:
+    def class_layout(self) -> ClassLayout:
         if not self.c_dim:
-            return {}
-        return {"embed.weight": 1} if self.embed is not None else {"blocks.0.conv.weight": 1}
+            return ClassLayout()
+        if self.embed is not None:
+            return ClassLayout(projections=(ClassProjection("embed.weight", "out.weight",
+                                                            1 / math.sqrt(self.out.weight.shape[1])),))
+        return ClassLayout(inputs=(ClassInput("blocks.0.conv.weight", "blocks.0.conv.bias", self.c_dim),))
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.c_dim and c is None:

@@ -7,6 +7,8 @@ from typing import Any
 
 from ..config import Config, load_config_file  # noqa: F401  (re-exported for callers)
 
+AMP_MODES = ("auto", "on", "off")
+
 # Defaults that differ by architecture; a field left at None takes these (see TrainConfig.resolved).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dcgan": dict(z_dim=100, channel_base=2048, batch=128, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999],
@@ -52,7 +54,7 @@ class TrainConfig(Config):
     # bookkeeping
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda
-    amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
+    amp: str = "auto"                  # auto: bf16 autocast on CUDA only | on: bf16 + channels_last anywhere | off
     snapshot_kimg: float = 50.0
     log_every: int = 50                # steps between log lines
     grid_size: int = 8                 # samples per row (and rows when unconditional) of the snapshot grids
@@ -80,4 +82,12 @@ class TrainConfig(Config):
             raise ValueError(f"device must be auto, cpu or cuda (got {cfg.device!r})")
         if cfg.batch < 1:
             raise ValueError("batch must be >= 1")
+        if isinstance(cfg.amp, bool):  # YAML reads `amp: on` / `off` as booleans
+            cfg.amp = "on" if cfg.amp else "off"
+        if cfg.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {cfg.amp!r})")
         return cfg
+
+    def uses_amp(self, device_type: str) -> bool:
+        """Whether training on ``device_type`` runs in bf16 autocast (with channels_last)."""
+        return self.amp == "on" or (self.amp == "auto" and device_type == "cuda")

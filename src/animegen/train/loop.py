@@ -21,10 +21,10 @@ from ..latent.grid import save_grid
 from ..latent.tools import map_z, render_ws
 from ..models import build_models
 from ..utils import atomic_write_text, human_bytes, peak_memory_bytes, resolve_device
-from .checkpoint import (class_index, class_index_map, describe_classes, load_checkpoint, model_kwargs, models_from_checkpoint,
-                         save_checkpoint, transfer_weights)
+from .checkpoint import load_checkpoint, model_kwargs, save_checkpoint
 from .config import TrainConfig
-from .losses import PathLength, R1, make_loss, style_mix
+from .losses import PathLength, R1, ema_beta, make_loss, style_mix
+from .transfer import init_from
 
 # Options a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_OVERRIDES = ("kimg", "epochs", "snapshot_kimg", "log_every", "progress", "device", "amp", "out")
@@ -165,8 +165,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     (out / "samples").mkdir(exist_ok=True)
     (out / "snapshots").mkdir(exist_ok=True)
     device = resolve_device(cfg.device)
-    use_amp = cfg.amp and device.type == "cuda"
-    channels_last = device.type == "cuda"
+    use_amp = cfg.uses_amp(device.type)
+    channels_last = use_amp or device.type == "cuda"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
 
@@ -187,8 +187,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     G, D = build_models(cfg.arch, **model_kwargs(cfg, len(class_names), img_channels))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     if state is None and cfg.init_from:
-        report = init_from(G, D, G_ema, cfg, class_names)
-        atomic_write_text(out / "init_report.json", json.dumps(report, indent=2) + "\n")
+        init_from(G, D, G_ema, cfg, class_names, out)
     for block in list(D.blocks)[: cfg.freeze_d]:
         block.requires_grad_(False)
     for m in (G, D, G_ema):
@@ -204,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if cfg.arch != "stylegan":
         regs = [r for r in regs if r.target == "D"]  # path length needs a w space
     sampler = BatchSampler(n_data, cfg.seed)
-    ema_beta = 0.5 ** (cfg.batch / (cfg.ema_kimg * 1000)) if cfg.ema_kimg > 0 else 0.0
+    ema_decay = ema_beta(cfg.batch, cfg.ema_kimg)
     step, images_seen = 0, 0
 
     if state is not None:
@@ -224,8 +223,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         reals = (images[: cfg.grid_size ** 2].float().cpu() / 127.5 - 1)
         save_grid(reals, out / "samples" / "reals.png", ncol=cfg.grid_size)
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    def autocast(enabled: bool = True):
+        """bf16 autocast when amp is in use; ``enabled=False`` keeps a pass in float32 (the regularisers')."""
+        return torch.autocast(device.type, dtype=torch.bfloat16) if use_amp and enabled else nullcontext()
 
     def real_batch():
         idx = sampler.next(cfg.batch)
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 f.write(json.dumps({"step": step, "kimg": row["kimg"], "event": "diverged", "losses": bad}) + "\n")
             raise TrainingDiverged(
                 f"{', '.join(bad)} became NaN/Inf before step {step} ({row['kimg']} kimg); stopped. The last good "
-                f"checkpoint in {out} was kept. Try a lower learning rate, a larger r1_gamma, or --no-amp.")
+                f"checkpoint in {out} was kept. Try a lower learning rate, a larger r1_gamma, or --amp off.")
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if progress is not None:
@@ -324,8 +324,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         d_due = [r for r in regs if r.target == "D" and r.due(step)]
         if d_due:
             real.requires_grad_(True)
-        with autocast():
+        with autocast(enabled=not d_due):  # R1's gradient w.r.t. the reals is taken through a float32 graph
             real_logits = D(real, c_real).float()
+        with autocast():
             fake_logits = D(fake.detach(), c_fake).float()
         loss_d = loss.d_loss(real_logits, fake_logits)
         total_d = loss_d
@@ -343,8 +344,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         z = torch.randn(cfg.batch, G.z_dim, device=device)
         c_g = fake_conditions(cfg.batch)
         g_due = [r for r in regs if r.target == "G" and r.due(step)]
-        with autocast():
+        with autocast(enabled=not g_due):  # path length's Jacobian (mapping -> ws -> image) in float32
             fake, ws = generate(z, c_g, update_w_avg=True)
+        with autocast():
             gen_logits = D(fake, c_g).float()
         loss_g = loss.g_loss(gen_logits)
         total_g = loss_g
@@ -360,8 +362,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         # ---- EMA
         with torch.no_grad():
             g_params, e_params = list(G.parameters()), list(G_ema.parameters())
-            if ema_beta > 0:
-                torch._foreach_lerp_(e_params, g_params, 1.0 - ema_beta)
+            if ema_decay > 0:
+                torch._foreach_lerp_(e_params, g_params, 1.0 - ema_decay)
             else:
                 torch._foreach_copy_(e_params, g_params)
             for b_ema, b in zip(G_ema.buffers(), G.buffers()):
@@ -407,29 +409,3 @@ def _truncate_log(log_path: Path, step: int) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     keep = [r for r in rows if r.get("step", 0) <= step and "event" not in r]
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in keep))
-
-
-def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, class_names: list[str]) -> dict:
-    """Start from another Model's weights: compatible tensors copied, class slots remapped (see
-    ``transfer_weights``). Returns a report of what was loaded, remapped and skipped."""
-    state = load_checkpoint(cfg.init_from)
-    src_G, src_D, src_G_ema, src_cfg = models_from_checkpoint(state)
-    if src_cfg.arch != cfg.arch:
-        raise ValueError(f"--init-from {cfg.init_from}: a {src_cfg.arch} model cannot initialise a {cfg.arch}")
-    old = list(state["class_names"])
-    index_map = class_index_map(old, class_names, cfg.class_map, cfg.init_class)
-    fold = class_index(old, cfg.init_class) if old and not class_names and cfg.init_class else None
-    reports = {name: transfer_weights(src, dst, index_map, fold)
-               for name, src, dst in (("G", src_G, G), ("D", src_D, D), ("G_ema", src_G_ema, G_ema))}
-    if not any(r["loaded"] or r["remapped"] for r in reports.values()):
-        raise ValueError(f"--init-from {cfg.init_from}: no tensor is compatible with this model "
-                         f"(source {src_cfg.arch} at {src_cfg.resolution} px, target at {cfg.resolution} px)")
-    classes = {new: describe_classes(old, js) for new, js in zip(class_names, index_map)}
-    summary = {"source": str(cfg.init_from), "source_classes": old, "class_init": classes,
-               "folded_class": describe_classes(old, fold) if fold is not None else None,
-               **{f"{k}_{part}": len(v[part]) for k, v in reports.items() for part in ("loaded", "remapped")},
-               "skipped": {k: v["skipped"] for k, v in reports.items()}}
-    print(f"init-from {cfg.init_from}: " + ", ".join(
-        f"{k} {len(v['loaded'])} loaded / {len(v['remapped'])} remapped / {len(v['skipped'])} skipped"
-        for k, v in reports.items()), flush=True)
-    return summary

@@ -102,6 +102,12 @@ class PathLength(Regularizer):
         self.pl_mean = state["pl_mean"].clone()
 
 
+def ema_beta(batch: int, ema_kimg: float) -> float:
+    """Per-step decay of G_ema for a half-life of ``ema_kimg`` thousand images: after ema_kimg * 1000 / batch steps
+    the weight of the starting value is 1/2. 0 (no averaging: G_ema copies G) when ema_kimg <= 0."""
+    return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+
+
 def style_mix(G, z: torch.Tensor, c, ws: torch.Tensor, prob: float) -> torch.Tensor:
     """Style-mixing regularisation: with probability ``prob`` per sample, layers from a crossover point on take
     the w of a second latent."""
