@@ -156,6 +156,106 @@ def test_minibatch_stddev_adds_one_channel_for_any_batch():
     assert torch.allclose(minibatch_stddev(same)[:, 2], torch.full((4, 4, 4), 1e-4), atol=1e-4)
 
 
+def stddev_by_hand(x: torch.Tensor, group_size: int) -> list[float]:
+    """The StyleGAN2 minibatch-stddev feature written out with loops (float64): the group size is the largest
+    divisor of n not above ``group_size``; as in StyleGAN2's ``x.reshape(G, -1, ...)``, sample i belongs to group
+    i % (n / G); per group, the (biased) stddev over its members of every feature and pixel, + 1e-8 under the root,
+    averaged over features and pixels; every member gets its group's value."""
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
+    groups = n // g
+    x = x.double()
+    value = {}
+    for j in range(groups):
+        members = [j + k * groups for k in range(g)]
+        total = 0.0
+        for ch in range(c):
+            for yy in range(h):
+                for xx in range(w):
+                    vals = [x[i, ch, yy, xx].item() for i in members]
+                    mean = sum(vals) / g
+                    total += math.sqrt(sum((v - mean) ** 2 for v in vals) / g + 1e-8)
+        value[j] = total / (c * h * w)
+    return [value[i % groups] for i in range(n)]
+
+
+@pytest.mark.parametrize("n, group, expected_g", [(8, 4, 4), (6, 4, 3), (4, 4, 4), (2, 4, 2), (7, 4, 1), (12, 4, 4)])
+def test_minibatch_stddev_matches_an_explicit_computation(n, group, expected_g):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 3, 2, 2, generator=gen) * torch.arange(1, n + 1).float()[:, None, None, None]
+    y = minibatch_stddev(x, group)
+    assert torch.equal(y[:, :3], x)
+    feature = y[:, 3]
+    for i in range(n):  # one constant map per sample
+        assert torch.all(feature[i] == feature[i, 0, 0])
+    expected = stddev_by_hand(x, group)
+    torch.testing.assert_close(feature[:, 0, 0].double(), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
+    groups = n // expected_g
+    for i in range(n):  # members of a group share the value: i and i + n/G
+        assert feature[i, 0, 0] == feature[(i + groups) % n, 0, 0]
+    if 1 < expected_g < n:  # contiguous groups (samples 0..G-1, ...) would give other values
+        contiguous = []
+        for j in range(groups):
+            block = x[j * expected_g:(j + 1) * expected_g].double()
+            std = (block.var(dim=0, unbiased=False) + 1e-8).sqrt().mean().item()
+            contiguous += [std] * expected_g
+        assert not torch.allclose(feature[:, 0, 0].double(), torch.tensor(contiguous, dtype=torch.float64),
+                                  rtol=1e-3)
+    if expected_g == 1:  # a lone sample has no spread: sqrt(1e-8)
+        assert torch.allclose(feature, torch.full_like(feature, 1e-4))
+
+
+def psi_generator(cond_mode: str, c_dim: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    G, _ = build_models("stylegan", c_dim=c_dim, resolution=16, z_dim=16, w_dim=16, mapping_layers=2,
+                        channel_base=128, channel_max=32, cond_mode=cond_mode)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # known, distinct rows (all zero at initialisation would hide a wrong row)
+        G.w_avg.copy_(torch.randn(G.w_dim, generator=gen))
+        if c_dim:
+            G.w_avg_class.copy_(torch.randn(c_dim, G.w_dim, generator=gen) * 3)
+    return G.eval()
+
+
+@pytest.mark.parametrize("cond_mode", ["concat", "projection"])
+def test_psi_zero_is_the_class_mean_w(cond_mode):
+    G = psi_generator(cond_mode)
+    z = torch.randn(5, 16)
+    for k in range(4):
+        c = torch.eye(4)[[k] * 5]
+        ws = G.mapping(z, c, truncation_psi=0)
+        assert ws.shape == (5, G.num_ws, G.w_dim)
+        for i in range(5):
+            for layer in range(G.num_ws):
+                torch.testing.assert_close(ws[i, layer], G.w_avg_class[k], rtol=0, atol=1e-6)
+    multi = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0]])
+    ws = G.mapping(z, multi, truncation_psi=0)
+    for i, row in enumerate(multi):
+        rows = [G.w_avg_class[k] for k in range(4) if row[k] > 0]
+        mean = sum(rows) / len(rows)
+        for layer in range(G.num_ws):
+            torch.testing.assert_close(ws[i, layer], mean, rtol=1e-6, atol=1e-6)
+    # no class set: the overall tracked mean
+    torch.testing.assert_close(G.mapping(z, torch.zeros(5, 4), truncation_psi=0),
+                               G.w_avg.expand(5, G.num_ws, -1), rtol=0, atol=1e-6)
+
+
+def test_psi_between_and_the_truncation_cutoff():
+    G = psi_generator("concat")
+    z, c = torch.randn(3, 16), torch.eye(4)[[2, 0, 3]]
+    full = G.mapping(z, c)
+    half = G.mapping(z, c, truncation_psi=0.5)
+    centre = G.w_avg_class[[2, 0, 3]][:, None, :]
+    torch.testing.assert_close(half, centre + 0.5 * (full - centre), rtol=1e-5, atol=1e-6)
+    cut = G.mapping(z, c, truncation_psi=0, truncation_cutoff=2)
+    torch.testing.assert_close(cut[:, :2], centre.expand(-1, 2, -1), rtol=0, atol=1e-6)
+    assert torch.equal(cut[:, 2:], full[:, 2:])  # layers from the cutoff on are not truncated
+    unconditional = psi_generator("concat", c_dim=0)
+    ws = unconditional.mapping(torch.randn(3, 16), truncation_psi=0)
+    torch.testing.assert_close(ws, unconditional.w_avg.expand(3, unconditional.num_ws, -1), rtol=0, atol=1e-6)
+
+
 def test_bad_resolution_and_arch_are_refused():
     with pytest.raises(ValueError, match="power of two"):
         DCGANGenerator(resolution=48)

@@ -3,7 +3,8 @@
 A component's Python body is copied into the compiled YAML on its own (``inspect.getsource`` of the function), so
 it cannot call helpers defined beside it in component.py; it imports this module instead (the images carry the
 package). Everything here is KFP glue: artifact directories, optional values, metric names, the object-store
-environment, small HTML pages. No stage logic lives here.
+environment, small HTML pages, and (on import) the report of a damaged or foreign checkpoint: a task given one
+fails with the CheckpointError's one line (file, problem, reason), not a traceback. No stage logic lives here.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,25 @@ def _read(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         return {}
+
+
+def install_checkpoint_error_hook() -> None:
+    """Make an uncaught ``CheckpointError`` (a damaged or foreign checkpoint given to a stage: train's resume or
+    init-from, evaluate's model or snapshots) end the process with its one-line message on stderr and no traceback;
+    the task still fails (exit status 1). Any other exception keeps Python's own report. Idempotent."""
+    previous = sys.excepthook
+    if getattr(previous, "animegen_checkpoint_hook", False):
+        return
+
+    def hook(kind, value, tb):
+        checkpoint = sys.modules.get("animegen.train.checkpoint")
+        if checkpoint is not None and isinstance(value, checkpoint.CheckpointError):
+            print(f"error: {value}", file=sys.stderr, flush=True)
+            return
+        previous(kind, value, tb)
+
+    hook.animegen_checkpoint_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+install_checkpoint_error_hook()  # a component body imports this module before it calls its stage

@@ -243,7 +243,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     """Evaluate ``model`` (Model directory, checkpoint.pt or snapshot file) against ``dataset`` (a Dataset
     directory, an image folder or ``synthetic:``) into ``out_dir``; returns ``out_dir``. See the module docstring.
     """
-    from animegen.train.checkpoint import load_generator
+    from animegen.train.checkpoint import load_checkpoint, load_generator
 
     t0 = time.perf_counter()
     cfg = cfg.validated()
@@ -253,6 +253,8 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     device = resolve_device(cfg.device)
     model_dir, ckpt = _model_paths(model)
     snapshots = _snapshot_files(model_dir) if cfg.snapshots else []  # fail before any slow step
+    for path in snapshots:
+        load_checkpoint(path, mmap=True)  # a damaged or foreign snapshot too (mapped, not read: cheap)
     G, meta = load_generator(ckpt, device)
     class_names = meta["class_names"]
     imageset = open_dataset(str(dataset))

@@ -1,16 +1,63 @@
-"""Checkpoints: atomic save, load (weights_only), rebuilding models, and init-from with class remapping."""
+"""Checkpoints: atomic save, load (weights_only), rebuilding models from a checkpoint's own description."""
 from __future__ import annotations
 
 import copy
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import __version__
 from ..models import build_models
 from ..utils import atomic_torch_save
 from .config import TrainConfig
+
+# What a checkpoint holds (see ``snapshot()`` in loop.py). A sampling snapshot (snapshots/G_ema-*.pt) has the
+# SNAPSHOT_KEYS; a Model's checkpoint.pt adds G and D, and, when written by training, the state to resume.
+SNAPSHOT_KEYS = ("G_ema", "config", "class_names", "img_channels", "images_seen")
+MODEL_KEYS = ("G", "D")
+TRAINING_KEYS = ("opt_G", "opt_D", "step", "rng", "sampler", "regularizers")
+KNOWN_KEYS = frozenset(SNAPSHOT_KEYS + MODEL_KEYS + TRAINING_KEYS + ("version",))
+DAMAGED = "damaged checkpoint"
+FOREIGN = "not an animegen checkpoint"
+NEWER = "checkpoint of a newer animegen"
+PARTIAL = "not a full checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: ``path``, the ``problem`` (damaged checkpoint, not an animegen
+    checkpoint, ...) and the ``reason``. A ValueError, so the CLI reports it as a user error (exit status 2)."""
+
+    def __init__(self, path: str | Path, problem: str, reason: str):
+        self.path, self.problem, self.reason = Path(path), problem, reason
+        super().__init__(f"{path}: {problem}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem, self.reason)
+
+
+class Checkpoint(dict):
+    """The dict ``load_checkpoint`` returns: a key it lacks is a CheckpointError naming the file (e.g. resuming
+    from a file without training state, or init-from a sampling snapshot), not a bare KeyError."""
+
+    path: Path = Path("checkpoint.pt")
+
+    def __missing__(self, key):
+        if key in TRAINING_KEYS:
+            reason = (f"it holds no training state ({key!r}): it can be sampled, evaluated or used for --init-from, "
+                      "but not resumed")
+        elif key in MODEL_KEYS:
+            reason = (f"a sampling snapshot holds G_ema only, not {key!r}: use the run's checkpoint.pt (its Model "
+                      "directory) here")
+        else:
+            reason = f"it has no {key!r}"
+        raise CheckpointError(self.path, PARTIAL, reason)
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -19,11 +66,183 @@ def checkpoint_path(path: str | Path) -> Path:
     return p / "checkpoint.pt" if p.is_dir() else p
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Checkpoint:
+    """The checkpoint of a Model directory, its checkpoint.pt or a snapshots/G_ema-*.pt file, read with
+    ``torch.load(weights_only=True)`` (no code runs) and checked: a file that is empty, truncated, not a PyTorch
+    file, refused by the safe unpickler, not an animegen checkpoint (a plain state dict, missing keys, values of
+    the wrong kind, a config this animegen does not read) or written by a newer animegen raises CheckpointError
+    with the file and the reason. ``mmap``: map the tensors instead of reading them (a cheap check)."""
     p = checkpoint_path(path)
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {p} (expected a Model directory holding checkpoint.pt)")
-    return torch.load(p, map_location=map_location, weights_only=True)
+    state = Checkpoint(_validated(_read(p, map_location, mmap), p))
+    state.path = p
+    return state
+
+
+def _read(p: Path, map_location, mmap: bool) -> Any:
+    """torch.load(weights_only=True) of ``p``, every failure turned into a CheckpointError with its reason."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointError(p, DAMAGED, f"cannot be read: {e.strerror or e}") from e
+    if size == 0:
+        raise CheckpointError(p, DAMAGED, "empty file (0 bytes)")
+    is_zip = head.startswith(b"PK\x03\x04")
+    if len(head) < 4 and b"PK\x03\x04".startswith(head):
+        raise CheckpointError(p, DAMAGED, f"truncated: {size} bytes, the start of a zip archive")
+    if is_zip:  # torch.save's format: a zip archive holding <name>/data.pkl and the tensors' records
+        if not zipfile.is_zipfile(p):
+            raise CheckpointError(p, DAMAGED, f"truncated: the end of its zip archive (the central directory) is "
+                                              f"missing ({size} bytes)")
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CheckpointError(p, DAMAGED, f"unreadable zip archive ({size} bytes): {e}") from e
+        if not any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
+            raise CheckpointError(p, FOREIGN, f"a zip archive but not a PyTorch file (no data.pkl among its "
+                                              f"{len(names)} entries)")
+    elif not head.startswith(b"\x80"):  # nor a pickle (torch's legacy format)
+        raise CheckpointError(p, FOREIGN, f"not a PyTorch file (it begins with {head!r})")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the reason below says what matters
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+    except pickle.UnpicklingError as e:
+        code = _code_globals(p, is_zip)
+        if code:
+            reason = f"it carries code ({', '.join('GLOBAL ' + g for g in code)})"
+        else:
+            reason = _torch_reason(e)
+        raise CheckpointError(p, FOREIGN, f"refused by torch.load(weights_only=True): {reason}") from e
+    except Exception as e:  # noqa: BLE001  (torch reports damage as OSError, RuntimeError, EOFError, KeyError...)
+        raise CheckpointError(p, DAMAGED, f"unreadable ({size} bytes): {type(e).__name__}: {_torch_reason(e)}") from e
+
+
+def _torch_reason(e: BaseException) -> str:
+    """The informative lines of a torch.load error, without its boilerplate."""
+    noise = ("weights only load failed", "please file an issue", "check the documentation", "this is an internal "
+             "miniz error", "if you are seeing this error")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.lower().startswith(noise)]
+    text = " ".join(keep or lines[:1]) or type(e).__name__
+    text = text.split(" This is an internal miniz error")[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_SAFE_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
+
+
+def _code_globals(p: Path, is_zip: bool) -> list[str]:
+    """The globals (functions, classes) a pickle names outside torch's own, read with pickletools (nothing runs)."""
+    try:
+        if is_zip:
+            with zipfile.ZipFile(p) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+                data = zf.read(name)
+        else:
+            data = p.read_bytes()
+        found, strings, memo = [], [], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+                           "BINSTRING", "STRING"):
+                strings.append(str(arg))
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = strings[-1] if strings else None
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = strings[-1] if strings else None
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                strings.append(memo.get(int(arg)) or "?")
+            elif op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+        out = []
+        for g in found:
+            if g.split(".")[0] not in _SAFE_MODULES and g not in out:
+                out.append(g)
+        return out
+    except Exception:  # noqa: BLE001  (a broken pickle: torch's own reason is reported instead)
+        return []
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _validated(obj: Any, p: Path) -> dict[str, Any]:
+    """``obj`` if it has the structure of an animegen checkpoint or sampling snapshot, else a CheckpointError."""
+    wanted = ", ".join(SNAPSHOT_KEYS)
+    if not isinstance(obj, dict):
+        raise CheckpointError(p, FOREIGN, f"it holds a {type(obj).__name__}, not the dict of an animegen checkpoint "
+                                          f"({wanted}, ...)")
+    keys = [str(k) for k in obj]
+    shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} keys)" if len(keys) > 5 else "")
+    if not set(keys) & KNOWN_KEYS:
+        if _is_state_dict(obj):
+            raise CheckpointError(p, FOREIGN, f"a plain state dict of {len(obj)} tensors ({shown}), without the "
+                                              f"{wanted}, ... of an animegen checkpoint")
+        raise CheckpointError(p, FOREIGN, f"its keys are {shown or '(none)'}; an animegen checkpoint holds "
+                                          f"{wanted}, ...")
+    version = obj.get("version")
+    if version is not None:
+        if not isinstance(version, str):
+            raise CheckpointError(p, FOREIGN, f"its version is {version!r}, not a version string")
+        mine, theirs = _version(__version__), _version(version)
+        if mine and theirs and theirs > mine:
+            raise CheckpointError(p, NEWER, f"format version {version}; this animegen ({__version__}) reads "
+                                            f"checkpoints of animegen <= {mine[0]}.{mine[1]}.x: upgrade animegen")
+    missing = [k for k in SNAPSHOT_KEYS if k not in obj]
+    if any(k in obj for k in MODEL_KEYS):
+        missing += [k for k in MODEL_KEYS if k not in obj]
+    if any(k in obj for k in TRAINING_KEYS):
+        missing += [k for k in TRAINING_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(p, FOREIGN, f"missing keys {', '.join(missing)} (it has {shown})")
+    bad = [k for k in ("G_ema",) + MODEL_KEYS if k in obj and not _is_state_dict(obj[k])]
+    if bad:
+        raise CheckpointError(p, DAMAGED, f"{', '.join(bad)} is not a state dict of named tensors")
+    names, channels, seen = obj["class_names"], obj["img_channels"], obj["images_seen"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(p, DAMAGED, f"class_names is {type(names).__name__}, not a list of names")
+    for key, value, least in (("img_channels", channels, 1), ("images_seen", seen, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise CheckpointError(p, DAMAGED, f"{key} is {value!r}, not an integer >= {least}")
+    if not isinstance(obj["config"], dict):
+        raise CheckpointError(p, DAMAGED, f"config is {type(obj['config']).__name__}, not a mapping of options")
+    try:
+        TrainConfig.from_dict(obj["config"]).resolved()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(p, FOREIGN, f"its config is not one this animegen reads: {e}") from e
+    if "G" in obj:
+        g, ema = obj["G"], obj["G_ema"]
+        differ = [k for k in set(g) | set(ema) if k not in g or k not in ema or g[k].shape != ema[k].shape]
+        if differ:
+            raise CheckpointError(p, DAMAGED, f"G and G_ema differ in tensors {', '.join(sorted(differ)[:5])}")
+    return obj
+
+
+def load_weights(module: nn.Module, state: dict[str, Any], key: str) -> None:
+    """``module.load_state_dict(state[key])``; tensors that do not fit the model the checkpoint's config describes
+    are a CheckpointError naming the file."""
+    try:
+        module.load_state_dict(state[key])
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        detail = "; ".join(lines)
+        detail = detail if len(detail) <= 400 else detail[:397] + "..."
+        raise CheckpointError(getattr(state, "path", "checkpoint"), DAMAGED,
+                              f"its {key} does not fit the model its config describes (edited, or written by "
+                              f"another version of animegen): {detail}") from e
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -40,10 +259,10 @@ def models_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, nn.Module,
     """(G, D, G_ema, config) rebuilt from a checkpoint's own description, weights loaded."""
     cfg = TrainConfig.from_dict(state["config"]).resolved()
     G, D = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
-    G.load_state_dict(state["G"])
-    D.load_state_dict(state["D"])
+    load_weights(G, state, "G")
+    load_weights(D, state, "D")
     G_ema = copy.deepcopy(G)
-    G_ema.load_state_dict(state["G_ema"])
+    load_weights(G_ema, state, "G_ema")
     return G, D, G_ema.eval().requires_grad_(False), cfg
 
 
@@ -53,133 +272,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"]).resolved()
     G_ema, _ = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
-    G_ema.load_state_dict(state["G_ema"])
+    load_weights(G_ema, state, "G_ema")
     G_ema.eval().requires_grad_(False)
     meta = {"config": cfg, "class_names": list(state["class_names"]), "images_seen": state["images_seen"]}
     return G_ema.to(device), meta
-
-
-def class_index(old: list[str], name: str) -> list[int]:
-    """The source classes a name refers to: an exact class name or index -> that class; otherwise every class
-    whose name contains it as whole words (e.g. 'black hair' -> all 'black hair <eye> eyes' pair classes),
-    whose weights are then averaged."""
-    name = str(name).strip()
-    if name in old:
-        return [old.index(name)]
-    if name.isdigit() and int(name) < len(old):
-        return [int(name)]
-    words = name.replace("_", " ").split()
-    matches = [i for i, c in enumerate(old) if _contains_words(c.replace("_", " ").split(), words)]
-    if not matches:
-        raise ValueError(f"class {name!r} is not in the source model's classes (nor part of any): "
-                         f"{', '.join(old) or '(none)'}")
-    return matches
-
-
-def _contains_words(haystack: list[str], needle: list[str]) -> bool:
-    n = len(needle)
-    return any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
-
-
-def class_index_map(old: list[str], new: list[str], class_map: dict[str, str] | None = None,
-                    init_class: str | None = None) -> list[list[int]]:
-    """For each new class, the old classes its weights start from (their mean; [] = the mean of all old classes).
-
-    Order of precedence: an explicit ``class_map`` entry (new -> old name, index or partial name), a class of the
-    same name, ``init_class``, else the mean of all old classes.
-    """
-    class_map = dict(class_map or {})
-    unknown = sorted(set(class_map) - set(new))
-    if unknown:
-        raise ValueError(f"class map names classes the new dataset lacks: {', '.join(unknown)}")
-    fallback = class_index(old, init_class) if init_class is not None else []
-    out: list[list[int]] = []
-    for name in new:
-        if name in class_map:
-            out.append(class_index(old, str(class_map[name])))
-        elif name in old:
-            out.append([old.index(name)])
-        else:
-            out.append(fallback)
-    return out
-
-
-def describe_classes(old: list[str], idx: list[int]) -> str:
-    if not idx:
-        return "mean of source classes"
-    return old[idx[0]] if len(idx) == 1 else f"mean of {len(idx)} classes: {', '.join(old[i] for i in idx)}"
-
-
-def _class_mean(slots: torch.Tensor, dim: int, idx: list[int]) -> torch.Tensor:
-    """The mean of the class slots ``idx`` along ``dim`` (all of them when ``idx`` is empty)."""
-    if idx:
-        slots = slots.index_select(dim, torch.tensor(idx, dtype=torch.long, device=slots.device))
-    return slots.mean(dim=dim)
-
-
-def _gains(module: nn.Module, name: str) -> tuple[float, float]:
-    owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-    return float(getattr(owner, "weight_gain", 1.0)), float(getattr(owner, "bias_gain", 1.0))
-
-
-def transfer_weights(src: nn.Module, dst: nn.Module, index_map: list[list[int]],
-                     fold_class: list[int] | None = None) -> dict[str, list]:
-    """Copy every compatible tensor of ``src`` into ``dst``; remap the class slots of class-dependent tensors.
-
-    Class-dependent tensors (``class_params()``: the class columns of the first layer, class embeddings, per-class
-    w averages) keep their non-class part and take, for new class k, the mean of the old classes ``index_map[k]``
-    (all old classes when empty). From a conditional source to an unconditional target, the old classes
-    ``fold_class`` (their mean) are folded into the layer's bias, so the new model starts as that class.
-    """
-    s_state, d_state = src.state_dict(), dst.state_dict()
-    s_cls, d_cls = src.class_params(), dst.class_params()
-    s_c, d_c = getattr(src, "c_dim", 0), getattr(dst, "c_dim", 0)
-    report: dict[str, list] = {"loaded": [], "remapped": [], "skipped": []}
-    new_state = {}
-    for name, d_val in d_state.items():
-        if name not in s_state:
-            report["skipped"].append([name, "not in source"])
-            continue
-        s_val = s_state[name]
-        if name in d_cls or name in s_cls:
-            dim = d_cls.get(name, s_cls.get(name))
-            d_base = d_val.shape[dim] - (d_c if name in d_cls else 0)
-            s_base = s_val.shape[dim] - (s_c if name in s_cls else 0)
-            if name == "w_avg_class":
-                d_base = s_base = 0
-            other = [i for i in range(d_val.ndim) if i != dim]
-            if d_base != s_base or any(d_val.shape[i] != s_val.shape[i] for i in other):
-                report["skipped"].append([name, f"shape {list(s_val.shape)} -> {list(d_val.shape)}"])
-                continue
-            out = d_val.clone()
-            out.narrow(dim, 0, d_base).copy_(s_val.narrow(dim, 0, s_base))
-            if name in d_cls:
-                if name == "w_avg_class" and not s_c:
-                    out.copy_(s_state["w_avg"].expand_as(out))
-                elif s_c:
-                    old = s_val.narrow(dim, s_base, s_c)
-                    for k, js in enumerate(index_map):
-                        out.select(dim, d_base + k).copy_(_class_mean(old, dim, js))
-                else:
-                    out.narrow(dim, d_base, d_c).zero_()  # new class input starts with no effect
-            elif fold_class is not None and s_c:
-                if name == "w_avg_class":
-                    continue
-                bias_name = name[: -len("weight")] + "bias"
-                col = _class_mean(s_val.narrow(dim, s_base, s_c), dim, fold_class)
-                if name.endswith("weight") and bias_name in d_state:
-                    s_wg, _ = _gains(src, name)
-                    _, d_bg = _gains(dst, bias_name)
-                    contrib = col.sum(dim=tuple(range(1, col.ndim))) if col.ndim > 1 else col
-                    new_state[bias_name] = s_state[bias_name] + contrib * s_wg / d_bg
-            new_state[name] = out
-            report["remapped"].append(name)
-        elif s_val.shape == d_val.shape:
-            new_state.setdefault(name, s_val.clone())
-            report["loaded"].append(name)
-        else:
-            report["skipped"].append([name, f"shape {list(s_val.shape)} -> {list(d_val.shape)}"])
-    if fold_class is not None and s_c and not d_c and "w_avg" in d_state:
-        new_state["w_avg"] = _class_mean(s_state["w_avg_class"], 0, fold_class).clone()
-    dst.load_state_dict({**d_state, **new_state})
-    return report
