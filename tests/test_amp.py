@@ -44,9 +44,19 @@ def test_amp_modes_resolve_per_device():
     assert TrainConfig(amp="auto").resolved().uses_amp("cuda")
     assert TrainConfig(amp="on").resolved().uses_amp("cpu")
     assert not TrainConfig(amp="off").resolved().uses_amp("cuda")
-    assert TrainConfig(amp=True).resolved().amp == "on" and TrainConfig(amp=False).resolved().amp == "off"  # YAML
+    # configs and checkpoints written when amp was a bool
+    assert TrainConfig(amp=True).resolved().amp == "auto" and TrainConfig(amp=False).resolved().amp == "off"
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(amp="fp16").resolved()
+
+
+def test_amp_on_and_off_in_a_yaml_config_file_are_the_modes(tmp_path):
+    from animegen.config import load_config_file
+
+    (tmp_path / "a.yaml").write_text("amp: on\nxflip: false\nhair: no\n")
+    assert load_config_file(tmp_path / "a.yaml") == {"amp": "on", "xflip": False, "hair": "no"}
+    (tmp_path / "b.yaml").write_text("amp: off\n")
+    assert TrainConfig(**load_config_file(tmp_path / "b.yaml")).resolved().amp == "off"
 
 
 @pytest.fixture(scope="module")

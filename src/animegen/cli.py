@@ -43,7 +43,8 @@ TRAIN_HELP = {
     "xflip": "random horizontal flips (p 0.5) of the real images, on the device",
     "seed": "seed for initialisation, data order and latents",
     "device": "auto, cpu or cuda",
-    "amp": "bf16 autocast on CUDA",
+    "amp": "mixed precision: auto (bf16 autocast and channels_last on CUDA only), on (on any device, CPU "
+           "included), off (float32 everywhere) (default: auto)",
     "snapshot_kimg": "write a checkpoint and a sample grid every N kimg",
     "log_every": "steps between train_log.jsonl lines",
     "grid_size": "columns of the sample grids (and rows when unconditional)",

@@ -43,8 +43,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if str(path).endswith(".json"):
         values = json.loads(text)
     else:
-        import yaml
-        values = yaml.safe_load(text) or {}
+        values = _yaml_load(text) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of option: value")
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def _yaml_load(text: str) -> Any:
+    """YAML with the 1.2 core schema's booleans: only true/false are booleans, so `amp: on` or `hair: no` stay
+    the strings they look like (PyYAML's default, YAML 1.1, reads yes/no/on/off as booleans)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return yaml.load(text, Loader=Loader)

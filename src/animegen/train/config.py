@@ -82,8 +82,8 @@ class TrainConfig(Config):
             raise ValueError(f"device must be auto, cpu or cuda (got {cfg.device!r})")
         if cfg.batch < 1:
             raise ValueError("batch must be >= 1")
-        if isinstance(cfg.amp, bool):  # YAML reads `amp: on` / `off` as booleans
-            cfg.amp = "on" if cfg.amp else "off"
+        if isinstance(cfg.amp, bool):  # configs and checkpoints written when amp was a bool (true: on CUDA)
+            cfg.amp = "auto" if cfg.amp else "off"
         if cfg.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {cfg.amp!r})")
         return cfg
