@@ -262,3 +262,13 @@ def test_a_component_process_ends_with_the_message_not_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from animegen.components import runtime\nraise KeyError('x')"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError" in r.stderr
+
+
+def test_resume_names_the_file_when_a_tensor_does_not_fit(model, tmp_path, capsys):
+    bad = copy_model(model, tmp_path / "bad")
+    state = full_state(model)
+    state["D"]["fc.weight"] = torch.zeros(1, 3)  # G_ema is intact: sampling works, resuming D cannot
+    torch.save(state, bad / "checkpoint.pt")
+    load_generator(bad)
+    assert_clear_error(main(["train", "--out", str(bad), "--resume"]), capsys, bad / "checkpoint.pt",
+                       r"damaged checkpoint: its D does not fit the model its config describes .*size mismatch")

@@ -21,7 +21,7 @@ from ..latent.grid import save_grid
 from ..latent.tools import map_z, render_ws
 from ..models import build_models
 from ..utils import atomic_write_text, human_bytes, peak_memory_bytes, resolve_device
-from .checkpoint import load_checkpoint, model_kwargs, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, model_kwargs, save_checkpoint
 from .config import TrainConfig
 from .losses import PathLength, R1, ema_beta, make_loss, style_mix
 from .transfer import init_from
@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     step, images_seen = 0, 0
 
     if state is not None:
-        G.load_state_dict(state["G"]); D.load_state_dict(state["D"]); G_ema.load_state_dict(state["G_ema"])
+        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
+            load_weights(module, state, key)
         opt_G.load_state_dict(state["opt_G"]); opt_D.load_state_dict(state["opt_D"])
         for r in regs:
             r.load_state_dict(state["regularizers"].get(r.name, {}) or r.state_dict())
