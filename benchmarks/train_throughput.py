@@ -12,8 +12,9 @@ runs in a fresh subprocess (``--one CONFIG``) so that the peak belongs to that c
     python benchmarks/train_throughput.py                      # every config, CUDA if present, else CPU
     python benchmarks/train_throughput.py --device cpu --configs dcgan,stylegan
     python benchmarks/train_throughput.py --quick              # a smoke check: fewest steps that give a figure
+    python benchmarks/train_throughput.py --quick --tiny       # tiny widths at 16 px: checks the script, not speed
 
-Writes benchmarks/results/train_throughput-<device>-<date>.json (``-quick`` added in quick mode).
+Writes benchmarks/results/train_throughput-<device>-<date>.json (``-quick`` / ``-tiny`` added in those modes).
 """
 from __future__ import annotations
 
@@ -50,22 +51,40 @@ STEPS = {
     "cuda": {name: (384, 64) for name in CONFIGS},
 }
 QUICK_STEPS = {"cpu": {name: (2, 1) for name in CONFIGS}, "cuda": {name: (48, 16) for name in CONFIGS}}
+# --tiny: the widths of the test suite's tiny models at 16 px on a small synthetic set (a check that the script and
+# the loop run, e.g. gpu_check.py --dry-run; the figures say nothing about the real configs)
+TINY_DATA = "synthetic:?n=256&resolution=16"
+TINY_RESOLUTION = 16
+TINY = {
+    "dcgan": dict(z_dim=16, channel_base=128, channel_max=64, batch=8),
+    "stylegan": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32, batch=8),
+}
 MARK = "TRAIN_THROUGHPUT_RESULT "
 
 
 # ----------------------------------------------------------------------------------------------- child side
-def run_one(name: str, device: str, quick: bool) -> dict:
+def schedule(name: str, device: str, quick: bool, steps: int | None = None, log_every: int | None = None
+             ) -> tuple[int, int]:
+    """(steps, log_every) of a config: the table's (quick or not), or the given overrides."""
+    default_steps, default_every = (QUICK_STEPS if quick else STEPS)[device][name]
+    return steps or default_steps, log_every or default_every
+
+
+def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int | None = None,
+            log_every: int | None = None) -> dict:
     """Train one config in this process with the real loop; return its figures and exact settings."""
     import torch
 
     from animegen.train import TrainConfig, train
     from animegen.train.checkpoint import load_checkpoint, models_from_checkpoint
 
-    steps, log_every = (QUICK_STEPS if quick else STEPS)[device][name]
-    probe = TrainConfig(**CONFIGS[name]).resolved()
+    steps, log_every = schedule(name, device, quick, steps, log_every)
+    model = {**CONFIGS[name], **(TINY[CONFIGS[name]["arch"]] if tiny else {})}
+    probe = TrainConfig(**model).resolved()
     batch = probe.batch
+    data, resolution = (TINY_DATA, TINY_RESOLUTION) if tiny else (DATA, RESOLUTION)
     with tempfile.TemporaryDirectory(prefix=f"animegen-bench-{name}-") as tmp:
-        cfg = TrainConfig(data=DATA, out=str(Path(tmp) / "run"), resolution=RESOLUTION, **CONFIGS[name],
+        cfg = TrainConfig(data=data, out=str(Path(tmp) / "run"), resolution=resolution, **model,
                           kimg=steps * batch / 1000, log_every=log_every, snapshot_kimg=1e6, grid_size=4,
                           progress=False, device=device, seed=0)
         load_before = os.getloadavg()
@@ -163,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated subset of {', '.join(CONFIGS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewest steps that still give a figure (smoke check)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny model widths at 16 px on a small synthetic set: checks the script, not the speed")
+    ap.add_argument("--steps", type=int, default=None, help="steps per config (default: the table's for the device)")
+    ap.add_argument("--log-every", type=int, default=None,
+                    help="steps per log interval, i.e. per timed interval (default: the table's); the first is "
+                         "warm-up, so --steps must be at least twice this")
+    ap.add_argument("--timeout", type=float, default=None, metavar="S",
+                    help="stop a config's subprocess after S seconds (it is then reported as failed)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", metavar="CONFIG", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = ap.parse_args(argv)
@@ -178,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         if args.one not in CONFIGS:
             ap.error(f"unknown config {args.one!r}")
-        print(MARK + json.dumps(run_one(args.one, device, args.quick)), flush=True)
+        print(MARK + json.dumps(run_one(args.one, device, args.quick, args.tiny, args.steps, args.log_every)),
+              flush=True)
         return 0
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -189,16 +217,27 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     print(f"train throughput on {device} ({env['device_name']}, {env['torch_threads']} torch threads), "
           f"torch {env['torch']}, animegen {env['animegen']} @ {env['git_commit']}"
-          f"{' [quick]' if args.quick else ''}", flush=True)
+          f"{' [quick]' if args.quick else ''}{' [tiny]' if args.tiny else ''}", flush=True)
     started = dt.datetime.now().astimezone()
     results, failed = [], []
     for name in names:
-        steps, log_every = (QUICK_STEPS if args.quick else STEPS)[device][name]
+        steps, log_every = schedule(name, device, args.quick, args.steps, args.log_every)
         print(f"  {name}: {steps} steps, log every {log_every} ...", flush=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--device", device]
-        if args.quick:
-            cmd.append("--quick")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        cmd += ["--quick"] * args.quick + ["--tiny"] * args.tiny
+        if args.steps:
+            cmd += ["--steps", str(args.steps)]
+        if args.log_every:
+            cmd += ["--log-every", str(args.log_every)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired as e:
+            failed.append(name)
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            print(f"  {name} FAILED (stopped after --timeout {args.timeout:g} s):\n{out[-2000:]}{err[-2000:]}",
+                  file=sys.stderr, flush=True)
+            continue
         lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
         if proc.returncode != 0 or not lines:
             failed.append(name)
@@ -222,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "train_throughput",
             "started": started.isoformat(timespec="seconds"),
             "mode": "quick" if args.quick else "full",
+            "tiny": args.tiny,
+            "schedule": {n: schedule(n, device, args.quick, args.steps, args.log_every) for n in names},  # steps, log
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "data": DATA,
-            "resolution": RESOLUTION,
+            "data": TINY_DATA if args.tiny else DATA,
+            "resolution": TINY_RESOLUTION if args.tiny else RESOLUTION,
             "method": "img/s = images / seconds over the loop's own train_log.jsonl intervals after the first "
                       "(warm-up); each config in a fresh subprocess; peak memory from TrainResult",
             "environment": env,
@@ -232,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "failed": failed,
         }
         print()
-        write_result(args.out, f"train_throughput-{device}-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json", doc)
+        suffix = ("-quick" if args.quick else "") + ("-tiny" if args.tiny else "")
+        write_result(args.out, f"train_throughput-{device}-{started:%Y-%m-%d}{suffix}.json", doc)
     return 1 if failed else 0
 
 

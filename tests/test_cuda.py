@@ -1,0 +1,162 @@
+"""The CUDA paths: bf16 training per architecture, fused Adam, the pinned-memory batch index, Inception on the GPU.
+
+Every test is marked ``cuda`` and skips without a CUDA device; ``benchmarks/gpu_check.py`` runs them on a lent GPU
+(``python -m pytest -m cuda tests/test_cuda.py``). The Inception check uses seeded random weights built by
+``benchmarks/common.py`` (the real 95 MB weights do not travel to that machine): the same network and FLOPs.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SYN
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+CASES = {  # name: (arch, TrainConfig overrides)
+    "dcgan": ("dcgan", dict()),
+    "dcgan-cond": ("dcgan", dict(conditional=True)),
+    "stylegan": ("stylegan", dict()),
+    "stylegan-cond-concat": ("stylegan", dict(conditional=True, cond_mode="concat")),
+    "stylegan-cond-projection": ("stylegan", dict(conditional=True, cond_mode="projection")),
+    "stylegan-multi-hot": ("stylegan", dict(conditional=True, data=SYN + "&labels=multi_hot")),
+}
+
+
+def log_rows(out):
+    return [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_amp_training_on_cuda(tmp_path, tiny, case):
+    """bf16 autocast + channels_last on CUDA for 25 steps: across the lazy R1 / path-length step (16), a snapshot,
+    the checkpoint; finite losses; G_ema samples on the GPU."""
+    from animegen.train import train
+    from animegen.train.checkpoint import load_checkpoint, load_generator
+
+    arch, kw = CASES[case]
+    cfg = tiny(tmp_path, arch, device="cuda", amp="on", kimg=0.2, snapshot_kimg=0.1, log_every=5, **kw)
+    res = train(cfg)
+    assert res.device.startswith("cuda") and res.steps == 25 and res.peak_memory_bytes > 0
+    rows = [r for r in log_rows(cfg.out) if "loss_d" in r]
+    assert rows and all(math.isfinite(r[k]) for r in rows for k in ("loss_d", "loss_g"))
+    if arch == "stylegan":
+        assert any("r1" in r and math.isfinite(r["r1"]) for r in rows)
+        assert any("pl" in r and math.isfinite(r["pl"]) for r in rows)
+    state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
+    assert state["config"]["amp"] == "on" and state["step"] == 25
+    assert all(torch.isfinite(v).all() for v in state["G_ema"].values() if v.is_floating_point())
+    G, meta = load_generator(cfg.out, "cuda")
+    c = None
+    if G.c_dim:
+        c = torch.zeros(4, G.c_dim, device="cuda")
+        c[:, 0] = 1
+    with torch.no_grad():
+        x = G(torch.randn(4, G.z_dim, device="cuda"), c)
+    assert x.is_cuda and x.shape[0] == 4 and torch.isfinite(x).all()
+
+
+def test_amp_resume_on_cuda(tmp_path, tiny):
+    """A bf16 conditional StyleGAN run stopped at a checkpoint and resumed continues on the GPU."""
+    from animegen.train import train
+
+    cfg = tiny(tmp_path, "stylegan", conditional=True, device="cuda", amp="on", kimg=0.12, snapshot_kimg=0.12,
+               log_every=5)
+    train(cfg)
+    cfg.kimg = 0.24
+    res = train(cfg, resume=True)
+    assert res.steps == 30 and res.images_seen == 240
+    assert [r["step"] for r in log_rows(cfg.out) if "loss_d" in r][-1] == 30
+
+
+def test_fused_adam_is_used(tmp_path, tiny, monkeypatch):
+    """On CUDA both optimisers are Adam(fused=True), and the fused kernel is what steps them."""
+    from animegen.train import train
+    from animegen.train.checkpoint import load_checkpoint
+
+    calls = []
+    fused = torch._fused_adam_
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[0]))
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", spy)
+    cfg = tiny(tmp_path, "stylegan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5)
+    train(cfg)
+    assert len(calls) == 2 * 5  # one G and one D step per iteration, 5 iterations
+    state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
+    for opt in ("opt_G", "opt_D"):
+        assert all(group["fused"] is True for group in state[opt]["param_groups"])
+
+
+def test_pinned_memory_batch_index(tmp_path, tiny, monkeypatch):
+    """Each step's indices are pinned on the host and copied without a sync; the gathered batch equals the CPU's."""
+    from animegen.data import open_dataset
+    from animegen.train import train
+    from animegen.train.loop import BatchSampler, images_to_device
+
+    data = open_dataset(SYN, 16)
+    on_gpu = images_to_device(data.images, torch.device("cuda"), channels_last=True)
+    on_cpu = images_to_device(data.images, torch.device("cpu"), channels_last=False)
+    a, b = BatchSampler(len(data.images), 0), BatchSampler(len(data.images), 0)
+    for _ in range(5):
+        idx = a.next(8).pin_memory()
+        assert idx.is_pinned()
+        got = on_gpu[idx.to("cuda", non_blocking=True)]
+        torch.cuda.synchronize()
+        assert torch.equal(got.cpu(), on_cpu[b.next(8)])
+
+    pinned = []
+    original = torch.Tensor.pin_memory
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.dtype == torch.int64 and self.ndim == 1:
+            pinned.append(out.is_pinned())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", spy)
+    cfg = tiny(tmp_path, "dcgan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5)
+    train(cfg)
+    assert len(pinned) == 5 and all(pinned)
+
+
+@pytest.fixture(scope="module")
+def seeded_weights(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import write_seeded_inception
+
+    return write_seeded_inception(tmp_path_factory.mktemp("inception"), seed=0)
+
+
+@pytest.mark.parametrize("form", ["torchscript", "state_dict"])
+def test_inception_features_on_cuda_equal_cpu(seeded_weights, form):
+    """The FID extractor (seeded random weights, TF32 off) gives the same features and FID on CUDA as on the CPU,
+    within 1e-3, from uint8 images and from generator-style float tensors."""
+    if form == "state_dict":
+        pytest.importorskip("pytorch_fid", reason="the pytorch-fid back-end needs pytorch-fid")
+    from animegen.eval.fid import Stats, fid_from_stats
+    from animegen.eval.inception import resolve_extractor
+
+    path = seeded_weights[form]
+    cpu = resolve_extractor(path, device="cpu", download=False)
+    gpu = resolve_extractor(path, device="cuda", download=False)
+    assert gpu.id == cpu.id and gpu.device.type == "cuda"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 64, 64, 3), dtype=np.uint8)
+    f_cpu, f_gpu = cpu.features(images), gpu.features(images)
+    assert f_gpu.shape == (48, 2048) and np.isfinite(f_gpu).all()
+    scale = max(1.0, float(np.abs(f_cpu).max()))
+    assert np.abs(f_gpu - f_cpu).max() <= 1e-3 * scale, np.abs(f_gpu - f_cpu).max()
+    x = torch.from_numpy(rng.uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32))
+    assert np.abs(gpu(x.cuda()) - cpu(x)).max() <= 1e-3 * scale
+    half = len(images) // 2
+    fid_cpu = fid_from_stats(*(Stats.from_features(f, cpu.id) for f in (f_cpu[:half], f_cpu[half:])))
+    fid_gpu = fid_from_stats(*(Stats.from_features(f, gpu.id) for f in (f_gpu[:half], f_gpu[half:])))
+    assert abs(fid_gpu - fid_cpu) <= 1e-3 * max(1.0, fid_cpu), (fid_gpu, fid_cpu)
