@@ -6,12 +6,14 @@ installed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,21 @@ def environment(device: str) -> dict:
     else:
         env["device_name"] = env["cpu"]["model"]
     return env
+
+
+def mlds_jpegs(zf: zipfile.ZipFile) -> list[tuple[str, bytes]]:
+    """An MLDS-layout zip's face JPEGs as (name, bytes) in id order with byte duplicates dropped: the one order
+    every benchmark's image index refers to."""
+    names = [n for n in zf.namelist() if n.lower().endswith(".jpg") and "/images/" in n]
+    names.sort(key=lambda n: int(Path(n).stem) if Path(n).stem.isdigit() else 10 ** 9)
+    seen, out = set(), []
+    for name in names:
+        data = zf.read(name)
+        digest = hashlib.sha256(data).digest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append((name, data))
+    return out
 
 
 def print_table(head: list[str], rows: list[list[str]]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MLDS, RESULTS, environment, write_result
+from common import MLDS, RESULTS, environment, mlds_jpegs, write_result
 
 SPLIT_BLOCK = 32
 
@@ -45,18 +44,12 @@ def mlds_images(source: Path) -> tuple[np.ndarray, dict]:
     from PIL import Image
 
     with zipfile.ZipFile(source) as zf:
-        names = [n for n in zf.namelist() if n.lower().endswith(".jpg") and "/images/" in n]
-        names.sort(key=lambda n: int(Path(n).stem) if Path(n).stem.isdigit() else 10 ** 9)
-        seen, out = set(), []
-        for name in names:
-            data = zf.read(name)
-            digest = hashlib.sha256(data).digest()
-            if digest in seen:
-                continue
-            seen.add(digest)
+        files = sum(1 for n in zf.namelist() if n.lower().endswith(".jpg") and "/images/" in n)
+        out = []
+        for _, data in mlds_jpegs(zf):
             with Image.open(io.BytesIO(data)) as im:
                 out.append(np.asarray(im.convert("RGB")))
-    return np.stack(out), {"source": source.name, "files": len(names), "duplicates_dropped": len(names) - len(out),
+    return np.stack(out), {"source": source.name, "files": files, "duplicates_dropped": files - len(out),
                            "images": len(out)}
 
 

@@ -61,7 +61,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-from common import MLDS, RESULTS, ROOT, environment, write_json_atomic, write_result
+from common import MLDS, RESULTS, ROOT, environment, mlds_jpegs, write_json_atomic, write_result
 
 WORK = ROOT / ".gpucheck"
 SUBSET = WORK / "mlds-subset.zip"
@@ -146,15 +146,7 @@ def mlds_entries(source: Path) -> tuple[list[tuple[str, bytes]], str | None, str
     """The zip's image entries as (name, bytes) in the order of ``fid_floor.mlds_images`` (id order, byte
     duplicates dropped: index i here is image i there), its tags.csv text and PROVENANCE.txt text."""
     with zipfile.ZipFile(source) as zf:
-        names = [n for n in zf.namelist() if n.lower().endswith(".jpg") and "/images/" in n]
-        names.sort(key=lambda n: int(Path(n).stem) if Path(n).stem.isdigit() else 10 ** 9)
-        seen, out = set(), []
-        for name in names:
-            data = zf.read(name)
-            digest = hashlib.sha256(data).digest()
-            if digest not in seen:
-                seen.add(digest)
-                out.append((name, data))
+        out = mlds_jpegs(zf)
         texts = {}
         for key in ("tags.csv", "PROVENANCE.txt"):
             hit = [n for n in zf.namelist() if n.endswith("/" + key) or n == key]
