@@ -453,7 +453,7 @@ def write_samples(run_dir: Path, data: str, out: Path, n: int, device: str) -> d
     import torch
 
     from animegen.data import open_dataset
-    from animegen.latent.grid import to_uint8
+    from animegen.image_files import to_uint8
     from animegen.latent.tools import map_z, render_ws
     from animegen.train.checkpoint import load_generator
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import animegen
-from animegen.components.images import CPU_IMAGE, GPU_IMAGE
+from animegen.components.container_images import CPU_IMAGE, GPU_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

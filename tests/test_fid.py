@@ -25,7 +25,7 @@ from animegen.eval.fid import (
     trace_sqrt_product,
 )
 from animegen.eval.inception import InceptionWeightsError, find_weights, resolve_extractor
-from animegen.latent.grid import save_images
+from animegen.image_files import save_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERTER = ROOT.parent / "shared" / "tools" / "convert_fid_weights.py"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from animegen.cli import main
-from animegen.components.images import CPU_IMAGE, GPU_IMAGE
+from animegen.components.container_images import CPU_IMAGE, GPU_IMAGE
 from animegen.pipelines.pipeline import COMPILED, MODELS, PARAMETERS, TASKS, compile_pipeline
 
 FAKE_KEY, FAKE_SECRET = "AKIAFAKEKEY0123456789", "fake/Secret+Value0123456789abcdefghijkl"

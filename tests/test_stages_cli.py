@@ -4,7 +4,6 @@ import io
 import json
 import zipfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

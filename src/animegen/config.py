@@ -33,8 +33,8 @@ class Config:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        from .utils import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        from .utils import write_json
+        write_json(path, self.to_dict())
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

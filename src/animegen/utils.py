@@ -1,10 +1,14 @@
-"""Small helpers used across stages: atomic writes, device choice, memory figures."""
+"""Small helpers used across stages: file digests, atomic writes, JSON files, device choice, memory figures."""
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import resource
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,6 +45,38 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     import torch
 
     atomic_replace(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path: str | Path, doc: Any) -> None:
+    """``doc`` as indented JSON (non-JSON values written with ``str``), atomically, parent folders created."""
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON document in ``path``; ``default`` when the file is missing or is not valid JSON (a half-written or
+    foreign file reads as absent, never as a crash)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (missing, NaN, inf, not a number)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def resolve_device(name: str = "auto"):

@@ -9,12 +9,13 @@ fails with the CheckpointError's one line (file, problem, reason), not a traceba
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from animegen.utils import atomic_write_text, finite, read_json, write_json  # noqa: F401  (for component bodies)
 
 # Scalars of an Evaluation's metrics.json logged to the KFP Metrics artifact, and their names there: every name
 # ends in _<model> so the KFP Compare page lines runs up per model (fid_conditional, acc_both_manga, ...).
@@ -104,21 +105,6 @@ def set_object_store_env(endpoint: str = "", region: str = "") -> None:
         os.environ["AWS_REGION"] = region
 
 
-def finite(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def write_json(path: str | os.PathLike, doc: Any) -> None:
-    from animegen.utils import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
-
-
 def evaluation_scalars(doc: dict[str, Any], model_name: str) -> dict[str, float]:
     """The KFP metric names and values of one Evaluation (``fid_<model>``, ``acc_both_<model>``, training time
     ``train_s_<model>``, ``img_per_s_<model>``, ``peak_mem_mib_<model>``); non-finite and missing values are left
@@ -154,21 +140,21 @@ def log_confusion(artifact: Any, confusion: dict[str, Any] | None, reason: str) 
 
 
 def html_page(title: str, body: str) -> str:
-    from animegen.eval.report import html_page as page
+    from animegen.eval.html import html_page as page
 
     return page(title, body)
 
 
 def figures_html(figures: list[tuple[str, Path]]) -> str:
     """Embedded images (data: URIs) with captions, for the small HTML artifacts of ingest, label and train."""
-    from animegen.eval.report import Figure, figure_html
+    from animegen.eval.html import Figure, figure_html
 
     shown = [figure_html(Figure(Path(p), caption)) for caption, p in figures if Path(p).is_file()]
     return f'<div class="figs">{"".join(shown)}</div>' if shown else ""
 
 
 def _facts_table(facts: dict[str, Any]) -> str:
-    from animegen.eval.report import esc, fmt, html_table
+    from animegen.eval.html import esc, fmt, html_table
 
     return html_table(["", ""], [[esc(k), esc(fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v))]
                                  for k, v in facts.items() if v is not None])
@@ -181,8 +167,8 @@ def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], 
 
     import numpy as np
 
-    from animegen.eval.report import esc
-    from animegen.latent.grid import save_grid
+    from animegen.eval.html import esc
+    from animegen.image_files import save_grid
 
     keys = ("source", "count", "resolution", "channels", "mode", "kept", "grown", "duplicates_count",
             "skipped_count", "skipped_by_reason", "refused_count", "splits", "num_classes", "label_kind",
@@ -193,37 +179,24 @@ def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], 
         grid = save_grid(np.asarray(images[:64]), Path(tmp) / "first.png", ncol=16) if len(images) else None
         shown = list(figures or []) + ([(f"the first {min(64, len(images))} images", grid)] if grid else [])
         body = f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(shown)}"
-        write_text(artifact.path, html_page(title, body))
+        atomic_write_text(artifact.path, html_page(title, body))
 
 
 def model_summary(artifact: Any, model_dir: Path, title: str) -> None:
     """An HTML artifact for a Model: training summary, the loss curve and the last sample grid."""
-    from animegen.eval.report import esc
+    from animegen.eval.html import esc
 
     model_dir = Path(model_dir)
-    summary = _read(model_dir / "summary.json")
-    init = _read(model_dir / "init_report.json")
+    summary = read_json(model_dir / "summary.json", {})
+    init = read_json(model_dir / "init_report.json", {})
     facts = {k: summary.get(k) for k in ("kimg", "steps", "wall_s", "img_per_s", "peak_memory_bytes", "device")}
     if init:
         facts.update({"init_from": init.get("source"), "folded class": init.get("folded_class"),
                       "class init": init.get("class_init") or None})
     grids = sorted((model_dir / "samples").glob("fakes-*.png"))
     figures = [("losses", model_dir / "loss.png")] + ([(f"samples: {grids[-1].stem}", grids[-1])] if grids else [])
-    write_text(artifact.path, html_page(title, f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(figures)}"))
+    atomic_write_text(artifact.path, html_page(title, f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(figures)}"))
 
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    from animegen.utils import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        return {}
 
 
 def install_checkpoint_error_hook() -> None:

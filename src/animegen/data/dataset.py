@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image
 
 from animegen.data import synthetic
+from animegen.utils import atomic_replace, atomic_write_text, sha256_file, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".xz", ".bz2")
@@ -242,13 +241,13 @@ def write_packed(
     for name in ("manifest.json", "labels.npy", "classes.json"):
         (out / name).unlink(missing_ok=True)
 
-    _atomic(out / "images.npy", lambda f: np.save(f, np.ascontiguousarray(imageset.images)), binary=True)
+    atomic_replace(out / "images.npy", lambda f: np.save(f, np.ascontiguousarray(imageset.images)))
     labels = imageset.labels
     if labels is not None:
         counts = np.bincount(labels, minlength=imageset.num_classes) if labels.ndim == 1 else labels.sum(0)
         classes = {"names": imageset.class_names, "counts": [int(c) for c in counts]}
-        _atomic(out / "labels.npy", lambda f: np.save(f, labels), binary=True)
-        _atomic(out / "classes.json", lambda f: json.dump(classes, f))
+        atomic_replace(out / "labels.npy", lambda f: np.save(f, labels))
+        atomic_write_text(out / "classes.json", json.dumps(classes))
 
     def index_rows() -> Iterator[dict]:
         for i in range(n):
@@ -272,28 +271,15 @@ def finish_packed(out_dir: str | os.PathLike, rows: Iterable[dict], manifest: di
     """
     out = Path(out_dir)
     images = np.load(out / "images.npy", mmap_mode="r")
-    _atomic(out / "index.jsonl", lambda f: f.writelines(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(out / "index.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     facts = {
         "resolution": images.shape[1],
         "channels": images.shape[3],
         "count": len(images),
-        "content_hash": _sha256(out / "images.npy"),
+        "content_hash": sha256_file(out / "images.npy"),
     }
     doc = {**facts, "num_classes": 0, "label_kind": "none", **manifest, **facts}
-    _atomic(out / "manifest.json", lambda f: json.dump(doc, f, indent=2))
+    write_json(out / "manifest.json", doc)
     return out
 
 
-def _atomic(path: Path, write: Callable[[IO], object], binary: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb" if binary else "w") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

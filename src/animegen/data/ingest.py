@@ -32,6 +32,7 @@ from animegen.data.preprocess import FILTERS, FITS, MODES, PADS, XDoG, channels_
 from animegen.data.sources import materialize, redact_uri
 from animegen.data.splits import TRAIN, assign_splits
 from animegen.data.validate import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, load_image, reason_code
+from animegen.utils import atomic_replace, sha256_file
 
 TAG_SUFFIXES = (".csv",)
 # Files that are listed as ignored rather than validated as images.
@@ -262,7 +263,7 @@ def _scan(root: Path, cfg: IngestConfig, exclude: Path | None = None
 def _file_item(rel: str, path: Path, size: int, cfg: IngestConfig) -> _Item:
     def prepare() -> tuple[str, object]:
         if size > IN_MEMORY_BYTES:
-            return _file_sha256(path), None
+            return sha256_file(path), None
         data = path.read_bytes()
         return hashlib.sha256(data).hexdigest(), data
 
@@ -352,21 +353,11 @@ def _copy_tags(tag_sources: list[tuple[str, Path]], out: Path) -> list[dict]:
     for rel, path in tag_sources:
         dest_rel = Path("tags") / (Path(rel).name if names[Path(rel).name] == 1 else rel)
         dest = out / dest_rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        with open(path, "rb") as src:
+            atomic_replace(dest, lambda f: shutil.copyfileobj(src, f))
         listed.append({"file": dest_rel.as_posix(), "source": rel, "bytes": dest.stat().st_size,
-                       "sha256": _file_sha256(dest)})
+                       "sha256": sha256_file(dest)})
     return listed
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _short(reason: str) -> str:

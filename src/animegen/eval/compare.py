@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from animegen.config import Config
-from animegen.eval.report import Figure, esc, figure_html, fmt, html_page, html_table
-from animegen.utils import atomic_write_bytes, atomic_write_text
+from animegen.eval.html import Figure, esc, figure_html, fmt, html_page, html_table
+from animegen.utils import atomic_write_bytes, atomic_write_text, write_json
 
 EVAL_FORMAT = "animegen-evaluation/1"  # metrics.json "format" of an Evaluation (written by evaluate.py)
 
@@ -308,5 +308,5 @@ def run_compare(sources: list[str], out_dir: str | Path, config: CompareConfig |
     doc = {"rows": rows, "extractors": extractors, "reference_extractor": reference,
            "extractor_mismatch": len(extractors) > 1, "sources": list(map(str, sources)),
            "files": sorted(p.name for p in plots if p is not None) + ["compare.csv", "compare.html", "compare.txt"]}
-    atomic_write_text(out / "compare.json", json.dumps(doc, indent=2) + "\n")
+    write_json(out / "compare.json", doc)
     return out

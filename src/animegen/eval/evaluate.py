@@ -26,8 +26,6 @@ set against a single-character set); it writes ``fid.json``.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,9 +43,9 @@ from animegen.eval import fid as fidlib
 from animegen.eval.accuracy import class_accuracy, requested_classes
 from animegen.eval.compare import EVAL_FORMAT, plot_fid_curves
 from animegen.eval.inception import Extractor, resolve_extractor
-from animegen.eval.report import Figure, write_report
+from animegen.eval.html import Figure, write_report
 from animegen.store import sha256_file
-from animegen.utils import atomic_write_text, resolve_device
+from animegen.utils import finite, read_json, resolve_device, write_json
 
 FID_FORMAT = "animegen-fid/1"
 SPLITS = ("all", TRAIN, HELDOUT)
@@ -100,10 +98,6 @@ class FidConfig(Config):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
 def _model_paths(model: str | Path) -> tuple[Path, Path]:
     """(Model directory, checkpoint file) of a Model directory, its checkpoint.pt or a snapshot file."""
     from animegen.train.checkpoint import checkpoint_path
@@ -114,13 +108,6 @@ def _model_paths(model: str | Path) -> tuple[Path, Path]:
                                 "checkpoint.pt or a snapshots/G_ema-*.pt file)")
     model_dir = ckpt.parent.parent if ckpt.parent.name == "snapshots" else ckpt.parent
     return model_dir, ckpt
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        return {}
 
 
 def reference_classes(imageset: ImageSet, class_names: list[str]) -> np.ndarray | None:
@@ -147,7 +134,7 @@ def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, cla
                                       device=device, seed=cfg.seed)
     fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref)
     kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
-    return {"fid": _finite(fid), "kid": _finite(kid_mean), "kid_std": _finite(kid_std)}
+    return {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
 
 
 def _snapshot_files(model_dir: Path) -> list[Path]:
@@ -269,7 +256,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
 
     extractor = resolve_extractor(cfg.inception_weights, cfg.inception_backend, device)
     split = None if cfg.reference_split == "all" else cfg.reference_split
-    reference = fidlib.open_source(imageset)
+    reference = fidlib.open_fid_images(imageset)
     ref = fidlib.dataset_stats(reference, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
                                progress=cfg.progress)
     at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device)
@@ -291,7 +278,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     if (model_dir / "loss.png").is_file():
         sections.append(("Training losses", [Figure(model_dir / "loss.png", f"{model_dir.name}/loss.png")]))
 
-    summary = _read_json(model_dir / "summary.json")
+    summary = read_json(model_dir / "summary.json", {})
     metrics: dict[str, Any] = {
         "format": EVAL_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -318,7 +305,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     metrics["timing"] = {"wall_s": round(time.perf_counter() - t0, 2), "device": str(device),
                          "torch_threads": torch.get_num_threads(), "inception_images": extractor.images_seen}
     write_report(out / "report.html", metrics, sections)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     return out
 
 
@@ -337,15 +324,15 @@ def run_fid(a: str, b: str, out_dir: str | Path, cfg: FidConfig | None = None) -
     result = fidlib.fid_between(a, b, extractor, max_images=cfg.max_images,
                                 split=None if cfg.split == "all" else cfg.split, kid_subsets=cfg.kid_subsets,
                                 kid_subset_size=cfg.kid_subset_size, progress=cfg.progress)
-    doc = {"format": FID_FORMAT, "fid": _finite(result["fid"]), "kid": _finite(result["kid"]),
-           "kid_std": _finite(result["kid_std"]),
+    doc = {"format": FID_FORMAT, "fid": finite(result["fid"]), "kid": finite(result["kid"]),
+           "kid_std": finite(result["kid_std"]),
            "a": {"uri": str(a), "content_hash": result["content_a"], "n": int(result["n_a"])},
            "b": {"uri": str(b), "content_hash": result["content_b"], "n": int(result["n_b"])},
            "split": cfg.split, "extractor": {"id": extractor.id, "backend": extractor.backend},
            "inception_images": extractor.images_seen, "wall_s": round(time.perf_counter() - t0, 2),
            "device": str(extractor.device), "config": cfg.to_dict(), "version": __version__}
     path = out / "fid.json"
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc)
     return path
 
 

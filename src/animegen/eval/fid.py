@@ -162,7 +162,7 @@ def kid(feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = 100, max_subs
 # ------------------------------------------------------------------------------------------- reference statistics
 
 @dataclass
-class Source:
+class FidImages:
     """Images to measure and the facts that identify them for the cache."""
 
     images: np.ndarray  # uint8 [N, H, W, C], possibly memory-mapped
@@ -171,24 +171,24 @@ class Source:
     split_of: list[str] | None  # per-image split names, when known
 
 
-def open_source(data: str | os.PathLike | ImageSet | Source) -> Source:
+def open_fid_images(data: str | os.PathLike | ImageSet | FidImages) -> FidImages:
     """The images of ``data`` with their cache identity: a packed Dataset is identified by its manifest's content
     hash (also when handed over as the ImageSet that ``open_dataset`` made of it), anything else by a hash of
-    its pixels. A Source is returned as it is (open once, then measure and record it)."""
-    if isinstance(data, Source):
+    its pixels. A FidImages is returned as it is (open once, then measure and record it)."""
+    if isinstance(data, FidImages):
         return data
     if isinstance(data, ImageSet):
         packed = _packed_dir(data.images)
         if packed is not None:
             return _packed_source(packed, data.images, data.source)
         splits = [m.get("split") for m in data.meta] if data.meta and all("split" in m for m in data.meta) else None
-        return Source(data.images, "array:" + _array_hash(data.images), data.source, splits)
+        return FidImages(data.images, "array:" + _array_hash(data.images), data.source, splits)
     uri = str(data)
     path = Path(uri.removeprefix("file://"))
     if (path / "images.npy").is_file() and (path / "manifest.json").is_file():
         return _packed_source(path, open_dataset(uri).images, uri)
     resolution = _folder_resolution(path) if path.is_dir() else None
-    return open_source(open_dataset(uri, resolution))
+    return open_fid_images(open_dataset(uri, resolution))
 
 
 def _packed_dir(images: np.ndarray) -> Path | None:
@@ -204,7 +204,7 @@ def _packed_dir(images: np.ndarray) -> Path | None:
     return folder if count == len(images) else None
 
 
-def _packed_source(folder: Path, images: np.ndarray, name: str) -> Source:
+def _packed_source(folder: Path, images: np.ndarray, name: str) -> FidImages:
     manifest = json.loads((folder / "manifest.json").read_text())
     splits = None
     if (folder / "index.jsonl").is_file():
@@ -212,7 +212,7 @@ def _packed_source(folder: Path, images: np.ndarray, name: str) -> Source:
         if len(rows) == len(images) and all("split" in r for r in rows):
             splits = [r["split"] for r in rows]
     content = manifest.get("content_hash")
-    return Source(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
+    return FidImages(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
 
 
 def _folder_resolution(root: Path) -> int | None:
@@ -238,7 +238,7 @@ def _array_hash(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _select(source: Source, max_images: int | None, split: str | None) -> tuple[np.ndarray, str]:
+def _select(source: FidImages, max_images: int | None, split: str | None) -> tuple[np.ndarray, str]:
     """Indices of the images to measure: the split's (all when None), then a seeded random subset if capped;
     and how the subset was taken ("all" or "random<seed>")."""
     idx = np.arange(len(source.images))
@@ -356,18 +356,18 @@ class StatsCache:
             self._retry(f"uploading to {self.store}", send)
 
 
-def dataset_stats(data: str | os.PathLike | ImageSet | Source, extractor: Extractor, max_images: int | None = None,
+def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Extractor, max_images: int | None = None,
                   split: str | None = None, cache: bool | StatsCache = True, batch: int | None = None,
                   progress: bool = False) -> Stats:
     """Statistics (and float32 features) of a dataset's images under ``extractor``, cached.
 
-    ``data``: a packed Dataset directory, an image folder, ``synthetic:...``, an ImageSet or a Source (see
-    :func:`open_source`). ``split`` picks the
+    ``data``: a packed Dataset directory, an image folder, ``synthetic:...``, an ImageSet or a FidImages (see
+    :func:`open_fid_images`). ``split`` picks the
     train/heldout side recorded in a packed Dataset's index.jsonl; ``max_images`` caps the count (a seeded random
     subset). ``cache``: True = local cache plus the object store when ANIMEGEN_STORE is set; False = none; or a
     StatsCache. The cache key: content hash, resolution, split, sample count, extractor id.
     """
-    source = open_source(data)
+    source = open_fid_images(data)
     idx, subset = _select(source, max_images, split)
     parts = {"version": CACHE_VERSION, "content": source.content, "resolution": int(source.images.shape[1]),
              "split": split, "count": len(idx), "subset": subset, "extractor_id": extractor.id}
@@ -437,9 +437,9 @@ def fid_between(a: str | os.PathLike | ImageSet, b: str | os.PathLike | ImageSet
     """FID and KID between two datasets or image folders (cross-dataset), each side's statistics cached.
 
     Returns a JSON-ready dict: fid, kid, kid_std, n_a, n_b, content_a, content_b (each side's cache identity, see
-    :func:`open_source`), extractor (id).
+    :func:`open_fid_images`), extractor (id).
     """
-    src_a, src_b = open_source(a), open_source(b)
+    src_a, src_b = open_fid_images(a), open_fid_images(b)
     sa = dataset_stats(src_a, extractor, max_images, split, cache, progress=progress)
     sb = dataset_stats(src_b, extractor, max_images, split, cache, progress=progress)
     kid_mean, kid_std = kid(sa.features, sb.features, kid_subsets, kid_subset_size)

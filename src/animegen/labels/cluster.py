@@ -45,8 +45,8 @@ from torch import nn
 from animegen.data.dataset import ImageSet, open_dataset, write_packed
 from animegen.labels.colour import colour_features, index_rows, load_colour_tagger
 from animegen.labels.label import save_verification_grid
-from animegen.latent.grid import save_grid
-from animegen.utils import atomic_replace, atomic_write_bytes, atomic_write_text, resolve_device
+from animegen.image_files import save_grid
+from animegen.utils import atomic_replace, atomic_write_bytes, resolve_device, write_json
 
 EMBEDDERS = ("auto", "resnet50", "colour")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -273,7 +273,7 @@ def run_cluster(cfg: ClusterConfig, dataset: str, out_dir: str | Path) -> dict:
         save_verification_grid(imageset.images, r["labels"], [f"cluster {j}" for j in range(r["k"])],
                                out / "grids" / f"overview_k{r['k']}.png", k=8, seed=cfg.seed)
     _plot_silhouette(sweep, chosen["k"], out / "silhouette.png")
-    atomic_write_text(out / "clusters.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out / "clusters.json", summary)
 
     rows = index_rows(imageset) or [{"id": i} for i in range(len(imageset))]
     meta = [{k: v for k, v in r.items() if k not in ("label", "labels")} for r in rows]

@@ -32,7 +32,7 @@ from torch import nn
 
 from animegen.data.splits import HELDOUT, TRAIN, assign_splits
 from animegen.labels.tags import JOIN_KEYS, TagTable, row_key, write_prob_table
-from animegen.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text, resolve_device
+from animegen.utils import atomic_torch_save, atomic_write_bytes, resolve_device, write_json
 
 FORMAT = "animegen-colour-tagger/1"
 
@@ -466,7 +466,7 @@ def train_colour_tagger(imageset, out_dir: str | Path, config: TaggerTrainConfig
         "dataset": str(imageset.source),
         "config": cfg.to_dict(),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -525,5 +525,5 @@ def run_tagger_predict(config: TaggerPredictConfig, model: str | Path, dataset: 
     path = write_prob_table(table, out / "colour_probs.csv", key_name=key)
     manifest = {"table": path.name, "key": key, "count": len(table), "tags": tags, "model": str(model),
                 "dataset": dataset, "config": config.to_dict()}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_json(out / "manifest.json", manifest)
     return path

@@ -29,8 +29,8 @@ from animegen.store import sha256_file
 from animegen.data.sources import fetch_file
 from animegen.labels.rules import NO_TAGS, ClassRules, LabelResult, apply_rules
 from animegen.labels.tags import JOIN_KEYS, TagTable, join, read_tag_csv, row_key, tags_from_index, write_prob_table
-from animegen.latent.grid import grid_array
-from animegen.utils import atomic_write_text
+from animegen.image_files import grid_array
+from animegen.utils import atomic_replace, atomic_write_text, write_json
 
 TAG_SOURCES = "auto | csv:PATH | tagfile:[NAME] | table:PATH | index | danbooru:WEIGHTS_URI"
 CHUNK = 4096  # images copied per step
@@ -90,7 +90,7 @@ def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | o
         "reasons": histogram,
         "dropped_images": [{"row": i, "id": rows[i].get("id"), "reason": r} for i, r in enumerate(reasons) if r],
     }
-    atomic_write_text(out / "label_report.json", json.dumps(report, indent=1) + "\n")
+    write_json(out / "label_report.json", report)
     if len(pos) == 0:
         raise ValueError(f"no image of {src} survives the class rules (reasons: {histogram}); see "
                          f"{out / 'label_report.json'} and loosen the rules (threshold, require, exclude, "
@@ -101,7 +101,7 @@ def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | o
     classes = {"names": result.class_names, "counts": result.counts, "label_kind": result.label_kind,
                "mode": result.mode, "dropped_classes": result.dropped_classes,
                "empty_classes": result.empty_classes}
-    atomic_write_text(out / "classes.json", json.dumps(classes, indent=1) + "\n")
+    write_json(out / "classes.json", classes)
     with_names = []
     for new_id, (j, p) in enumerate(zip(kept, pos)):
         row = {**rows[p], "id": new_id, "dataset_id": rows[p].get("id", int(p))}
@@ -123,7 +123,7 @@ def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | o
                    "dropped": n - len(pos), "unlabelled": len(matched.unlabelled), "reasons": histogram},
         "label_config": cfg.to_dict(),
     }
-    atomic_write_text(out / "manifest.json", json.dumps(out_manifest, indent=2) + "\n")
+    write_json(out / "manifest.json", out_manifest)
     return out
 
 
@@ -192,21 +192,19 @@ def _tag_table(cfg: LabelConfig, src: Path, images: np.ndarray, rows: list[dict]
 
 def _copy_images(images: np.ndarray, pos: np.ndarray, path: Path) -> None:
     """images[pos] -> path as .npy, a chunk at a time from the source memmap (never the whole set in RAM)."""
-    tmp = path.with_name(f".{path.name}.tmp")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
               "shape": (len(pos), *images.shape[1:])}
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, header)
         for start in range(0, len(pos), CHUNK):
             f.write(np.ascontiguousarray(images[pos[start:start + CHUNK]], dtype=np.uint8).tobytes())
-    os.replace(tmp, path)
+
+    atomic_replace(path, write)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    atomic_replace(path, lambda f: np.save(f, array))
 
 
 def plot_class_histogram(result: LabelResult, path: Path) -> Path:
@@ -232,10 +230,8 @@ def plot_class_histogram(result: LabelResult, path: Path) -> Path:
                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_replace(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -261,9 +257,7 @@ def save_verification_grid(images: np.ndarray, labels: np.ndarray, class_names: 
     for s in strips:
         grid.paste(s, (0, y))
         y += s.height
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
+    atomic_replace(path, lambda f: grid.save(f, format="PNG"))
     return path
 
 

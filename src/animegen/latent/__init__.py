@@ -1,5 +1,5 @@
 """Latent-space tools: sampling, interpolation (linear, slerp, circular), style mixing, truncation; grids and GIFs."""
-from .grid import grid_array, save_gif, save_grid, save_images, to_uint8
+from animegen.image_files import grid_array, save_gif, save_grid, save_images, to_uint8
 from .ops import circle, condition_labels, conditions_for, lerp, path, slerp
 from .tools import interpolate, map_z, mix, render_ws, sample, style_ranges, truncate
 

@@ -11,7 +11,6 @@ for StyleGAN, around z = 0 for DCGAN.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import atomic_write_text
-from .grid import grid_array, save_gif, save_grid, save_images, to_uint8
+from ..utils import write_json
+from animegen.image_files import grid_array, save_gif, save_grid, save_images, to_uint8
 from .ops import PATH_METHODS, ClassSpec, condition_labels, conditions_for, path
 
 NOISE_MODE = "const"
@@ -137,7 +136,7 @@ def _write_json(G: nn.Module, out: Path, tool: str, options: dict[str, Any], fil
     doc = {"tool": tool, "arch": G.arch, "resolution": G.resolution, "noise_mode": NOISE_MODE,
            "options": options, "files": rel(files)}
     target = out / f"{tool}.json"
-    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
+    write_json(target, doc)
     return target
 
 

@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from animegen.components.runtime import SKIPPED, evaluation_scalars, finite
-from animegen.eval.report import esc, fmt, html_page, html_table
-from animegen.utils import atomic_write_text
+from animegen.components.runtime import SKIPPED, evaluation_scalars
+from animegen.eval.html import esc, fmt, html_page, html_table
+from animegen.utils import atomic_write_text, finite, write_json
 
 RUN_ID_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -190,7 +190,7 @@ def run_report(evaluations: dict[str, dict[str, Any] | None], cross_fid: dict[st
              "kfp": kfp or {}, "artifacts": {"report": report_uri} if report_uri else {}}
     record = {"run_id": run_id, "params": config, "models": models, **extra}
     record_path = out / "run.json"
-    atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(record_path, record)
     if registry_uri:
         from animegen.store.registry import write_run
 

@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from animegen.utils import sha256_file  # noqa: F401  (re-exported: the store's callers hash with it)
+
 CHUNK = 1 << 20  # bytes per read/write while streaming
 
 
@@ -66,10 +68,3 @@ def write_stream(
     return actual, size
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()

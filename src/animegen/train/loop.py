@@ -17,10 +17,10 @@ from torch import nn
 
 from .. import __version__
 from ..data import open_dataset
-from ..latent.grid import save_grid
+from animegen.image_files import save_grid
 from ..latent.tools import map_z, render_ws
 from ..models import build_models
-from ..utils import atomic_write_text, human_bytes, peak_memory_bytes, resolve_device
+from ..utils import atomic_replace, atomic_write_text, human_bytes, peak_memory_bytes, resolve_device, write_json
 from .checkpoint import load_checkpoint, load_weights, model_kwargs, save_checkpoint
 from .config import TrainConfig
 from .losses import PathLength, R1, ema_beta, make_loss, style_mix
@@ -131,10 +131,8 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("kimg")
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_replace(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    tmp.replace(out_png)
 
 
 def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
@@ -397,7 +395,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                          img_per_s=(images_seen - start_seen) / max(wall, 1e-9),
                          peak_memory_bytes=peak_memory_bytes(device), device=str(device))
     summary = dataclasses.asdict(result) | {"out": str(out), "kimg": images_seen / 1000, "torch": torch.__version__}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     print(f"done: {images_seen / 1000:.1f} kimg, {step} steps in {wall:.1f} s, {result.img_per_s:.1f} img/s, "
           f"peak memory {human_bytes(result.peak_memory_bytes)} ({device}); model in {out}", flush=True)
     return result

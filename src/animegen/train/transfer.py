@@ -12,14 +12,13 @@ layer's gains. Class-dependent tensors are the ones a model's ``class_layout()``
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..models.layers import ClassLayout, pixel_norm
-from ..utils import atomic_write_text
+from ..utils import write_json
 from .checkpoint import load_checkpoint, models_from_checkpoint
 from .config import TrainConfig
 
@@ -222,5 +221,5 @@ def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, cl
         f"{k} {len(v['loaded'])} loaded / {len(v['remapped'])} remapped / {len(v['skipped'])} skipped"
         for k, v in reports.items()), flush=True)
     if out is not None:
-        atomic_write_text(Path(out) / "init_report.json", json.dumps(summary, indent=2) + "\n")
+        write_json(Path(out) / "init_report.json", summary)
     return summary

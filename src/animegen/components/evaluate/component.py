@@ -3,7 +3,7 @@ Datasets (``run_fid``). Never cached: an evaluation is what one reruns after cha
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from animegen.components.images import CPU_IMAGE
+from animegen.components.container_images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -2,7 +2,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Output
 
-from animegen.components.images import CPU_IMAGE
+from animegen.components.container_images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

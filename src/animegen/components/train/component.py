@@ -2,7 +2,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Model, Output
 
-from animegen.components.images import GPU_IMAGE
+from animegen.components.container_images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

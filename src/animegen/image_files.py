@@ -1,4 +1,5 @@
-"""Image grids and GIFs from generator output in [-1, 1]."""
+"""Image files: generator output in [-1, 1] or uint8 arrays as PNG files, grids and looping GIFs (written
+atomically)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from animegen.utils import atomic_replace
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -38,21 +41,17 @@ def _pil(arr: np.ndarray) -> Image.Image:
 def save_grid(images, path: str | Path, ncol: int | None = None, pad: int = 2) -> Path:
     """Save a grid PNG; written to a temp name first so a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    _pil(grid_array(images, ncol, pad)).save(tmp)
-    tmp.replace(path)
+    picture = _pil(grid_array(images, ncol, pad))
+    atomic_replace(path, lambda f: picture.save(f, format="PNG"))
     return path
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 12.0) -> Path:
     """A looping GIF from uint8 frames [H, W, C]."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pil = [_pil(np.asarray(f)) for f in frames]
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    pil[0].save(tmp, save_all=True, append_images=pil[1:], duration=int(round(1000 / fps)), loop=0, optimize=False)
-    tmp.replace(path)
+    atomic_replace(path, lambda f: pil[0].save(f, format="GIF", save_all=True, append_images=pil[1:],
+                                               duration=int(round(1000 / fps)), loop=0, optimize=False))
     return path
 
 
