@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS  # noqa: F401  (puts the checkout's src/ on sys.path)
 import torch
+from common import RESULTS  # noqa: F401  (puts the checkout's src/ on sys.path)
 
 DATA = "synthetic:?n=64&resolution=16&hair=blonde,blue,black&eyes=red,green"
 DATA_B = "synthetic:?n=48&seed=7&resolution=16&hair=blonde,pink&eyes=red,green"  # transfer target: other classes
