@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
-from ..models import build_models
-from ..utils import atomic_torch_save
-from .config import TrainConfig
+from animegen import __version__
+from animegen.models import build_models
+from animegen.train.config import TrainConfig
+from animegen.utils import atomic_torch_save
 
 # What a checkpoint holds (see ``snapshot()`` in loop.py). A sampling snapshot (snapshots/G_ema-*.pt) has the
 # SNAPSHOT_KEYS; a Model's checkpoint.pt adds G and D, and, when written by training, the state to resume.

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, load_config_file  # noqa: F401  (re-exported for callers)
+from animegen.config import Config, load_config_file  # noqa: F401  (re-exported for callers)
 
 AMP_MODES = ("auto", "on", "off")
 

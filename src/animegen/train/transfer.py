@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.layers import ClassLayout, pixel_norm
-from ..utils import write_json
-from .checkpoint import load_checkpoint, models_from_checkpoint
-from .config import TrainConfig
+from animegen.models.layers import ClassLayout, pixel_norm
+from animegen.train.checkpoint import load_checkpoint, models_from_checkpoint
+from animegen.train.config import TrainConfig
+from animegen.utils import write_json
 
 
 def class_index(old: list[str], name: str) -> list[int]:
