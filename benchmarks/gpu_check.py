@@ -317,19 +317,19 @@ def profile_child(path: str, device: str, dry: bool) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from animegen.train import TrainConfig, train
+    from animegen.train import TrainConfig, run_train
 
     steps = 3 if dry else 24
     model = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32, batch=8) if dry else {}
     batch = TrainConfig(arch="stylegan", **model).resolved().batch
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(data="synthetic:?n=2048" if not dry else "synthetic:?n=64&resolution=16", out=tmp + "/run",
-                          arch="stylegan", conditional=True, resolution=16 if dry else 64, kimg=steps * batch / 1000,
+        data = "synthetic:?n=2048" if not dry else "synthetic:?n=64&resolution=16"
+        cfg = TrainConfig(arch="stylegan", conditional=True, resolution=16 if dry else 64, kimg=steps * batch / 1000,
                           log_every=8, snapshot_kimg=1e6, grid_size=2, progress=False, device=device, seed=0, **model)
         t = time.perf_counter()
         with profile(activities=activities) as prof:
-            result = train(cfg)
+            result = run_train(cfg, data, tmp + "/run")
             if device == "cuda":
                 torch.cuda.synchronize()
         wall = time.perf_counter() - t

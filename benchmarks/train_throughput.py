@@ -75,7 +75,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
     """Train one config in this process with the real loop; return its figures and exact settings."""
     import torch
 
-    from animegen.train import TrainConfig, train
+    from animegen.train import TrainConfig, run_train
     from animegen.train.checkpoint import load_checkpoint, models_from_checkpoint
 
     steps, log_every = schedule(name, device, quick, steps, log_every)
@@ -84,18 +84,18 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
     batch = probe.batch
     data, resolution = (TINY_DATA, TINY_RESOLUTION) if tiny else (DATA, RESOLUTION)
     with tempfile.TemporaryDirectory(prefix=f"animegen-bench-{name}-") as tmp:
-        cfg = TrainConfig(data=data, out=str(Path(tmp) / "run"), resolution=resolution, **model,
-                          kimg=steps * batch / 1000, log_every=log_every, snapshot_kimg=1e6, grid_size=4,
-                          progress=False, device=device, seed=0)
+        out = Path(tmp) / "run"
+        cfg = TrainConfig(resolution=resolution, **model, kimg=steps * batch / 1000, log_every=log_every,
+                          snapshot_kimg=1e6, grid_size=4, progress=False, device=device, seed=0)
         load_before = os.getloadavg()
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        result = train(cfg)
+        result = run_train(cfg, data, out)
         ru1, run_s = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
         cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         load_after = os.getloadavg()
-        rows = [json.loads(line) for line in (Path(cfg.out) / "train_log.jsonl").read_text().splitlines()]
-        saved_cfg = json.loads((Path(cfg.out) / "config.json").read_text())
-        G, D, _, _ = models_from_checkpoint(load_checkpoint(Path(cfg.out) / "checkpoint.pt"))
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        saved_cfg = json.loads((out / "config.json").read_text())
+        G, D, _, _ = models_from_checkpoint(load_checkpoint(out / "checkpoint.pt"))
         reserved = torch.cuda.max_memory_reserved() if device == "cuda" else None
 
     rows = [r for r in rows if "img_s" in r]
@@ -125,8 +125,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
         step_s = batch / img_s
         reg_step_s = first_step * batch / rows[0]["img_s"] - (first_step - 1) * step_s
         amortised = batch * reg_interval / ((reg_interval - 1) * step_s + reg_step_s)
-    settings = resolved.to_dict()
-    settings["out"] = "<temporary directory>"
+    settings = resolved.to_dict() | {"data": data}  # the run's input, beside its options
     return {
         "config": name,
         "device": result.device,

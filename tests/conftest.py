@@ -15,12 +15,13 @@ TINY = {
 SYN = "synthetic:?n=128&resolution=16&hair=blonde,blue,black&eyes=red,green"
 
 
-def tiny_config(tmp_path, arch="dcgan", name="run", **kw):
-    """A TrainConfig for a model small enough to train hundreds of steps on a CPU in seconds."""
+def tiny_config(arch="dcgan", **kw):
+    """A TrainConfig for a model small enough to train hundreds of steps on a CPU in seconds (train it with
+    ``run_train(cfg, SYN, out_dir)``)."""
     from animegen.train import TrainConfig
 
-    values = dict(data=SYN, out=str(tmp_path / name), resolution=16, arch=arch, batch=8, kimg=0.4,
-                  snapshot_kimg=0.2, log_every=10, progress=False, **TINY[arch])
+    values = dict(resolution=16, arch=arch, batch=8, kimg=0.4, snapshot_kimg=0.2, log_every=10, progress=False,
+                  **TINY[arch])
     values.update(kw)
     return TrainConfig(**values)
 

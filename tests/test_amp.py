@@ -10,7 +10,7 @@ import torch
 
 from animegen.latent import interpolate, mix, sample, truncate
 from animegen.models import build_models
-from animegen.train import TrainConfig, train
+from animegen.train import TrainConfig, run_train
 from animegen.train import losses as losses_mod
 from animegen.train.checkpoint import load_checkpoint, load_generator
 from conftest import SYN, TINY, tiny_config
@@ -22,9 +22,13 @@ CONFIGS = {
     "dcgan-cond": dict(arch="dcgan", conditional=True),
     "stylegan": dict(arch="stylegan"),
     "stylegan-cond-concat": dict(arch="stylegan", conditional=True),
-    "stylegan-cond-projection-multi-hot": dict(arch="stylegan", conditional=True, cond_mode="projection",
-                                               data=SYN + "&labels=multi_hot"),
+    "stylegan-cond-projection-multi-hot": dict(arch="stylegan", conditional=True, cond_mode="projection"),
 }
+DATA = {"stylegan-cond-projection-multi-hot": SYN + "&labels=multi_hot"}  # the others: SYN
+
+
+def train_amp(name: str, out: Path, resume: bool = False, **kw) -> None:
+    run_train(tiny_config(**{**AMP, **CONFIGS[name], **kw}), DATA.get(name, SYN), out, resume=resume)
 
 
 def test_w_avg_update_under_bf16_autocast_stays_float32():
@@ -79,9 +83,9 @@ def amp_runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(losses_mod.R1, "penalty", r1_spy)
         mp.setattr(losses_mod.PathLength, "penalty", pl_spy)
-        for name, kw in CONFIGS.items():
-            train(tiny_config(root, name=name, **{**AMP, **kw, "kimg": 0.024}))
-            train(tiny_config(root, name=name, **{**AMP, **kw}), resume=True)
+        for name in CONFIGS:
+            train_amp(name, root / name, kimg=0.024)
+            train_amp(name, root / name, resume=True)
     return root, seen
 
 
@@ -141,9 +145,8 @@ def test_regulariser_passes_run_in_float32_under_amp(amp_runs):
 def test_amp_resume_equals_an_uninterrupted_amp_run(amp_runs, tmp_path):
     root, _ = amp_runs
     name = "stylegan-cond-projection-multi-hot"
-    full = tiny_config(tmp_path, name="full", **{**AMP, **CONFIGS[name]})
-    train(full)
-    a, b = load_checkpoint(full.out), load_checkpoint(root / name)
+    train_amp(name, tmp_path / "full")
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(root / name)
     for part in ("G", "D", "G_ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)

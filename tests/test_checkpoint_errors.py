@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from animegen.cli import main
-from animegen.train import train
+from animegen.train import run_train
 from animegen.train.checkpoint import CheckpointError, load_checkpoint, load_generator, models_from_checkpoint
 from conftest import ROOT, SYN, TINY, tiny_config
 
@@ -36,7 +36,7 @@ class RunsCode:
 def model(tmp_path_factory):
     """A real Model directory from a tiny DCGAN run (checkpoint.pt, config.json, snapshots/)."""
     root = tmp_path_factory.mktemp("ckpt")
-    train(tiny_config(root, "dcgan", "model", kimg=0.08, snapshot_kimg=0.08))
+    run_train(tiny_config("dcgan", kimg=0.08, snapshot_kimg=0.08), SYN, root / "model")
     return root / "model"
 
 

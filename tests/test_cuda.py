@@ -18,13 +18,13 @@ from conftest import ROOT, SYN
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-CASES = {  # name: (arch, TrainConfig overrides)
-    "dcgan": ("dcgan", dict()),
-    "dcgan-cond": ("dcgan", dict(conditional=True)),
-    "stylegan": ("stylegan", dict()),
-    "stylegan-cond-concat": ("stylegan", dict(conditional=True, cond_mode="concat")),
-    "stylegan-cond-projection": ("stylegan", dict(conditional=True, cond_mode="projection")),
-    "stylegan-multi-hot": ("stylegan", dict(conditional=True, data=SYN + "&labels=multi_hot")),
+CASES = {  # name: (arch, TrainConfig overrides, data)
+    "dcgan": ("dcgan", dict(), SYN),
+    "dcgan-cond": ("dcgan", dict(conditional=True), SYN),
+    "stylegan": ("stylegan", dict(), SYN),
+    "stylegan-cond-concat": ("stylegan", dict(conditional=True, cond_mode="concat"), SYN),
+    "stylegan-cond-projection": ("stylegan", dict(conditional=True, cond_mode="projection"), SYN),
+    "stylegan-multi-hot": ("stylegan", dict(conditional=True), SYN + "&labels=multi_hot"),
 }
 
 
@@ -36,22 +36,22 @@ def log_rows(out):
 def test_amp_training_on_cuda(tmp_path, tiny, case):
     """bf16 autocast + channels_last on CUDA for 25 steps: across the lazy R1 / path-length step (16), a snapshot,
     the checkpoint; finite losses; G_ema samples on the GPU."""
-    from animegen.train import train
+    from animegen.train import run_train
     from animegen.train.checkpoint import load_checkpoint, load_generator
 
-    arch, kw = CASES[case]
-    cfg = tiny(tmp_path, arch, device="cuda", amp="on", kimg=0.2, snapshot_kimg=0.1, log_every=5, **kw)
-    res = train(cfg)
+    arch, kw, data = CASES[case]
+    out = tmp_path / "run"
+    res = run_train(tiny(arch, device="cuda", amp="on", kimg=0.2, snapshot_kimg=0.1, log_every=5, **kw), data, out)
     assert res.device.startswith("cuda") and res.steps == 25 and res.peak_memory_bytes > 0
-    rows = [r for r in log_rows(cfg.out) if "loss_d" in r]
+    rows = [r for r in log_rows(out) if "loss_d" in r]
     assert rows and all(math.isfinite(r[k]) for r in rows for k in ("loss_d", "loss_g"))
     if arch == "stylegan":
         assert any("r1" in r and math.isfinite(r["r1"]) for r in rows)
         assert any("pl" in r and math.isfinite(r["pl"]) for r in rows)
-    state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
+    state = load_checkpoint(out / "checkpoint.pt")
     assert state["config"]["amp"] == "on" and state["step"] == 25
     assert all(torch.isfinite(v).all() for v in state["G_ema"].values() if v.is_floating_point())
-    G, meta = load_generator(cfg.out, "cuda")
+    G, meta = load_generator(out, "cuda")
     c = None
     if G.c_dim:
         c = torch.zeros(4, G.c_dim, device="cuda")
@@ -63,20 +63,20 @@ def test_amp_training_on_cuda(tmp_path, tiny, case):
 
 def test_amp_resume_on_cuda(tmp_path, tiny):
     """A bf16 conditional StyleGAN run stopped at a checkpoint and resumed continues on the GPU."""
-    from animegen.train import train
+    from animegen.train import run_train
 
-    cfg = tiny(tmp_path, "stylegan", conditional=True, device="cuda", amp="on", kimg=0.12, snapshot_kimg=0.12,
-               log_every=5)
-    train(cfg)
+    cfg = tiny("stylegan", conditional=True, device="cuda", amp="on", kimg=0.12, snapshot_kimg=0.12, log_every=5)
+    out = tmp_path / "run"
+    run_train(cfg, SYN, out)
     cfg.kimg = 0.24
-    res = train(cfg, resume=True)
+    res = run_train(cfg, SYN, out, resume=True)
     assert res.steps == 30 and res.images_seen == 240
-    assert [r["step"] for r in log_rows(cfg.out) if "loss_d" in r][-1] == 30
+    assert [r["step"] for r in log_rows(out) if "loss_d" in r][-1] == 30
 
 
 def test_fused_adam_is_used(tmp_path, tiny, monkeypatch):
     """On CUDA both optimisers are Adam(fused=True), and the fused kernel is what steps them."""
-    from animegen.train import train
+    from animegen.train import run_train
     from animegen.train.checkpoint import load_checkpoint
 
     calls = []
@@ -87,10 +87,10 @@ def test_fused_adam_is_used(tmp_path, tiny, monkeypatch):
         return fused(*args, **kwargs)
 
     monkeypatch.setattr(torch, "_fused_adam_", spy)
-    cfg = tiny(tmp_path, "stylegan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5)
-    train(cfg)
+    run_train(tiny("stylegan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5), SYN,
+              tmp_path / "run")
     assert len(calls) == 2 * 5  # one G and one D step per iteration, 5 iterations
-    state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     for opt in ("opt_G", "opt_D"):
         assert all(group["fused"] is True for group in state[opt]["param_groups"])
 
@@ -98,8 +98,8 @@ def test_fused_adam_is_used(tmp_path, tiny, monkeypatch):
 def test_pinned_memory_batch_index(tmp_path, tiny, monkeypatch):
     """Each step's indices are pinned on the host and copied without a sync; the gathered batch equals the CPU's."""
     from animegen.data import open_dataset
-    from animegen.train import train
-    from animegen.train.loop import BatchSampler, images_to_device
+    from animegen.train import run_train
+    from animegen.train.state import BatchSampler, images_to_device
 
     data = open_dataset(SYN, 16)
     on_gpu = images_to_device(data.images, torch.device("cuda"), channels_last=True)
@@ -122,8 +122,8 @@ def test_pinned_memory_batch_index(tmp_path, tiny, monkeypatch):
         return out
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", spy)
-    cfg = tiny(tmp_path, "dcgan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5)
-    train(cfg)
+    run_train(tiny("dcgan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5), SYN,
+              tmp_path / "run")
     assert len(pinned) == 5 and all(pinned)
 
 

@@ -28,7 +28,7 @@ from animegen.store.registry import write_run
 from animegen.eval.compare import CompareConfig, run_compare
 from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid, scalar_metrics
 from animegen.labels.colour import train_colour_tagger
-from animegen.train import train
+from animegen.train import run_train
 
 HAIR, EYES = "blonde,blue,black", "red,green"  # the colours of conftest.SYN, which the tiny GAN is trained on
 TAGGER_SET = f"synthetic:?n=384&resolution=32&hair={HAIR}&eyes={EYES}&labels=pair"
@@ -99,8 +99,7 @@ def inception_weights():
 def model(tmp_path_factory):
     """A tiny conditional StyleGAN (6 pair classes, 16 px) trained for 0.4 kimg: two snapshots; ~5 s."""
     root = tmp_path_factory.mktemp("models")
-    cfg = tiny_config(root, "stylegan", name="stylegan-cond", conditional=True)
-    train(cfg)
+    run_train(tiny_config("stylegan", conditional=True), SYN, root / "stylegan-cond")
     return root / "stylegan-cond"
 
 

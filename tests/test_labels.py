@@ -293,11 +293,10 @@ def test_run_label_from_index_tags_trains_conditionally(tmp_path):
     assert manifest["count"] == n - 2 and manifest["parent"]["count"] == n
     assert LabelConfig.from_dict(json.loads(json.dumps(manifest["label_config"]))) == LabelConfig(grid_k=4)
 
-    from animegen.train import train
+    from animegen.train import run_train
 
-    cfg = tiny_config(tmp_path, "dcgan", "cond", data=str(out), conditional=True, kimg=0.032, snapshot_kimg=0.032)
-    train(cfg)
-    saved = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
+    run_train(tiny_config("dcgan", conditional=True, kimg=0.032, snapshot_kimg=0.032), out, tmp_path / "cond")
+    saved = torch.load(tmp_path / "cond" / "checkpoint.pt", weights_only=True)
     assert saved["class_names"] == ds.class_names
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from animegen.cli import main as cli_main
-from animegen.train import TrainingDiverged, train
+from animegen.train import TrainingDiverged, run_train, run_transfer
 from animegen.train.checkpoint import load_checkpoint, load_generator
 from animegen.train.transfer import class_index_map
 from conftest import ROOT, SYN, tiny_config
@@ -27,9 +27,9 @@ def losses(out):
 
 @pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
 def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys):
-    cfg = tiny_config(tmp_path, arch, kimg=2.4, snapshot_kimg=1.2, log_every=25)  # 300 steps of batch 8
-    res = train(cfg)
-    out = Path(cfg.out)
+    cfg = tiny_config(arch, kimg=2.4, snapshot_kimg=1.2, log_every=25)  # 300 steps of batch 8
+    out = tmp_path / "run"
+    res = run_train(cfg, SYN, out)
     assert res.steps == 300 and res.images_seen == 2400
     rows = log_rows(out)
     assert [r["step"] for r in rows] == list(range(25, 301, 25))
@@ -44,7 +44,9 @@ def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"G", "D", "G_ema", "opt_G", "opt_D", "step", "images_seen", "rng", "config"} <= set(state)
     assert state["step"] == 300
-    assert json.loads((out / "config.json").read_text())["arch"] == arch
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["arch"] == arch and not {"data", "out", "init_from"} & set(saved)  # inputs are arguments
+    assert json.loads((out / "inputs.json").read_text()) == {"data": SYN, "init_model": None}
     assert (out / "loss.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["G_ema-00001.2kimg.pt", "G_ema-00002.4kimg.pt"]
     G1, meta1 = load_generator(out / "snapshots" / "G_ema-00001.2kimg.pt")
@@ -66,14 +68,12 @@ def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys)
 @pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
 def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, arch):
     kw = dict(conditional=True, kimg=0.48, snapshot_kimg=0.16, log_every=5)
-    full = tiny_config(tmp_path, arch, "full", **kw)
-    train(full)
-    part = tiny_config(tmp_path, arch, "part", **{**kw, "kimg": 0.16})
-    train(part)
-    resumed = tiny_config(tmp_path, arch, "part", **kw)
-    train(resumed, resume=True)
-    assert losses(full.out) == losses(part.out)
-    a, b = load_checkpoint(full.out), load_checkpoint(part.out)
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_train(tiny_config(arch, **kw), SYN, full)
+    run_train(tiny_config(arch, **{**kw, "kimg": 0.16}), SYN, part)
+    run_train(tiny_config(arch, **kw), SYN, part, resume=True)
+    assert losses(full) == losses(part)
+    a, b = load_checkpoint(full), load_checkpoint(part)
     for key in ("G", "D", "G_ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
@@ -82,8 +82,8 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, arch):
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL a run after its first checkpoint; resuming it reproduces the uninterrupted run's log."""
     kw = dict(kimg=0.8, snapshot_kimg=0.16, log_every=5)
-    full = tiny_config(tmp_path, "stylegan", "full", **kw)
-    train(full)
+    full = tmp_path / "full"
+    run_train(tiny_config("stylegan", **kw), SYN, full)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "animegen.cli", "train", "--arch", "stylegan", "--data", SYN, "--out", str(out),
            "--resolution", "16", "--batch", "8", "--kimg", "0.8", "--snapshot-kimg", "0.16", "--log-every", "5",
@@ -101,13 +101,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     state = load_checkpoint(out)  # the latest checkpoint is whole, whenever the kill landed
     assert 0 < state["images_seen"] < 800, "the run was not interrupted mid-way"
     assert cli_main(["train", "--out", str(out), "--resume"]) == 0
-    assert losses(full.out) == losses(out)
+    assert losses(full) == losses(out)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, "dcgan", kimg=0.16, snapshot_kimg=0.08)
-    train(cfg)
-    before = (Path(cfg.out) / "checkpoint.pt").read_bytes()
+    out = tmp_path / "run"
+    run_train(tiny_config("dcgan", kimg=0.16, snapshot_kimg=0.08), SYN, out)
+    before = (out / "checkpoint.pt").read_bytes()
 
     def broken_save(obj, f, *a, **k):
         f.write(b"half a checkpoint")
@@ -115,9 +115,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        train(tiny_config(tmp_path, "dcgan", kimg=0.32, snapshot_kimg=0.08), resume=True)
-    assert (Path(cfg.out) / "checkpoint.pt").read_bytes() == before
-    assert not [p for p in Path(cfg.out).iterdir() if p.name.endswith(".tmp")]
+        run_train(tiny_config("dcgan", kimg=0.32, snapshot_kimg=0.08), SYN, out, resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -132,30 +132,29 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, mon
         return value * float("nan") if calls["n"] > 25 else value
 
     monkeypatch.setattr(losses_mod.BCELoss, "d_loss", poisoned)
-    cfg = tiny_config(tmp_path, "dcgan", kimg=0.8, snapshot_kimg=0.16, log_every=5)
+    cfg, out = tiny_config("dcgan", kimg=0.8, snapshot_kimg=0.16, log_every=5), tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="NaN"):
-        train(cfg)
-    state = load_checkpoint(cfg.out)
+        run_train(cfg, SYN, out)
+    state = load_checkpoint(out)
     assert state["step"] == 20  # the snapshot before the NaN
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
-    assert log_rows(cfg.out)[-1]["event"] == "diverged"
+    assert log_rows(out)[-1]["event"] == "diverged"
 
 
 def test_init_from_with_another_class_count(tmp_path):
-    src = tiny_config(tmp_path, "stylegan", "src", conditional=True, kimg=0.16)  # 3 hair x 2 eye = 6 classes
-    train(src)
-    old = load_checkpoint(src.out)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run_train(tiny_config("stylegan", conditional=True, kimg=0.16), SYN, src)  # 3 hair x 2 eye = 6 classes
+    old = load_checkpoint(src)
     old_names = old["class_names"]
     assert len(old_names) == 6
     # 4 classes (2 hair x 2 eyes): two of them exist in the source under the same names
-    dst = tiny_config(tmp_path, "stylegan", "dst", conditional=True, kimg=0.08, freeze_d=2, init_from=src.out,
-                      data="synthetic:?n=64&resolution=16&hair=blonde,red&eyes=red,green",
+    cfg = tiny_config("stylegan", conditional=True, kimg=0.08, freeze_d=2,
                       class_map={"red hair red eyes": "black hair red eyes"}, init_class="blue hair green eyes")
-    train(dst)
-    new = load_checkpoint(dst.out)
+    run_transfer(cfg, src, "synthetic:?n=64&resolution=16&hair=blonde,red&eyes=red,green", dst)
+    new = load_checkpoint(dst)
     names = new["class_names"]
     assert len(names) == 4
-    report = json.loads((Path(dst.out) / "init_report.json").read_text())
+    report = json.loads((dst / "init_report.json").read_text())
     assert report["class_init"] == {"blonde hair green eyes": "blonde hair green eyes",
                                     "blonde hair red eyes": "blonde hair red eyes",
                                     "red hair green eyes": "blue hair green eyes",
@@ -175,31 +174,29 @@ def test_init_from_with_another_class_count(tmp_path):
 
 
 def test_init_from_conditional_into_unconditional_and_back(tmp_path):
-    src = tiny_config(tmp_path, "dcgan", "src", conditional=True, kimg=0.08)
-    train(src)
-    uncond = tiny_config(tmp_path, "dcgan", "uncond", kimg=0.08, init_from=src.out, init_class="black hair")
-    train(uncond)
-    report = json.loads((Path(uncond.out) / "init_report.json").read_text())
+    src, uncond, back = tmp_path / "src", tmp_path / "uncond", tmp_path / "back"
+    run_train(tiny_config("dcgan", conditional=True, kimg=0.08), SYN, src)
+    run_transfer(tiny_config("dcgan", kimg=0.08, init_class="black hair"), src, SYN, uncond)
+    report = json.loads((uncond / "init_report.json").read_text())
     # a partial name: the mean of every 'black hair * eyes' class is folded in
     assert report["folded_class"] == "mean of 2 classes: black hair green eyes, black hair red eyes"
-    new = load_checkpoint(uncond.out)
+    new = load_checkpoint(uncond)
     assert new["G"]["project.weight"].shape[1] == 16  # z only: the class columns were folded into the bias
-    back = tiny_config(tmp_path, "dcgan", "back", conditional=True, kimg=0.08, init_from=uncond.out)
-    train(back)
-    assert json.loads((Path(back.out) / "init_report.json").read_text())["G_loaded"] > 0
+    run_transfer(tiny_config("dcgan", conditional=True, kimg=0.08), uncond, SYN, back)
+    assert json.loads((back / "init_report.json").read_text())["G_loaded"] > 0
 
 
 def test_init_from_refuses_incompatible_sources(tmp_path):
-    src = tiny_config(tmp_path, "dcgan", "src", kimg=0.08)
-    train(src)
+    src = tmp_path / "src"
+    run_train(tiny_config("dcgan", kimg=0.08), SYN, src)
     with pytest.raises(ValueError, match="cannot initialise"):
-        train(tiny_config(tmp_path, "stylegan", "x", init_from=src.out))
+        run_transfer(tiny_config("stylegan"), src, SYN, tmp_path / "x")
     with pytest.raises(ValueError, match="not in the source model's classes"):
         class_index_map(["a", "b"], ["c"], {"c": "zzz"})
     assert class_index_map(["red hair blue eyes", "red hair red eyes", "blue hair red eyes"], ["x", "y"],
                            {"x": "red hair"}, init_class="red eyes") == [[0, 1], [1, 2]]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(tiny_config(tmp_path, "dcgan", "y", init_from=str(tmp_path / "missing")))
+        run_transfer(tiny_config("dcgan"), tmp_path / "missing", SYN, tmp_path / "y")
 
 
 def test_cli_train_with_config_file_flags_override_and_refusals(tmp_path, capsys):
@@ -224,22 +221,21 @@ def test_cli_train_with_config_file_flags_override_and_refusals(tmp_path, capsys
 
 def test_conditional_needs_labels(tmp_path):
     with pytest.raises(ValueError, match="labelled dataset"):
-        train(tiny_config(tmp_path, "dcgan", conditional=True, data=SYN + "&labels=none"))
+        run_train(tiny_config("dcgan", conditional=True), SYN + "&labels=none", tmp_path / "run")
 
 
 def test_epochs_duration_and_small_datasets(tmp_path):
-    cfg = tiny_config(tmp_path, "dcgan", kimg=None, epochs=2, batch=16,
-                      data="synthetic:?n=10&resolution=16")  # fewer images than a batch
-    res = train(cfg)
+    cfg = tiny_config("dcgan", kimg=None, epochs=2, batch=16)
+    res = run_train(cfg, "synthetic:?n=10&resolution=16", tmp_path / "run")  # fewer images than a batch
     assert res.images_seen == 32  # 2 epochs of 10 images, rounded up to whole batches
 
 
 def test_multi_hot_conditional_training_and_sampling(tmp_path):
     from animegen.latent import sample
 
-    cfg = tiny_config(tmp_path, "stylegan", conditional=True, kimg=0.08, data=SYN + "&labels=multi_hot")
-    train(cfg)
-    G, meta = load_generator(cfg.out)
+    out = tmp_path / "run"
+    run_train(tiny_config("stylegan", conditional=True, kimg=0.08), SYN + "&labels=multi_hot", out)
+    G, meta = load_generator(out)
     assert meta["class_names"] == ["black hair", "blonde hair", "blue hair", "green eyes", "red eyes"]
     assert G.c_dim == 5
     paths = sample(G, meta["class_names"], tmp_path / "s", n=2, classes=["blonde hair+red eyes"])

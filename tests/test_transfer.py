@@ -35,8 +35,7 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
 
 def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
     """A Model directory holding random, perturbed weights with these classes (no training needed)."""
-    cfg = tiny_config(tmp_path, arch, f"src-{arch}-{cond_mode}-{len(class_names)}", cond_mode=cond_mode,
-                      conditional=bool(class_names)).resolved()
+    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names)).resolved()
     torch.manual_seed(seed)
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     perturb_(G, seed)
@@ -45,19 +44,18 @@ def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
     perturb_(G_ema, seed + 2)
     state = {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(), "config": cfg.to_dict(),
              "class_names": class_names, "img_channels": 3, "images_seen": 0, "version": "test"}
-    out = tmp_path / cfg.out
+    out = tmp_path / f"src-{arch}-{cond_mode}-{len(class_names)}"
     out.mkdir(parents=True)
     save_checkpoint(state, out / "checkpoint.pt")
     return out, (G.eval(), D.eval(), G_ema.eval())
 
 
 def transferred(tmp_path, arch, cond_mode, src_dir, class_names, **kw):
-    cfg = tiny_config(tmp_path, arch, "dst", cond_mode=cond_mode, conditional=bool(class_names),
-                      init_from=str(src_dir), **kw).resolved()
+    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names), **kw).resolved()
     torch.manual_seed(99)  # another initialisation than the source's
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     G_ema = copy.deepcopy(G)
-    report = init_from(G, D, G_ema, cfg, class_names, tmp_path)
+    report = init_from(G, D, G_ema, cfg, src_dir, class_names, tmp_path)
     assert json.loads((tmp_path / "init_report.json").read_text()) == report
     return (G.eval(), D.eval(), G_ema.eval()), report
 

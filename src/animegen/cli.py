@@ -128,25 +128,38 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _train_config(args: argparse.Namespace):
+    """(config, data, out, init model) of ``animegen train``: options as for every stage (a --resume builds on
+    the run's saved config.json); --data / --out / --init-from from the flags, else a --config file's keys, else
+    (for --resume) what the run recorded, else the defaults."""
     from .train.config import TrainConfig
+    from .utils import read_json
 
-    if not args.resume:
-        return _config(TrainConfig, args)
-    out = Path(getattr(args, "out", None) or TrainConfig.out)
-    saved = out / "config.json"
-    if not saved.exists():
-        raise FileNotFoundError(f"--resume: {saved} not found; give the --out of the run to continue")
-    return _config(TrainConfig, args, base=json.loads(saved.read_text()))
+    file = load_config_file(args.config) if args.config else {}
+    out = Path(args.out or file.get("out") or "runs/train")
+    if args.resume:
+        saved = out / "config.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"--resume: {saved} not found; give the --out of the run to continue")
+        base = json.loads(saved.read_text())
+        recorded = {**base, **read_json(out / "inputs.json", {})}  # older runs kept their data in config.json
+        return _config(TrainConfig, args, base=base), args.data or recorded.get("data") or "synthetic:", out, None
+    data = args.data or file.get("data") or "synthetic:"
+    return _config(TrainConfig, args), data, out, args.init_from or file.get("init_from")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import run_train, run_transfer
+    from .train.transfer import inherit_architecture
 
-    cfg = _train_config(args)
+    cfg, data, out, init_model = _train_config(args)
     if args.print_config:
+        cfg = inherit_architecture(cfg, init_model) if init_model else cfg
         print(json.dumps(cfg.resolved().to_dict(), indent=2))
         return 0
-    train(cfg, resume=args.resume)
+    if init_model:
+        run_transfer(cfg, init_model, data, out, resume=args.resume)
+    else:
+        run_train(cfg, data, out, resume=args.resume)
     return 0
 
 
@@ -544,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
                    "(exactly: weights, optimisers, counters, RNG states); --kimg may extend it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--data", help=TRAIN_HELP["data"] + " (default: synthetic:)")
+    p.add_argument("--out", help=TRAIN_HELP["out"] + " (default: runs/train)")
+    p.add_argument("--init-from", metavar="MODEL", help=TRAIN_HELP["init_from"])
     from .train.config import TrainConfig
     _add_config_options(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)

@@ -8,6 +8,9 @@ from typing import Any
 from animegen.config import Config, load_config_file  # noqa: F401  (re-exported for callers)
 
 AMP_MODES = ("auto", "on", "off")
+# What older config.json files and checkpoints hold beside the options: the run's data, output and init model, now
+# the arguments of run_train / run_transfer (and the CLI's --data, --out, --init-from).
+RUN_KEYS = ("data", "out", "init_from")
 
 # Defaults that differ by architecture; a field left at None takes these (see TrainConfig.resolved).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -20,9 +23,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TrainConfig(Config):
-    # data and output
-    data: str = "synthetic:"
-    out: str = "runs/train"
+    # data
     resolution: int = 64
     conditional: bool = False
     # model
@@ -59,11 +60,16 @@ class TrainConfig(Config):
     log_every: int = 50                # steps between log lines
     grid_size: int = 8                 # samples per row (and rows when unconditional) of the snapshot grids
     progress: bool = True
-    # transfer
-    init_from: str | None = None       # a Model directory or checkpoint.pt to start from
-    class_map: dict[str, str] = field(default_factory=dict)  # new class -> old class, for init_from
+    # transfer (run_transfer)
+    class_map: dict[str, str] = field(default_factory=dict)  # new class -> old class, for the init model
     init_class: str | None = None      # old class every unmapped new class starts from
     freeze_d: int = 0                  # freeze the first K discriminator blocks (from the input side)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """As Config.from_dict; the keys of a run's inputs and output that configs and checkpoints written before
+        they became run_train's arguments hold (RUN_KEYS) are dropped."""
+        return super().from_dict({k: v for k, v in values.items() if k not in RUN_KEYS})
 
     def resolved(self) -> "TrainConfig":
         """A copy with every architecture default filled in, validated."""

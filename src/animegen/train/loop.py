@@ -21,13 +21,14 @@ from animegen.train.log import LossMeter, TrainingDiverged, TrainLog, plot_losse
 from animegen.train.losses import R1, PathLength, ema_beta, make_loss
 from animegen.train.phases import Autocast, d_main, d_reg, due, frozen, g_main, g_reg, generate, optimise, update_ema
 from animegen.train.state import BatchSampler, TrainData, TrainState, images_to_device, sampling_snapshot
-from animegen.train.transfer import init_from
-from animegen.utils import human_bytes, peak_memory_bytes, resolve_device, write_json
+from animegen.train.transfer import inherit_architecture, init_from
+from animegen.utils import human_bytes, peak_memory_bytes, read_json, resolve_device, write_json
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "run_train", "run_transfer"]
 
 # Options a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_OVERRIDES = ("kimg", "epochs", "snapshot_kimg", "log_every", "progress", "device", "amp", "out")
+RESUMABLE_OVERRIDES = ("kimg", "epochs", "snapshot_kimg", "log_every", "progress", "device", "amp")
+INPUTS = "inputs.json"  # the run's data and init model, in its Model directory
 
 
 @dataclass
@@ -50,23 +51,39 @@ class FixedLatents:
     cols: int
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train a GAN as ``cfg`` says; write the Model directory ``cfg.out``. See TrainConfig for the options."""
+def run_train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train a GAN as ``cfg`` says (see TrainConfig) on ``data`` (a Dataset directory, an image folder or a
+    ``synthetic:`` URI); write the Model directory ``out_dir``. ``resume``: continue the run in ``out_dir``
+    exactly (a new run refuses an ``out_dir`` that holds one)."""
+    return _run(cfg, str(data), Path(out_dir), resume, init_model=None)
+
+
+def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out_dir: str | Path,
+                 resume: bool = False) -> TrainResult:
+    """Fine-tune the Model ``init_model`` (a Model directory or a checkpoint file) on ``data`` into ``out_dir``:
+    the architecture options ``cfg`` leaves at their defaults are the source's (``inherit_architecture``), and
+    the weights start as the source's, classes remapped (``init_from``; the report in ``out_dir/init_report.json``).
+    The same call from the CLI (``animegen train --init-from``) and from the pipeline's transfer task."""
+    cfg = inherit_architecture(cfg, init_model)
+    return _run(cfg, str(data), Path(out_dir), resume, init_model=str(init_model))
+
+
+def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
     cfg = cfg.resolved()
-    out = Path(cfg.out)
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     if ckpt is not None:
         cfg = _resume_config(cfg, ckpt["config"]).resolved()
     for folder in (out, out / "samples", out / "snapshots"):
         folder.mkdir(parents=True, exist_ok=True)
+    _record_inputs(out, data_uri, init_model, ckpt)
     device = resolve_device(cfg.device)
     amp = Autocast(device.type, cfg.uses_amp(device.type))
     channels_last = amp.bf16 or device.type == "cuda"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
 
-    data = _load_data(cfg, device, channels_last, ckpt)
-    state = _build_state(cfg, data, device, channels_last, out, init=ckpt is None)
+    data = _load_data(cfg, data_uri, device, channels_last, ckpt)
+    state = _build_state(cfg, data, device, channels_last, out, init_model if ckpt is None else None)
     if ckpt is not None:
         state.restore(ckpt, device)
         truncate_log(out / "train_log.jsonl", state.step)
@@ -174,6 +191,22 @@ def _previous_run(ckpt_file: Path, resume: bool) -> dict | None:
     return None
 
 
+def _record_inputs(out: Path, data: str, init_model: str | None, ckpt: dict | None) -> None:
+    """``out/inputs.json``: the data (and init model) the run started from, which ``animegen train --resume``
+    reads back; a resumed run must name the same data (a run older than inputs.json kept it in its config)."""
+    path = out / INPUTS
+    recorded = read_json(path) or {}
+    if ckpt is not None:
+        started = recorded.get("data", ckpt["config"].get("data"))
+        if started is not None and started != data:
+            raise ValueError(f"--resume continues the run stored in the checkpoint; it trains on {started!r}, not "
+                             f"{data!r}. Give its data, or start a new run in another --out.")
+        if recorded:
+            return
+        init_model = ckpt["config"].get("init_from")
+    write_json(path, {"data": data, "init_model": init_model})
+
+
 def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
     base = TrainConfig.from_dict(saved)
     diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_OVERRIDES and saved.get(k) != v]
@@ -184,11 +217,12 @@ def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
     return dataclasses.replace(base, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
 
 
-def _load_data(cfg: TrainConfig, device: torch.device, channels_last: bool, ckpt: dict | None) -> TrainData:
-    """The dataset on the device: uint8 images and, for a conditional run, float condition rows."""
-    data = open_dataset(cfg.data, cfg.resolution)
+def _load_data(cfg: TrainConfig, uri: str, device: torch.device, channels_last: bool,
+               ckpt: dict | None) -> TrainData:
+    """The dataset ``uri`` on the device: uint8 images and, for a conditional run, float condition rows."""
+    data = open_dataset(uri, cfg.resolution)
     if cfg.conditional and data.labels is None:
-        raise ValueError(f"--conditional needs a labelled dataset; {cfg.data} has no labels "
+        raise ValueError(f"--conditional needs a labelled dataset; {uri} has no labels "
                          "(label it first with `animegen label`, or train unconditionally)")
     class_names = list(data.class_names) if cfg.conditional else []
     if ckpt is not None and class_names != list(ckpt["class_names"]):
@@ -199,12 +233,12 @@ def _load_data(cfg: TrainConfig, device: torch.device, channels_last: bool, ckpt
 
 
 def _build_state(cfg: TrainConfig, data: TrainData, device: torch.device, channels_last: bool, out: Path,
-                 init: bool) -> TrainState:
-    """Models (started from ``cfg.init_from`` when ``init``), optimisers, regularisers, sampler, at step 0."""
+                 init_model: str | None) -> TrainState:
+    """Models (started from ``init_model``'s weights when given), optimisers, regularisers, sampler, at step 0."""
     G, D = build_models(cfg.arch, **model_kwargs(cfg, len(data.class_names), data.img_channels))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    if init and cfg.init_from:
-        init_from(G, D, G_ema, cfg, data.class_names, out)
+    if init_model:
+        init_from(G, D, G_ema, cfg, init_model, data.class_names, out)
     for block in list(D.blocks)[: cfg.freeze_d]:
         block.requires_grad_(False)
     for m in (G, D, G_ema):

@@ -12,6 +12,7 @@ layer's gains. Class-dependent tensors are the ones a model's ``class_layout()``
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -194,14 +195,30 @@ def _width(layout: ClassLayout, weight: str) -> int:
     return next((i.width for i in layout.inputs if i.weight == weight), 0)
 
 
-def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, class_names: list[str],
-              out: Path | None = None) -> dict:
-    """Start G, D and G_ema from the Model ``cfg.init_from`` (see ``transfer_weights``); returns a report of what
-    was loaded, remapped and skipped, also written to ``out/init_report.json`` when ``out`` is given."""
-    state = load_checkpoint(cfg.init_from)
+# The options that describe a model's architecture: run_transfer takes them from the source model.
+ARCH_FIELDS = ("arch", "cond_mode", "resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max",
+               "loss")
+
+
+def inherit_architecture(cfg: TrainConfig, init_model: str | Path) -> TrainConfig:
+    """``cfg`` with each architecture option (ARCH_FIELDS) it leaves at its default taken from the source model's
+    config (the one its checkpoint holds); an option ``cfg`` sets stays as set (e.g. another resolution, whose
+    incompatible layers ``init_from`` then skips)."""
+    source = TrainConfig.from_dict(load_checkpoint(init_model, mmap=True)["config"])
+    defaults = TrainConfig()
+    inherited = {k: getattr(source, k) for k in ARCH_FIELDS if getattr(cfg, k) == getattr(defaults, k)}
+    return dataclasses.replace(cfg, **inherited)
+
+
+def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, init_model: str | Path,
+              class_names: list[str], out: Path | None = None) -> dict:
+    """Start G, D and G_ema from the Model ``init_model`` (see ``transfer_weights``; ``cfg``'s class_map and
+    init_class say where each new class starts); returns a report of what was loaded, remapped and skipped,
+    also written to ``out/init_report.json`` when ``out`` is given."""
+    state = load_checkpoint(init_model)
     src_G, src_D, src_G_ema, src_cfg = models_from_checkpoint(state)
     if src_cfg.arch != cfg.arch:
-        raise ValueError(f"--init-from {cfg.init_from}: a {src_cfg.arch} model cannot initialise a {cfg.arch}")
+        raise ValueError(f"--init-from {init_model}: a {src_cfg.arch} model cannot initialise a {cfg.arch}")
     old = list(state["class_names"])
     index_map = class_index_map(old, class_names, cfg.class_map, cfg.init_class)
     fold = (class_index(old, cfg.init_class) if cfg.init_class else []) if old and not class_names else None
@@ -210,14 +227,14 @@ def init_from(G: nn.Module, D: nn.Module, G_ema: nn.Module, cfg: TrainConfig, cl
     reports = {name: transfer_weights(src, dst, soft, fold_vec)
                for name, src, dst in (("G", src_G, G), ("D", src_D, D), ("G_ema", src_G_ema, G_ema))}
     if not any(r["loaded"] or r["remapped"] for r in reports.values()):
-        raise ValueError(f"--init-from {cfg.init_from}: no tensor is compatible with this model "
+        raise ValueError(f"--init-from {init_model}: no tensor is compatible with this model "
                          f"(source {src_cfg.arch} at {src_cfg.resolution} px, target at {cfg.resolution} px)")
     classes = {new: describe_classes(old, js) for new, js in zip(class_names, index_map)}
-    summary = {"source": str(cfg.init_from), "source_classes": old, "class_init": classes,
+    summary = {"source": str(init_model), "source_classes": old, "class_init": classes,
                "folded_class": describe_classes(old, fold) if fold is not None else None,
                **{f"{k}_{part}": len(v[part]) for k, v in reports.items() for part in ("loaded", "remapped")},
                "skipped": {k: v["skipped"] for k, v in reports.items()}}
-    print(f"init-from {cfg.init_from}: " + ", ".join(
+    print(f"init-from {init_model}: " + ", ".join(
         f"{k} {len(v['loaded'])} loaded / {len(v['remapped'])} remapped / {len(v['skipped'])} skipped"
         for k, v in reports.items()), flush=True)
     if out is not None:

@@ -1,4 +1,4 @@
-"""KFP component: train a GAN from scratch (``animegen.train.train``); GPU image, GPU node pool."""
+"""KFP component: train a GAN from scratch (``animegen.train.run_train``); GPU image, GPU node pool."""
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Model, Output
 
@@ -32,17 +32,16 @@ def train(
     snapshots/). 0 (and r1_gamma < 0) mean the architecture's default. ``options``: any other TrainConfig field.
     A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume)."""
     from animegen.components import runtime as rt
-    from animegen.train import TrainConfig
-    from animegen.train import train as run_train
+    from animegen.train import TrainConfig, run_train
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
-        "data": dataset.path, "out": str(out), "arch": arch, "conditional": conditional, "resolution": resolution,
+        "arch": arch, "conditional": conditional, "resolution": resolution,
         "kimg": kimg, "batch": rt.opt(batch), "z_dim": rt.opt(z_dim), "w_dim": w_dim,
         "mapping_layers": mapping_layers, "channel_base": rt.opt(channel_base), "channel_max": channel_max,
         "cond_mode": cond_mode, "r1_gamma": None if r1_gamma < 0 else r1_gamma,
         "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
-    result = run_train(cfg, resume=(out / "checkpoint.pt").is_file())
+    result = run_train(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file())
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "img_per_s": result.img_per_s, "device": result.device})
     kind = f"{arch}{' (conditional)' if conditional else ''}"

@@ -1,4 +1,4 @@
-"""KFP component: fine-tune a trained Model on a new Dataset (``animegen.train.train`` with ``init_from``)."""
+"""KFP component: fine-tune a trained Model on a new Dataset (``animegen.train.run_transfer``)."""
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Model, Output
 
@@ -23,29 +23,23 @@ def transfer(
     device: str = "auto",
     options: dict = {},
 ):
-    """Start from ``init_model``'s weights (its architecture, widths and resolution are taken from its config.json)
-    and train on ``dataset`` for ``kimg``. ``init_class``: the source class (or partial name such as "black hair",
-    the mean of every class containing it) that unmapped new classes start from, or that an unconditional target
-    is folded into; ``class_map``: new class -> old class; ``freeze_d``: frozen discriminator blocks.
-    ``init_report.json`` in the Model says what was loaded, remapped and skipped."""
-    import json
-    from pathlib import Path
-
+    """Start from ``init_model``'s weights (its architecture, widths and resolution are the source's unless
+    ``options`` set them: ``animegen.train.run_transfer``) and train on ``dataset`` for ``kimg``. ``init_class``:
+    the source class (or partial name such as "black hair", the mean of every class containing it) that unmapped
+    new classes start from, or that an unconditional target is folded into; ``class_map``: new class -> old
+    class; ``freeze_d``: frozen discriminator blocks. ``init_report.json`` in the Model says what was loaded,
+    remapped and skipped."""
     from animegen.components import runtime as rt
-    from animegen.train import TrainConfig
-    from animegen.train import train as run_train
+    from animegen.train import TrainConfig, run_transfer
 
-    source = json.loads((Path(init_model.path) / "config.json").read_text())
-    arch_fields = ("arch", "cond_mode", "resolution", "z_dim", "w_dim", "mapping_layers", "channel_base",
-                   "channel_max", "loss")
     out = rt.out_dir(model)
-    cfg = rt.build_config(TrainConfig, {**{k: source[k] for k in arch_fields if k in source}, **options}, {
-        "data": dataset.path, "out": str(out), "init_from": init_model.path, "init_class": rt.opt(init_class),
-        "class_map": dict(class_map), "freeze_d": freeze_d, "conditional": conditional, "kimg": kimg,
-        "batch": rt.opt(batch), "r1_gamma": None if r1_gamma < 0 else r1_gamma,
-        "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
-    result = run_train(cfg, resume=(out / "checkpoint.pt").is_file())
-    model.metadata.update({"arch": cfg.arch, "conditional": conditional, "kimg": result.images_seen / 1000,
+    cfg = rt.build_config(TrainConfig, options, {
+        "init_class": rt.opt(init_class), "class_map": dict(class_map), "freeze_d": freeze_d,
+        "conditional": conditional, "kimg": kimg, "batch": rt.opt(batch),
+        "r1_gamma": None if r1_gamma < 0 else r1_gamma, "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
+    result = run_transfer(cfg, init_model.path, dataset.path, out, resume=(out / "checkpoint.pt").is_file())
+    arch = rt.read_json(out / "config.json")["arch"]  # the source's, unless options set another
+    model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "init_class": init_class, "img_per_s": result.img_per_s, "device": result.device})
-    rt.model_summary(summary, out, f"transfer ({cfg.arch}, init class {init_class or 'mean'}): "
+    rt.model_summary(summary, out, f"transfer ({arch}, init class {init_class or 'mean'}): "
                                    f"{result.images_seen / 1000:g} kimg")
