@@ -219,6 +219,37 @@ def test_cli_train_with_config_file_flags_override_and_refusals(tmp_path, capsys
         cli_main(["train", "--arch"])
 
 
+def test_configs_and_runs_that_hold_their_data_and_out_still_load_and_resume(tmp_path, capsys):
+    """Before run_train took them as arguments, config.json and checkpoints held data, out and init_from: such a
+    config still loads (the keys dropped, other unknown keys still refused) and such a run resumes from the CLI on
+    the data its config names; a resume on other data is refused."""
+    from animegen.train import TrainConfig
+    from animegen.train.config import RUN_KEYS
+
+    cfg = tiny_config("dcgan", kimg=0.016, snapshot_kimg=0.016, log_every=1)
+    old = cfg.to_dict() | {"data": SYN, "out": "runs/x", "init_from": None}
+    assert set(RUN_KEYS) <= set(old) and TrainConfig.from_dict(old) == cfg
+    with pytest.raises(ValueError, match=r"unknown TrainConfig option\(s\): wings"):
+        TrainConfig.from_dict(old | {"wings": 2})
+
+    out, data = tmp_path / "old", SYN + "&seed=3"
+    run_train(cfg, data, out)
+    (out / "inputs.json").unlink()  # as an older animegen left it: the inputs in config.json and the checkpoint
+    (out / "config.json").write_text(json.dumps(json.loads((out / "config.json").read_text())
+                                                | {"data": data, "out": str(out), "init_from": None}))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["config"] |= {"data": data, "out": str(out), "init_from": None}
+    torch.save(state, out / "checkpoint.pt")
+    assert cli_main(["train", "--out", str(out), "--resume", "--kimg", "0.032"]) == 0
+    assert load_checkpoint(out)["images_seen"] == 32 and [r["step"] for r in log_rows(out)] == [1, 2, 3, 4]
+    assert json.loads((out / "inputs.json").read_text()) == {"data": data, "init_model": None}
+    assert not set(RUN_KEYS) & set(json.loads((out / "config.json").read_text()))
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(out), "--resume", "--kimg", "0.048", "--data", SYN]) == 2
+    assert "trains on" in capsys.readouterr().err
+    assert load_checkpoint(out)["images_seen"] == 32
+
+
 def test_conditional_needs_labels(tmp_path):
     with pytest.raises(ValueError, match="labelled dataset"):
         run_train(tiny_config("dcgan", conditional=True), SYN + "&labels=none", tmp_path / "run")

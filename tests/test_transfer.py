@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from animegen.models import build_models
-from animegen.train.checkpoint import model_kwargs, save_checkpoint
-from animegen.train.transfer import init_from
-from conftest import tiny_config
+from animegen.train import run_train
+from animegen.train.checkpoint import load_checkpoint, model_kwargs, save_checkpoint
+from animegen.train.transfer import ARCH_FIELDS, init_from
+from conftest import SYN, tiny_config
 
 PAIRS = ["black hair green eyes", "black hair red eyes", "blonde hair green eyes", "blonde hair red eyes",
          "blue hair green eyes", "blue hair red eyes"]
@@ -140,3 +141,56 @@ def test_another_cond_mode_is_refused_with_a_reason(tmp_path):
     src_dir, _ = source_model(tmp_path, "stylegan", "concat", PAIRS)
     with pytest.raises(ValueError, match="cond_mode"):
         transferred(tmp_path, "stylegan", "projection", src_dir, PAIRS[:2])
+
+
+def test_the_same_transfer_from_the_cli_and_from_the_component_gives_the_same_model(tmp_path, capsys):
+    """`animegen train --init-from` and the pipeline's transfer component both call run_transfer: the source's
+    architecture is inherited in both (no architecture flag or option given), and the same request gives
+    byte-identical config.json, init_report.json and train_log.jsonl losses and identical weights."""
+    from kfp import dsl
+
+    from animegen.cli import main
+    from animegen.components.transfer.component import transfer
+    from animegen.data import open_dataset, write_packed
+
+    src = tmp_path / "src"
+    run_train(tiny_config("stylegan", conditional=True, kimg=0.016, snapshot_kimg=0.016), SYN, src)
+    data = write_packed(open_dataset("synthetic:?n=32&seed=4&resolution=16&hair=blonde,pink&eyes=red,green"),
+                        tmp_path / "data")
+    request = dict(init_class="black hair", class_map={"pink hair red eyes": "blue hair red eyes"}, freeze_d=1,
+                   conditional=True, kimg=0.024, batch=8, seed=0, device="cpu")
+
+    model = dsl.Model(uri=str(tmp_path / "component"))
+    transfer.python_func(init_model=dsl.Model(uri=str(src)), dataset=dsl.Dataset(uri=str(data)), model=model,
+                         summary=dsl.HTML(uri=str(tmp_path / "summary.html")), r1_gamma=-1.0, snapshot_kimg=0.0,
+                         options={"log_every": 1.0}, **request)
+    flags = ["--init-class", "black hair", "--class-map", "pink hair red eyes=blue hair red eyes", "--freeze-d", "1",
+             "--conditional", "--kimg", "0.024", "--batch", "8", "--seed", "0", "--device", "cpu", "--log-every", "1",
+             "--no-progress"]
+    cli = tmp_path / "cli"
+    assert main(["train", "--init-from", str(src), "--data", str(data), "--out", str(cli), *flags]) == 0
+
+    a, b = tmp_path / "component", cli
+    config = json.loads((a / "config.json").read_text())
+    source = json.loads((src / "config.json").read_text())
+    assert {k: config[k] for k in ARCH_FIELDS} == {k: source[k] for k in ARCH_FIELDS}  # 16 px, z 16, ... inherited
+    assert config["freeze_d"] == 1 and config["class_map"] == request["class_map"] and config["kimg"] == 0.024
+    for name in ("config.json", "init_report.json", "inputs.json"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    assert json.loads((a / "inputs.json").read_text()) == {"data": str(data), "init_model": str(src)}
+    strip = [[{k: v for k, v in json.loads(line).items() if k != "img_s"} for line in (d / "train_log.jsonl")
+              .read_text().splitlines()] for d in (a, b)]
+    assert strip[0] == strip[1] and len(strip[0]) == 3
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca["class_names"] == cb["class_names"] == ["blonde hair green eyes", "blonde hair red eyes",
+                                                      "pink hair green eyes", "pink hair red eyes"]
+    for part in ("G", "D", "G_ema"):
+        assert ca[part].keys() == cb[part].keys()
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), (part, k)
+    assert model.metadata["arch"] == "stylegan"
+    # --print-config shows the inherited architecture
+    capsys.readouterr()
+    assert main(["train", "--init-from", str(src), "--print-config", *flags]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {k: printed[k] for k in ARCH_FIELDS} == {k: source[k] for k in ARCH_FIELDS}
