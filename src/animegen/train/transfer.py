@@ -115,32 +115,8 @@ def transfer_weights(src: nn.Module, dst: nn.Module, soft: torch.Tensor | None,
         raise ValueError("the source and the new model read their classes differently (cond_mode "
                          f"{getattr(src, 'cond_mode', '?')} -> {getattr(dst, 'cond_mode', '?')}); "
                          "transfer needs the same cond_mode, or an unconditional source")
-    new: dict[str, torch.Tensor] = {}
-    remapped: set[str] = set()
-
-    # class inputs: the leading (non-class) columns carry over; the class columns are remapped, zeroed or folded
-    for inp in (d_lay if d_c else s_lay).inputs:
-        s_w, d_w = s[inp.weight], d[inp.weight]
-        s_base, d_base = s_w.shape[1] - _width(s_lay, inp.weight), d_w.shape[1] - _width(d_lay, inp.weight)
-        if s_base != d_base or s_w.shape[0] != d_w.shape[0] or s_w.shape[2:] != d_w.shape[2:]:
-            continue  # an incompatible layer: skipped below
-        w = d_w.clone()
-        w[:, :d_base] = s_w[:, :s_base]
-        bias = s[inp.bias].clone()
-        s_cls = s_w[:, s_base:]
-        if s_c and d_c:
-            w[:, d_base:] = s_cls if inp.embed else _over_classes(s_cls, soft)  # embedded: the embedding remaps
-        elif d_c:
-            w[:, d_base:] = 0  # a class input that starts with no effect: every new class is the source
-        else:  # fold the class into the bias (a kernel sees a constant map: its spatial taps sum)
-            y = fold.to(s_cls)
-            if inp.embed:
-                y = s[inp.embed] @ y
-                y = pixel_norm(y[None], dim=1)[0] if inp.normalise else y
-            taps = s_cls.sum(dim=tuple(range(2, s_cls.ndim))) if s_cls.ndim > 2 else s_cls
-            bias = bias + taps @ y
-        new[inp.weight], new[inp.bias] = w, bias
-        remapped |= {inp.weight, inp.bias}
+    new = _class_inputs(s, d, s_lay, d_lay, bool(s_c), bool(d_c), soft, fold)
+    remapped = set(new)
 
     # class embeddings: remapped like one-hot columns; a new one starts at zero (in G, kept at its random init,
     # since the columns that read it start at zero and pixel-normalising a zero vector would blow up gradients)
@@ -185,6 +161,37 @@ def transfer_weights(src: nn.Module, dst: nn.Module, soft: torch.Tensor | None,
             out[name] = s_raw[name].detach().clone()
     dst.load_state_dict({**d_raw, **out})
     return report
+
+
+def _class_inputs(s: dict[str, torch.Tensor], d: dict[str, torch.Tensor], s_lay: ClassLayout,
+                  d_lay: ClassLayout, s_c: bool, d_c: bool, soft: torch.Tensor | None,
+                  fold: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The layers that read the class (effective weights and biases): the leading (non-class) columns carry over;
+    the class columns are remapped (both conditional), zeroed (a conditional target) or folded into the bias (an
+    unconditional target). A layer whose other dimensions differ is left out (``transfer_weights`` skips it)."""
+    new: dict[str, torch.Tensor] = {}
+    for inp in (d_lay if d_c else s_lay).inputs:
+        s_w, d_w = s[inp.weight], d[inp.weight]
+        s_base, d_base = s_w.shape[1] - _width(s_lay, inp.weight), d_w.shape[1] - _width(d_lay, inp.weight)
+        if s_base != d_base or s_w.shape[0] != d_w.shape[0] or s_w.shape[2:] != d_w.shape[2:]:
+            continue  # an incompatible layer: skipped below
+        w = d_w.clone()
+        w[:, :d_base] = s_w[:, :s_base]
+        bias = s[inp.bias].clone()
+        s_cls = s_w[:, s_base:]
+        if s_c and d_c:
+            w[:, d_base:] = s_cls if inp.embed else _over_classes(s_cls, soft)  # embedded: the embedding remaps
+        elif d_c:
+            w[:, d_base:] = 0  # a class input that starts with no effect: every new class is the source
+        else:  # fold the class into the bias (a kernel sees a constant map: its spatial taps sum)
+            y = fold.to(s_cls)
+            if inp.embed:
+                y = s[inp.embed] @ y
+                y = pixel_norm(y[None], dim=1)[0] if inp.normalise else y
+            taps = s_cls.sum(dim=tuple(range(2, s_cls.ndim))) if s_cls.ndim > 2 else s_cls
+            bias = bias + taps @ y
+        new[inp.weight], new[inp.bias] = w, bias
+    return new
 
 
 def _shape_of(layout: ClassLayout) -> tuple:
