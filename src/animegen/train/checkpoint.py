@@ -18,8 +18,8 @@ from animegen.models import build_models
 from animegen.train.config import TrainConfig
 from animegen.utils import atomic_torch_save
 
-# What a checkpoint holds (see ``TrainState.checkpoint`` in state.py). A sampling snapshot (snapshots/G_ema-*.pt) has the
-# SNAPSHOT_KEYS; a Model's checkpoint.pt adds G and D, and, when written by training, the state to resume.
+# What a checkpoint holds (see ``TrainState.checkpoint`` in state.py). A sampling snapshot (snapshots/G_ema-*.pt)
+# has the SNAPSHOT_KEYS; a Model's checkpoint.pt adds G and D, and, when written by training, the state to resume.
 SNAPSHOT_KEYS = ("G_ema", "config", "class_names", "img_channels", "images_seen")
 MODEL_KEYS = ("G", "D")
 TRAINING_KEYS = ("opt_G", "opt_D", "step", "rng", "sampler", "regularizers")

@@ -69,6 +69,7 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 
 
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
+    """run_train / run_transfer: set up (or restore) the run, train it, write summary.json."""
     cfg = cfg.resolved()
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     if ckpt is not None:
@@ -147,10 +148,10 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
         update_ema(G, state.G_ema, ema_decay)
         state.step += 1
         state.images_seen += cfg.batch
+        penalties = d_penalties | g_penalties  # logged without their weight and lazy interval
         meter.add({"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.detach().mean(),
-                   "d_fake": fake_logits.detach().mean()}
-                  | {r.name: (d_penalties | g_penalties)[r.name].detach() / (r.weight * r.interval)
-                     for r in d_regs + g_regs})
+                   "d_fake": fake_logits.detach().mean(),
+                   **{r.name: penalties[r.name].detach() / (r.weight * r.interval) for r in d_regs + g_regs}})
         log.advance(cfg.batch)
         snap = state.images_seen >= total_images or state.images_seen >= next_snapshot
         if snap or state.step % cfg.log_every == 0:
