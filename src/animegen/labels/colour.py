@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import re
 import sys
 import time
@@ -24,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from animegen.config import Config
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animegen.config import Config
+from animegen.data.dataset import index_rows
 from animegen.data.splits import HELDOUT, TRAIN, assign_splits
 from animegen.labels.tags import JOIN_KEYS, TagTable, row_key, write_prob_table
 from animegen.utils import atomic_torch_save, atomic_write_bytes, resolve_device, write_json
@@ -210,18 +209,6 @@ def colour_tag_names(model: ColourTagger) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- splits
-def index_rows(imageset) -> list[dict] | None:
-    """Per-image index rows: the ImageSet's meta, else the index.jsonl of the packed directory it came from."""
-    if imageset.meta is not None:
-        return imageset.meta
-    path = Path(str(imageset.source).removeprefix("file://")) / "index.jsonl"
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if len(rows) == len(imageset):
-            return rows
-    return None
-
-
 def holdout_mask(imageset, holdout: float, block: int, seed: int) -> tuple[np.ndarray, dict]:
     """(held-out mask, how it was made): the index's ``split`` field when every row has one and both sides are
     non-empty (any value but "train" is held out), else a block split (``data.splits.assign_splits`` over the
