@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now().astimezone()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="animegen-colour-bench-")
     work = Path(args.work or tmp.name)
-    ingest_cfg = IngestConfig(source=str(args.zip), limit=3000 if args.quick else None)
+    ingest_cfg = IngestConfig(limit=3000 if args.quick else None)
     load_before, ru0, t0 = os.getloadavg(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     try:
         dataset, labelled = work / "dataset", work / "labelled"
         timings = {}
         if not (dataset / "manifest.json").is_file():
-            _, timings["ingest_s"] = _stage("ingest", run_ingest, ingest_cfg, dataset)
+            _, timings["ingest_s"] = _stage("ingest", run_ingest, ingest_cfg, str(args.zip), dataset)
         if not (labelled / "manifest.json").is_file():
             _, timings["label_s"] = _stage("label", run_label, LabelConfig(), dataset, labelled)
         imageset = open_dataset(str(labelled))

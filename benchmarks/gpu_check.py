@@ -612,7 +612,7 @@ def train_tagger(args, dest: Path) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="animegen-gpucheck-tagger-") as tmp:
         ingested, labelled = Path(tmp) / "mlds", Path(tmp) / "mlds-labelled"
-        run_ingest(IngestConfig(source=str(args.mlds)), ingested, overwrite=True)
+        run_ingest(IngestConfig(), str(args.mlds), ingested, overwrite=True)
         run_label(LabelConfig(), ingested, labelled)
         metrics = train_colour_tagger(open_dataset(str(labelled)), dest,
                                       TaggerTrainConfig(epochs=args.tagger_epochs, device="cpu"))

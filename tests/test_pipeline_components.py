@@ -53,10 +53,10 @@ def test_ingest_channels_option_is_validated():
     from animegen.data.ingest import IngestConfig
 
     with pytest.raises(ValueError, match="channels=2"):
-        IngestConfig(source="x", channels=2)
+        IngestConfig(channels=2)
     with pytest.raises(ValueError, match="use mode grayscale"):
-        IngestConfig(source="x", channels=1)
-    assert IngestConfig.from_dict(IngestConfig(source="x", mode="grayscale", channels=3).to_dict()).channels == 3
+        IngestConfig(channels=1)
+    assert IngestConfig.from_dict(IngestConfig(mode="grayscale", channels=3).to_dict()).channels == 3
 
 
 def test_label_train_and_transfer_components(tmp_path):
@@ -65,8 +65,8 @@ def test_label_train_and_transfer_components(tmp_path):
     from animegen.components.transfer.component import transfer
     from animegen.data.ingest import IngestConfig, run_ingest
 
-    run_ingest(IngestConfig(source="synthetic:?n=48&hair=blonde,black&eyes=red,blue", resolution=16, holdout=0.25,
-                            split_block=4), tmp_path / "ds")
+    run_ingest(IngestConfig(resolution=16, holdout=0.25, split_block=4),
+               "synthetic:?n=48&hair=blonde,black&eyes=red,blue", tmp_path / "ds")
     labelled = artifact(dsl.Dataset, tmp_path / "lab")
     label.python_func(dataset=artifact(dsl.Dataset, tmp_path / "ds"), labelled=labelled,
                       summary=artifact(dsl.HTML, tmp_path / "lab.html"), tags="auto", mode="pair", threshold=0.7,
@@ -81,8 +81,8 @@ def test_label_train_and_transfer_components(tmp_path):
     assert cfg["conditional"] and cfg["batch"] == 8 and cfg["r1_gamma"] == 10.0 and cfg["log_every"] == 1
     assert source.metadata["kimg"] == 0.016 and "samples" in (tmp_path / "train.html").read_text()
     # transfer: the source's architecture is taken from its config; "black hair" is the mean of two classes
-    run_ingest(IngestConfig(source="synthetic:?n=16&seed=5&labels=none", resolution=16, mode="grayscale",
-                            channels=3, holdout=0.25, split_block=4), tmp_path / "mono")
+    run_ingest(IngestConfig(resolution=16, mode="grayscale", channels=3, holdout=0.25, split_block=4),
+               "synthetic:?n=16&seed=5&labels=none", tmp_path / "mono")
     target = artifact(dsl.Model, tmp_path / "target")
     transfer.python_func(init_model=source, dataset=artifact(dsl.Dataset, tmp_path / "mono"), model=target,
                          summary=artifact(dsl.HTML, tmp_path / "transfer.html"), init_class="black hair",

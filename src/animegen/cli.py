@@ -153,9 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import IngestConfig, run_ingest
 
-    base = load_config_file(args.config) if args.config else {}
-    cfg = _config(IngestConfig, args, base={**base, "source": args.source})
-    out = run_ingest(cfg, args.out, overwrite=args.overwrite, progress=args._progress)
+    out = run_ingest(_config(IngestConfig, args), args.source, args.out, overwrite=args.overwrite,
+                     progress=args._progress)
     print(f"dataset written to {out}")
     return 0
 
@@ -559,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing Dataset in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, dest="_progress",
                    help="show a progress bar")
-    _add_config_options(p, IngestConfig, INGEST_HELP, skip=("source",))
+    _add_config_options(p, IngestConfig, INGEST_HELP)
     p.set_defaults(func=cmd_ingest)
 
     from .labels.label import LabelConfig

@@ -32,10 +32,9 @@ def ingest(
 
     rt.set_object_store_env(s3_endpoint)
     cfg = rt.build_config(IngestConfig, options, {
-        "source": source, "resolution": resolution, "mode": mode, "channels": rt.opt(channels),
-        "sha256": rt.opt(sha256), "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit),
-        "seed": seed})
-    out = run_ingest(cfg, rt.out_dir(dataset), overwrite=True)
+        "resolution": resolution, "mode": mode, "channels": rt.opt(channels), "sha256": rt.opt(sha256),
+        "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit), "seed": seed})
+    out = run_ingest(cfg, source, rt.out_dir(dataset), overwrite=True)
     manifest = json.loads((out / "manifest.json").read_text())
     dataset.metadata.update({k: manifest.get(k) for k in ("count", "resolution", "channels", "mode", "source",
                                                           "content_hash", "skipped_count", "grown")})
