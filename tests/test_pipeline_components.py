@@ -15,6 +15,7 @@ from kfp import dsl
 
 from animegen.cli import main
 from animegen.components import runtime as rt
+from animegen.eval.report import ReportConfig, run_id_for, run_report
 from animegen.pipelines.pipeline import (
     MODELS,
     PARAMETERS,
@@ -26,7 +27,6 @@ from animegen.pipelines.pipeline import (
     parse_toleration,
     select,
 )
-from animegen.pipelines.report import run_id_for, run_report
 
 
 def artifact(cls, path: Path):
@@ -159,9 +159,10 @@ def test_run_report_table_skips_and_registry(tmp_path, capsys):
                    "character_scratch": {"skipped": "run_character is false"},
                    "dcgan": fake_eval("dcgan", 90.0, "dcgan"),
                    "dcgan_conditional": fake_eval("dcgan_conditional", 95.0, "dcgan", True)}
-    cross = {"skipped": "run_manga or run_character is false"}
-    result = run_report(evaluations, cross, tmp_path / "out", run_id="run-1", registry_uri=str(tmp_path / "reg"),
-                        report_uri="minio://b/report")
+    evaluations["cross_fid"] = {"skipped": "run_manga or run_character is false"}
+    cfg = ReportConfig(run_id="run-1", registry_uri=str(tmp_path / "reg"), report_uri="minio://b/report")
+    result = run_report(cfg, evaluations, tmp_path / "out")
+    assert result["run_id"] == "run-1"
     html = Path(result["report"]).read_text()
     assert html.index(">conditional<") < html.index(">manga<") < html.index(">dcgan<")  # the DAG's order
     assert "+20.00" in html  # scratch - transfer FID
@@ -177,10 +178,13 @@ def test_run_report_table_skips_and_registry(tmp_path, capsys):
     assert run["tasks"]["tagger"]["tagger"] == "minio://b/tagger"
     assert run["skipped"]["cross_fid"] == "run_manga or run_character is false"
     assert "registry: run run-1 written" in capsys.readouterr().out
-    result = run_report(evaluations, cross, tmp_path / "out2", run_id="run-2")
+    result = run_report(ReportConfig(run_id="run-2"), evaluations, tmp_path / "out2")
     assert result["registry"].startswith("skipped") and "registry: skipped" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every branch was skipped"):
-        run_report({"conditional": {"skipped": "x"}}, None, tmp_path / "out3", run_id="r")
+        run_report(ReportConfig(run_id="r"), {"conditional": {"skipped": "x"}}, tmp_path / "out3")
+    # without a run_id the job names it, as on a cluster (a remote report URI appends the job id)
+    cfg = ReportConfig(job_name="Run of animegen (x7)", job_id="1b2c3d4e-5f60", report_uri="minio://b/report")
+    assert run_report(cfg, evaluations, tmp_path / "out4")["run_id"] == "Run-of-animegen-x7-1b2c3d4e"
 
 
 def test_run_ids():
@@ -319,3 +323,15 @@ def test_submit_refused_connection_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert f"cannot submit to KFP at http://127.0.0.1:{port}" in err and "--host" in err
     assert "Traceback" not in err
+
+
+def test_report_stage_imports_neither_components_nor_pipelines():
+    """The report stage is library code: importing it loads no KFP glue and no pipeline module (the old
+    pipelines/report.py imported components.runtime, closing a components <-> pipelines cycle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, animegen.eval.report; print(sorted(m for m in sys.modules "
+            "if m.startswith(('animegen.components', 'animegen.pipelines', 'kfp'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
