@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from animegen.data import open_dataset
     from animegen.data.ingest import IngestConfig, run_ingest
-    from animegen.labels.colour import TaggerTrainConfig, train_colour_tagger
+    from animegen.labels.colour_train import TaggerTrainConfig, train_colour_tagger
     from animegen.labels.label import LabelConfig, run_label
 
     if not Path(args.zip).is_file():

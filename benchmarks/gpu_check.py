@@ -602,7 +602,7 @@ def reference_images(spec: str, n: int, seed: int = 0):
 def train_tagger(args, dest: Path) -> dict:
     """A colour tagger for scoring: MLDS ingested + labelled in a temporary folder, then trained into ``dest``."""
     from animegen.data import open_dataset
-    from animegen.labels.colour import TaggerTrainConfig, train_colour_tagger
+    from animegen.labels.colour_train import TaggerTrainConfig, train_colour_tagger
 
     if args.dry_run:
         data = open_dataset("synthetic:?n=256&resolution=64")

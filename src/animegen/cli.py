@@ -168,7 +168,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_tagger_train(args: argparse.Namespace) -> int:
-    from .labels.colour import TaggerTrainConfig, run_tagger_train
+    from .labels.colour_train import TaggerTrainConfig, run_tagger_train
 
     metrics = run_tagger_train(_config(TaggerTrainConfig, args), args.data, args.out)
     acc = {k: metrics.get(f"{k}_accuracy") for k in ("hair", "eye")}
@@ -573,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
 
     from .labels.cluster import ClusterConfig
-    from .labels.colour import TaggerPredictConfig, TaggerTrainConfig
+    from .labels.colour import TaggerPredictConfig
+    from .labels.colour_train import TaggerTrainConfig
     p = sub.add_parser("tagger", help="the hair/eye colour tagger: train it, or predict a probability table",
                        description="A small CNN that predicts hair and eye colour. It labels untagged sets and "
                                    "scores whether generated images show the requested colours.")
