@@ -111,6 +111,8 @@ def test_control_components(tmp_path):
     skip.python_func(branch="dcgan", reason="run_dcgan is false", dataset=artifact(dsl.Dataset, tmp_path / "d"),
                      metrics=metrics)
     assert json.loads((tmp_path / "m").read_text()) == {"skipped": "run_dcgan is false", "branch": "dcgan"}
+    assert json.loads((tmp_path / "d" / "SKIPPED.json").read_text()) == {"skipped": "run_dcgan is false",
+                                                                         "branch": "dcgan"}
     assert branches(False, True, True, False)["character_scratch"] and not branches(False, True, False, True)[
         "character_scratch"]
 
@@ -327,11 +329,12 @@ def test_submit_refused_connection_is_a_clear_error(capsys):
 
 def test_report_stage_imports_neither_components_nor_pipelines():
     """The report stage is library code: importing it loads no KFP glue and no pipeline module (the old
-    pipelines/report.py imported components.runtime, closing a components <-> pipelines cycle)."""
+    pipelines/report.py imported components.runtime, closing a components <-> pipelines cycle), nor torch (the
+    pipeline's skip placeholders call it)."""
     import subprocess
     import sys
 
     code = ("import sys, animegen.eval.report; print(sorted(m for m in sys.modules "
-            "if m.startswith(('animegen.components', 'animegen.pipelines', 'kfp'))))")
+            "if m.startswith(('animegen.components', 'animegen.pipelines', 'kfp', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

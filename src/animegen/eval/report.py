@@ -79,6 +79,17 @@ def evaluation_scalars(doc: dict[str, Any], model_name: str) -> dict[str, float]
 RUN_ID_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def write_skipped(branch: str, reason: str, dataset_dir: str | Path, metrics_path: str | Path) -> dict[str, str]:
+    """What a branch that a parameter turned off leaves (the pipeline's ``skip`` task): ``{"skipped": reason,
+    "branch": branch}`` as its metrics, which run_report lists as skipped, and an empty placeholder dataset folder
+    holding the same document as SKIPPED.json (never trained on: every consumer of a branch's dataset sits behind
+    the same switch)."""
+    doc = {SKIPPED: reason, "branch": branch}
+    write_json(Path(dataset_dir) / "SKIPPED.json", doc)
+    write_json(metrics_path, doc)
+    return doc
+
+
 def run_id_for(job_name: str, job_id: str, remote: bool) -> str:
     """The registry id of a run: the KFP job name (locally the run folder's name, so ``--from-run`` and the registry
     agree); on a cluster, where run names may repeat, with the first 8 characters of the job id appended."""
