@@ -338,3 +338,19 @@ def test_report_stage_imports_neither_components_nor_pipelines():
             "if m.startswith(('animegen.components', 'animegen.pipelines', 'kfp', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_package_cycle_between_components_eval_and_pipelines():
+    """pipelines builds the DAG from the components; components and the library below them never import pipelines
+    (the names they share, the run's models and tasks and its branch switches, live in animegen.run_layout)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "animegen"
+    offenders = []
+    for package in ("components", "eval", "data", "labels", "store", "train"):
+        for path in sorted((src / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                offenders += [f"{path.relative_to(src)}: {n}" for n in names if n.startswith("animegen.pipelines")]
+    assert offenders == []

@@ -31,6 +31,7 @@ from typing import Any
 
 from animegen.config import Config
 from animegen.eval.html import esc, fmt, html_page, html_table
+from animegen.run_layout import CROSS_FID, MODELS, TAGGER
 from animegen.utils import atomic_write_text, finite, write_json
 
 SKIPPED = "skipped"  # key of the JSON a skipped branch writes in place of an Evaluation's metrics
@@ -107,10 +108,7 @@ def _is_skipped(doc: dict[str, Any] | None) -> bool:
 
 
 def task_outputs(evaluations: dict[str, dict[str, Any]], cross: dict[str, Any] | None) -> dict[str, dict[str, str]]:
-    """``{task: {output: URI}}`` of every artifact the evaluations name, by the DAG's task names (the pipeline's task
-    table is imported when called: pipelines.pipeline imports nothing of components or eval at module level)."""
-    from animegen.pipelines.pipeline import CROSS_FID, MODELS, TAGGER
-
+    """``{task: {output: URI}}`` of every artifact the evaluations name, by the DAG's task names."""
     tasks: dict[str, dict[str, str]] = {}
 
     def put(task_output: tuple[str, str], uri: str | None) -> None:

@@ -16,7 +16,7 @@ def plan(run_manga: bool, run_character: bool, run_baselines: bool, run_dcgan: b
     need two switches (a baseline needs its transfer set, the cross-dataset FID needs both sets) test these."""
     from collections import namedtuple
 
-    from animegen.pipelines.pipeline import branches
+    from animegen.run_layout import branches
 
     on = branches(run_manga=run_manga, run_character=run_character, run_baselines=run_baselines,
                   run_dcgan=run_dcgan)
