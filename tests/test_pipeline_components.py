@@ -45,8 +45,12 @@ def test_ingest_component_lineart_with_three_channels(tmp_path):
     assert images.shape == (24, 16, 16, 3) and (images[..., 0] == images[..., 2]).all()
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["channels"] == 3 and manifest["mode"] == "lineart" and manifest["split"]["block"] == 4
-    assert ds.metadata["count"] == 24
+    assert ds.metadata["count"] == 24 and ds.metadata["source"] == "synthetic:?n=24&seed=3&labels=none"
     assert "data:image/png;base64" in Path(summary.path).read_text()
+    with pytest.raises(ValueError, match="'source' .* is no longer an ingest option"):  # the parameter, not options
+        ingest.python_func(source="synthetic:?n=4", dataset=ds, summary=summary, resolution=16, mode="rgb",
+                           channels=0, sha256="", holdout=0.25, grow_to=0, limit=0, seed=0, s3_endpoint="",
+                           options={"source": "synthetic:?n=8"})
 
 
 def test_ingest_channels_option_is_validated():
@@ -72,6 +76,8 @@ def test_label_train_and_transfer_components(tmp_path):
                       summary=artifact(dsl.HTML, tmp_path / "lab.html"), tags="auto", mode="pair", threshold=0.7,
                       min_per_class=1, hair="", eyes="", options={"grid_k": 2.0, "rules": {"min_per_class": 1.0}})
     assert labelled.metadata["num_classes"] == 4 and "verification grid" in (tmp_path / "lab.html").read_text()
+    assert sorted(labelled.metadata["classes"]) == ["black hair blue eyes", "black hair red eyes",
+                                                    "blonde hair blue eyes", "blonde hair red eyes"]
     tiny = dict(resolution=16, batch=8, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32,
                 cond_mode="concat", r1_gamma=-1.0, snapshot_kimg=0.0, seed=0, device="cpu")
     source = artifact(dsl.Model, tmp_path / "source")

@@ -13,10 +13,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from animegen.eval.report import SKIPPED, evaluation_scalars  # noqa: F401  (for component bodies)
 from animegen.utils import atomic_write_text, finite, read_json, write_json  # noqa: F401  (for component bodies)
+
+if TYPE_CHECKING:
+    from animegen.data.dataset import PackedDataset
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -135,9 +138,10 @@ def _facts_table(facts: dict[str, Any]) -> str:
                                  for k, v in facts.items() if v is not None])
 
 
-def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], title: str,
+def dataset_summary(artifact: Any, dataset: PackedDataset, title: str,
                     figures: list[tuple[str, Path]] | None = None) -> None:
-    """An HTML artifact for a Dataset: its headline facts, the given figures and a grid of its first images."""
+    """An HTML artifact for a Dataset (as ``read_packed`` reads it): its headline facts, the given figures and a
+    grid of its first images."""
     import tempfile
 
     import numpy as np
@@ -148,9 +152,9 @@ def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], 
     keys = ("source", "count", "resolution", "channels", "mode", "kept", "grown", "duplicates_count",
             "skipped_count", "skipped_by_reason", "refused_count", "splits", "num_classes", "label_kind",
             "content_hash")
-    facts = {k: manifest[k] for k in keys if k in manifest}
+    facts = {k: dataset.manifest[k] for k in keys if k in dataset.manifest}
     with tempfile.TemporaryDirectory(prefix="animegen-summary-") as tmp:
-        images = np.load(Path(dataset_dir) / "images.npy", mmap_mode="r")
+        images = dataset.images
         grid = save_grid(np.asarray(images[:64]), Path(tmp) / "first.png", ncol=16) if len(images) else None
         shown = list(figures or []) + ([(f"the first {min(64, len(images))} images", grid)] if grid else [])
         body = f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(shown)}"
