@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from animegen.data import open_dataset
     from animegen.data.ingest import IngestConfig, run_ingest
-    from animegen.labels.colour import TaggerTrainConfig, train_colour_tagger
+    from animegen.labels.colour_train import TaggerTrainConfig, train_colour_tagger
     from animegen.labels.label import LabelConfig, run_label
 
     if not Path(args.zip).is_file():
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now().astimezone()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="animegen-colour-bench-")
     work = Path(args.work or tmp.name)
-    ingest_cfg = IngestConfig(source=str(args.zip), limit=3000 if args.quick else None)
+    ingest_cfg = IngestConfig(limit=3000 if args.quick else None)
     load_before, ru0, t0 = os.getloadavg(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     try:
         dataset, labelled = work / "dataset", work / "labelled"
         timings = {}
         if not (dataset / "manifest.json").is_file():
-            _, timings["ingest_s"] = _stage("ingest", run_ingest, ingest_cfg, dataset)
+            _, timings["ingest_s"] = _stage("ingest", run_ingest, ingest_cfg, str(args.zip), dataset)
         if not (labelled / "manifest.json").is_file():
             _, timings["label_s"] = _stage("label", run_label, LabelConfig(), dataset, labelled)
         imageset = open_dataset(str(labelled))

@@ -602,7 +602,7 @@ def reference_images(spec: str, n: int, seed: int = 0):
 def train_tagger(args, dest: Path) -> dict:
     """A colour tagger for scoring: MLDS ingested + labelled in a temporary folder, then trained into ``dest``."""
     from animegen.data import open_dataset
-    from animegen.labels.colour import TaggerTrainConfig, train_colour_tagger
+    from animegen.labels.colour_train import TaggerTrainConfig, train_colour_tagger
 
     if args.dry_run:
         data = open_dataset("synthetic:?n=256&resolution=64")
@@ -612,7 +612,7 @@ def train_tagger(args, dest: Path) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="animegen-gpucheck-tagger-") as tmp:
         ingested, labelled = Path(tmp) / "mlds", Path(tmp) / "mlds-labelled"
-        run_ingest(IngestConfig(source=str(args.mlds)), ingested, overwrite=True)
+        run_ingest(IngestConfig(), str(args.mlds), ingested, overwrite=True)
         run_label(LabelConfig(), ingested, labelled)
         metrics = train_colour_tagger(open_dataset(str(labelled)), dest,
                                       TaggerTrainConfig(epochs=args.tagger_epochs, device="cpu"))

@@ -36,9 +36,10 @@ def run_one(cfg_dict: dict, out: str) -> dict:
     """Child side: run the stage, return its timing and memory figures."""
     from animegen.data.ingest import IngestConfig, run_ingest
 
+    source = cfg_dict.pop("source")  # the stage's input, sent beside the config
     cfg = IngestConfig.from_dict(cfg_dict)
     ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run_ingest(cfg, out)
+    run_ingest(cfg, source, out)
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -89,16 +90,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from animegen.data.ingest import IngestConfig
 
-    cfg = IngestConfig(source=str(Path(args.source).resolve()), resolution=args.resolution, mode=args.mode,
-                       split_block=args.split_block)
+    cfg = IngestConfig(resolution=args.resolution, mode=args.mode, split_block=args.split_block)
+    source = str(Path(args.source).resolve())
     started = dt.datetime.now().astimezone()
     tmp = None if args.keep else tempfile.mkdtemp(prefix="animegen-ingest-bench-")
     out = Path(args.keep) if args.keep else Path(tmp) / "mlds"
     print(f"ingest {Path(args.source).name} -> {out} ({args.resolution} px {args.mode}) ...", flush=True)
     try:
         load_before = os.getloadavg()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(cfg.to_dict()),
-                               str(out)], capture_output=True, text=True, check=False)
+        one = json.dumps({**cfg.to_dict(), "source": source})
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", one, str(out)],
+                              capture_output=True, text=True, check=False)
         load_after = os.getloadavg()
         lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
         if proc.returncode != 0 or not lines:

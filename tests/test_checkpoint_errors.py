@@ -235,8 +235,8 @@ def test_transfer_component_reports_the_init_model(model, tmp_path):
 
     bad = copy_model(model, tmp_path / "bad")
     truncated(bad / "checkpoint.pt", model, None)
-    run_ingest(IngestConfig(source="synthetic:?n=16&seed=5&labels=none", resolution=16, holdout=0.25,
-                            split_block=4), tmp_path / "ds")
+    run_ingest(IngestConfig(resolution=16, holdout=0.25, split_block=4), "synthetic:?n=16&seed=5&labels=none",
+               tmp_path / "ds")
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: damaged checkpoint: truncated") as e:
         transfer.python_func(init_model=dsl.Model(uri=str(bad)), dataset=dsl.Dataset(uri=str(tmp_path / "ds")),
                              model=dsl.Model(uri=str(tmp_path / "target")),

@@ -1,4 +1,5 @@
-"""Tests for the colour tagger (animegen.labels.colour) and embedding clustering (animegen.labels.cluster)."""
+"""Tests for the colour tagger (animegen.labels.colour, its training in animegen.labels.colour_train) and embedding
+clustering (animegen.labels.cluster)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ from animegen.labels.cluster import ClusterConfig, run_cluster
 from animegen.labels.colour import (
     ColourTagger,
     TaggerPredictConfig,
-    TaggerTrainConfig,
     colour_tag_names,
     hair_eye_targets,
-    holdout_mask,
     load_colour_tagger,
     predict_colours,
     run_tagger_predict,
-    train_colour_tagger,
 )
+from animegen.labels.colour_train import TaggerTrainConfig, holdout_mask, train_colour_tagger
 from animegen.labels.label import LabelConfig, run_label
 from animegen.labels.tags import TagTable, read_tag_csv, write_prob_table
 

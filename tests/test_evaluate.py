@@ -27,7 +27,7 @@ from animegen.eval.accuracy import class_accuracy, requested_classes
 from animegen.store.registry import write_run
 from animegen.eval.compare import CompareConfig, run_compare
 from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid, scalar_metrics
-from animegen.labels.colour import train_colour_tagger
+from animegen.labels.colour_train import train_colour_tagger
 from animegen.train import run_train
 
 HAIR, EYES = "blonde,blue,black", "red,green"  # the colours of conftest.SYN, which the tiny GAN is trained on

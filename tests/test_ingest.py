@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
 from animegen.data import open_dataset
@@ -25,7 +26,6 @@ from animegen.data.pack import PackWriter
 from animegen.data.preprocess import XDoG, fit_square, preprocess
 from animegen.data.splits import HELDOUT, TRAIN, assign_splits, class_mix_distance
 from animegen.data.validate import load_image, reason_code
-from conftest import ROOT
 
 MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 RNG = np.random.default_rng(0)
@@ -281,7 +281,7 @@ def test_ingest_fixture_directory(tmp_path):
     (tmp_path / "outside.png").write_bytes(files["good/b.png"])
     os.symlink(tmp_path / "outside.png", src / "escape.png")
     (src / "notes.txt").write_text("ignored")
-    out = run_ingest(IngestConfig(source=str(src), **CFG), tmp_path / "out")
+    out = run_ingest(IngestConfig(**CFG), str(src), tmp_path / "out")
     m, rows = manifest_of(out), index_of(out)
     good = sorted(set(files) - set(bad), key=str.lower)
     assert sorted((r["source"] for r in rows), key=str.lower) == good
@@ -311,7 +311,7 @@ def test_ingest_fixture_zip_acceptance(tmp_path):
         zf.writestr("faces/tags.csv", "0,blonde_hair red_eyes\n")
     assert str(escape_abs) in zipfile.ZipFile(archive).namelist()
     before = tree(tmp_path)
-    out = run_ingest(IngestConfig(source=str(archive), **CFG), tmp_path / "out")
+    out = run_ingest(IngestConfig(**CFG), str(archive), tmp_path / "out")
     m, rows = manifest_of(out), index_of(out)
     good = {f"faces/{n}" for n in set(files) - set(bad)}
     assert {r["source"] for r in rows} == good and m["count"] == 5
@@ -333,20 +333,20 @@ def test_duplicates_are_counted_and_dropped(tmp_path):
     a = _encode(Image.fromarray(_noise(16, 16)), "PNG")
     src = write_tree(tmp_path / "src", {"1.png": a, "2.png": _encode(Image.fromarray(_noise(16, 16)), "PNG"),
                                         "10.png": a})
-    m = manifest_of(run_ingest(IngestConfig(source=str(src), **CFG), tmp_path / "dedupe"))
+    m = manifest_of(run_ingest(IngestConfig(**CFG), str(src), tmp_path / "dedupe"))
     assert m["count"] == 2 and m["duplicates_count"] == 1
     assert m["duplicates"] == [{"path": "10.png", "duplicate_of": "1.png"}]  # natural order: 1, 2, 10
-    m = manifest_of(run_ingest(IngestConfig(source=str(src), dedupe=False, **CFG), tmp_path / "keep"))
+    m = manifest_of(run_ingest(IngestConfig(dedupe=False, **CFG), str(src), tmp_path / "keep"))
     assert m["count"] == 3 and m["duplicates_count"] == 1 and not m["duplicates_dropped"]
     (src / "tags.csv").write_text("1,x\n")
     for _ in range(2):  # an output inside the source is not read back as source files
-        m = manifest_of(run_ingest(IngestConfig(source=str(src), **CFG), src / "packed", overwrite=True))
+        m = manifest_of(run_ingest(IngestConfig(**CFG), str(src), src / "packed", overwrite=True))
         assert m["count"] == 2 and m["ignored_count"] == 0 and len(m["tag_files"]) == 1
 
 
 def test_synthetic_ingest_carries_tags_and_modes(tmp_path):
     uri = "synthetic:?n=40&seed=2&hair=blonde,blue&eyes=red,green"
-    out = run_ingest(IngestConfig(source=uri, resolution=16, holdout=0.25, split_block=4), tmp_path / "rgb")
+    out = run_ingest(IngestConfig(resolution=16, holdout=0.25, split_block=4), uri, tmp_path / "rgb")
     faces = open_synthetic(uri, 16)
     rows, m = index_of(out), manifest_of(out)
     assert [r["tags"] for r in rows] == [[f"{x['hair']}_hair", f"{x['eye']}_eyes"] for x in faces.meta]
@@ -355,15 +355,15 @@ def test_synthetic_ingest_carries_tags_and_modes(tmp_path):
     assert (ds.images == faces.images).all() and ds.labels is None
     assert m["splits"] == {HELDOUT: 8, TRAIN: 32} and m["mode"] == "rgb" and m["source"] == uri
     assert [r["split"] for r in rows] == [r["split"] for r in index_of(
-        run_ingest(IngestConfig(source=uri, resolution=16, holdout=0.25, split_block=4, mode="grayscale"),
+        run_ingest(IngestConfig(resolution=16, holdout=0.25, split_block=4, mode="grayscale"), uri,
                    tmp_path / "grey"))]
     grey = open_dataset(str(tmp_path / "grey"))
     assert grey.images.shape == (40, 16, 16, 1) and manifest_of(tmp_path / "grey")["channels"] == 1
 
 
 def test_growth_in_ingest_uses_train_only(tmp_path):
-    cfg = IngestConfig(source="synthetic:?n=12&seed=1", resolution=16, holdout=0.25, split_block=3, grow_to=20)
-    out = run_ingest(cfg, tmp_path / "a")
+    cfg = IngestConfig(resolution=16, holdout=0.25, split_block=3, grow_to=20)
+    out = run_ingest(cfg, "synthetic:?n=12&seed=1", tmp_path / "a")
     rows, m = index_of(out), manifest_of(out)
     originals = [r for r in rows if "augmented_from" not in r]
     grown = [r for r in rows if "augmented_from" in r]
@@ -374,42 +374,59 @@ def test_growth_in_ingest_uses_train_only(tmp_path):
         src = rows[r["augmented_from"]]
         assert src["id"] in train_ids and r["split"] == TRAIN and r["tags"] == src["tags"]
         assert set(r["augment"]) == {"angle", "zoom", "shift_x", "shift_y", "fill"}
-    again = run_ingest(cfg, tmp_path / "b")
+    again = run_ingest(cfg, "synthetic:?n=12&seed=1", tmp_path / "b")
     assert (np.load(out / "images.npy") == np.load(again / "images.npy")).all()
     assert index_of(again) == rows
 
 
 def test_refuses_complete_output_and_killed_run_leaves_no_manifest(tmp_path):
-    cfg = IngestConfig(source="synthetic:?n=4", resolution=16, holdout=0.0)
-    out = run_ingest(cfg, tmp_path / "out")
+    cfg, source = IngestConfig(resolution=16, holdout=0.0), "synthetic:?n=4"
+    out = run_ingest(cfg, source, tmp_path / "out")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        run_ingest(cfg, out)
+        run_ingest(cfg, source, out)
     bad_src = write_tree(tmp_path / "bad", {"x.png": b"not an image"})
     with pytest.raises(ValueError, match="no images kept"):
-        run_ingest(IngestConfig(source=str(bad_src), **CFG), out, overwrite=True)
+        run_ingest(IngestConfig(**CFG), str(bad_src), out, overwrite=True)
     assert not (out / "manifest.json").exists()  # the old dataset is no longer taken as complete
     assert not list(out.glob("*.tmp")) and not (out / ".work").exists() and not (out / "images.npy").exists()
-    assert run_ingest(cfg, out) == out  # an incomplete directory is simply rebuilt
+    assert run_ingest(cfg, source, out) == out  # an incomplete directory is simply rebuilt
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("x")
     with pytest.raises(FileExistsError, match="not an ingest output"):
-        run_ingest(cfg, tmp_path / "other")
+        run_ingest(cfg, source, tmp_path / "other")
 
 
 def test_config_round_trip_and_errors():
-    cfg = IngestConfig(source="x.zip", mode="lineart", fit="pad", grow_to=400, split_group="stem")
+    cfg = IngestConfig(mode="lineart", fit="pad", grow_to=400, split_group="stem")
     assert IngestConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="valid: rgb, grayscale, lineart"):
-        IngestConfig(source="x", mode="sepia")
+        IngestConfig(mode="sepia")
     with pytest.raises(ValueError, match="unknown IngestConfig option"):
-        IngestConfig.from_dict({"source": "x", "colour": 1})
+        IngestConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="holdout"):
-        IngestConfig(source="x", holdout=1.0)
+        IngestConfig(holdout=1.0)
+    # the source is the stage's input, not an option: an old config that names it is refused, saying so
+    with pytest.raises(ValueError, match="'source' .* is no longer an ingest option.*animegen ingest SOURCE"):
+        IngestConfig.from_dict({"source": "x.zip", "resolution": 32})
+
+
+def test_cli_refuses_an_old_config_that_names_the_source(tmp_path, capsys):
+    from animegen.cli import main
+
+    (tmp_path / "old.yaml").write_text("source: synthetic:?n=4\nresolution: 16\n")
+    assert main(["ingest", "synthetic:?n=4", "--out", str(tmp_path / "ds"), "--config", str(tmp_path / "old.yaml"),
+                 "--no-progress"]) == 2
+    assert "'source' ('synthetic:?n=4') is no longer an ingest option" in capsys.readouterr().err
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert main(["ingest", "synthetic:?n=4", "--out", str(tmp_path / "ds"), "--resolution", "16",
+                 "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["source"] == "synthetic:?n=4" and "source" not in manifest["config"]
 
 
 @pytest.mark.skipif(not MLDS.is_file(), reason=f"{MLDS} not present")
 def test_mlds_first_500(tmp_path):
-    out = run_ingest(IngestConfig(source=str(MLDS), limit=500, split_block=8), tmp_path / "mlds")
+    out = run_ingest(IngestConfig(limit=500, split_block=8), str(MLDS), tmp_path / "mlds")
     m, rows = manifest_of(out), index_of(out)
     assert m["candidates"] == 36_740 and m["count"] == m["kept"] == 500 - m["duplicates_count"]
     assert m["skipped_count"] == 0 and m["refused_count"] == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, tiny_config
 from torch.nn import functional as F
 
 from animegen.data import ImageSet, open_dataset, synthetic_faces, write_packed
@@ -18,7 +19,6 @@ from animegen.labels.danbooru import DanbooruResNet50, load_tagger, predict_tags
 from animegen.labels.label import LabelConfig, run_label
 from animegen.labels.rules import BELOW_MIN, EYE_TAGS, HAIR_TAGS, ClassRules, apply_rules
 from animegen.labels.tags import TagTable, join, read_tag_csv, write_prob_table
-from conftest import ROOT, tiny_config
 
 RESOURCES = ROOT / "src" / "animegen" / "labels" / "resources"
 MLDS_ZIP = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
@@ -389,8 +389,8 @@ def test_label_an_ingested_synthetic_dataset_with_grown_rows(tmp_path):
     """The index written by the real ingest stage (its synthetic tags, augmented rows sharing a stem)."""
     from animegen.data.ingest import IngestConfig, run_ingest
 
-    ds = run_ingest(IngestConfig(source="synthetic:?n=12&hair=blonde,blue&eyes=red,green", resolution=16,
-                                 holdout=0.0, grow_to=20), tmp_path / "ds")
+    ds = run_ingest(IngestConfig(resolution=16, holdout=0.0, grow_to=20),
+                    "synthetic:?n=12&hair=blonde,blue&eyes=red,green", tmp_path / "ds")
     rows = [json.loads(line) for line in (ds / "index.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and sum("augmented_from" in r for r in rows) == 8
     out = run_label(LabelConfig(), ds, tmp_path / "labelled")

@@ -15,6 +15,7 @@ from kfp import dsl
 
 from animegen.cli import main
 from animegen.components import runtime as rt
+from animegen.eval.report import ReportConfig, run_id_for, run_report
 from animegen.pipelines.pipeline import (
     MODELS,
     PARAMETERS,
@@ -26,7 +27,6 @@ from animegen.pipelines.pipeline import (
     parse_toleration,
     select,
 )
-from animegen.pipelines.report import run_id_for, run_report
 
 
 def artifact(cls, path: Path):
@@ -45,18 +45,22 @@ def test_ingest_component_lineart_with_three_channels(tmp_path):
     assert images.shape == (24, 16, 16, 3) and (images[..., 0] == images[..., 2]).all()
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["channels"] == 3 and manifest["mode"] == "lineart" and manifest["split"]["block"] == 4
-    assert ds.metadata["count"] == 24
+    assert ds.metadata["count"] == 24 and ds.metadata["source"] == "synthetic:?n=24&seed=3&labels=none"
     assert "data:image/png;base64" in Path(summary.path).read_text()
+    with pytest.raises(ValueError, match="'source' .* is no longer an ingest option"):  # the parameter, not options
+        ingest.python_func(source="synthetic:?n=4", dataset=ds, summary=summary, resolution=16, mode="rgb",
+                           channels=0, sha256="", holdout=0.25, grow_to=0, limit=0, seed=0, s3_endpoint="",
+                           options={"source": "synthetic:?n=8"})
 
 
 def test_ingest_channels_option_is_validated():
     from animegen.data.ingest import IngestConfig
 
     with pytest.raises(ValueError, match="channels=2"):
-        IngestConfig(source="x", channels=2)
+        IngestConfig(channels=2)
     with pytest.raises(ValueError, match="use mode grayscale"):
-        IngestConfig(source="x", channels=1)
-    assert IngestConfig.from_dict(IngestConfig(source="x", mode="grayscale", channels=3).to_dict()).channels == 3
+        IngestConfig(channels=1)
+    assert IngestConfig.from_dict(IngestConfig(mode="grayscale", channels=3).to_dict()).channels == 3
 
 
 def test_label_train_and_transfer_components(tmp_path):
@@ -65,13 +69,15 @@ def test_label_train_and_transfer_components(tmp_path):
     from animegen.components.transfer.component import transfer
     from animegen.data.ingest import IngestConfig, run_ingest
 
-    run_ingest(IngestConfig(source="synthetic:?n=48&hair=blonde,black&eyes=red,blue", resolution=16, holdout=0.25,
-                            split_block=4), tmp_path / "ds")
+    run_ingest(IngestConfig(resolution=16, holdout=0.25, split_block=4),
+               "synthetic:?n=48&hair=blonde,black&eyes=red,blue", tmp_path / "ds")
     labelled = artifact(dsl.Dataset, tmp_path / "lab")
     label.python_func(dataset=artifact(dsl.Dataset, tmp_path / "ds"), labelled=labelled,
                       summary=artifact(dsl.HTML, tmp_path / "lab.html"), tags="auto", mode="pair", threshold=0.7,
                       min_per_class=1, hair="", eyes="", options={"grid_k": 2.0, "rules": {"min_per_class": 1.0}})
     assert labelled.metadata["num_classes"] == 4 and "verification grid" in (tmp_path / "lab.html").read_text()
+    assert sorted(labelled.metadata["classes"]) == ["black hair blue eyes", "black hair red eyes",
+                                                    "blonde hair blue eyes", "blonde hair red eyes"]
     tiny = dict(resolution=16, batch=8, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32,
                 cond_mode="concat", r1_gamma=-1.0, snapshot_kimg=0.0, seed=0, device="cpu")
     source = artifact(dsl.Model, tmp_path / "source")
@@ -81,8 +87,8 @@ def test_label_train_and_transfer_components(tmp_path):
     assert cfg["conditional"] and cfg["batch"] == 8 and cfg["r1_gamma"] == 10.0 and cfg["log_every"] == 1
     assert source.metadata["kimg"] == 0.016 and "samples" in (tmp_path / "train.html").read_text()
     # transfer: the source's architecture is taken from its config; "black hair" is the mean of two classes
-    run_ingest(IngestConfig(source="synthetic:?n=16&seed=5&labels=none", resolution=16, mode="grayscale",
-                            channels=3, holdout=0.25, split_block=4), tmp_path / "mono")
+    run_ingest(IngestConfig(resolution=16, mode="grayscale", channels=3, holdout=0.25, split_block=4),
+               "synthetic:?n=16&seed=5&labels=none", tmp_path / "mono")
     target = artifact(dsl.Model, tmp_path / "target")
     transfer.python_func(init_model=source, dataset=artifact(dsl.Dataset, tmp_path / "mono"), model=target,
                          summary=artifact(dsl.HTML, tmp_path / "transfer.html"), init_class="black hair",
@@ -111,6 +117,8 @@ def test_control_components(tmp_path):
     skip.python_func(branch="dcgan", reason="run_dcgan is false", dataset=artifact(dsl.Dataset, tmp_path / "d"),
                      metrics=metrics)
     assert json.loads((tmp_path / "m").read_text()) == {"skipped": "run_dcgan is false", "branch": "dcgan"}
+    assert json.loads((tmp_path / "d" / "SKIPPED.json").read_text()) == {"skipped": "run_dcgan is false",
+                                                                         "branch": "dcgan"}
     assert branches(False, True, True, False)["character_scratch"] and not branches(False, True, False, True)[
         "character_scratch"]
 
@@ -159,9 +167,10 @@ def test_run_report_table_skips_and_registry(tmp_path, capsys):
                    "character_scratch": {"skipped": "run_character is false"},
                    "dcgan": fake_eval("dcgan", 90.0, "dcgan"),
                    "dcgan_conditional": fake_eval("dcgan_conditional", 95.0, "dcgan", True)}
-    cross = {"skipped": "run_manga or run_character is false"}
-    result = run_report(evaluations, cross, tmp_path / "out", run_id="run-1", registry_uri=str(tmp_path / "reg"),
-                        report_uri="minio://b/report")
+    evaluations["cross_fid"] = {"skipped": "run_manga or run_character is false"}
+    cfg = ReportConfig(run_id="run-1", registry_uri=str(tmp_path / "reg"), report_uri="minio://b/report")
+    result = run_report(cfg, evaluations, tmp_path / "out")
+    assert result["run_id"] == "run-1"
     html = Path(result["report"]).read_text()
     assert html.index(">conditional<") < html.index(">manga<") < html.index(">dcgan<")  # the DAG's order
     assert "+20.00" in html  # scratch - transfer FID
@@ -177,10 +186,13 @@ def test_run_report_table_skips_and_registry(tmp_path, capsys):
     assert run["tasks"]["tagger"]["tagger"] == "minio://b/tagger"
     assert run["skipped"]["cross_fid"] == "run_manga or run_character is false"
     assert "registry: run run-1 written" in capsys.readouterr().out
-    result = run_report(evaluations, cross, tmp_path / "out2", run_id="run-2")
+    result = run_report(ReportConfig(run_id="run-2"), evaluations, tmp_path / "out2")
     assert result["registry"].startswith("skipped") and "registry: skipped" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every branch was skipped"):
-        run_report({"conditional": {"skipped": "x"}}, None, tmp_path / "out3", run_id="r")
+        run_report(ReportConfig(run_id="r"), {"conditional": {"skipped": "x"}}, tmp_path / "out3")
+    # without a run_id the job names it, as on a cluster (a remote report URI appends the job id)
+    cfg = ReportConfig(job_name="Run of animegen (x7)", job_id="1b2c3d4e-5f60", report_uri="minio://b/report")
+    assert run_report(cfg, evaluations, tmp_path / "out4")["run_id"] == "Run-of-animegen-x7-1b2c3d4e"
 
 
 def test_run_ids():
@@ -319,3 +331,32 @@ def test_submit_refused_connection_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert f"cannot submit to KFP at http://127.0.0.1:{port}" in err and "--host" in err
     assert "Traceback" not in err
+
+
+def test_report_stage_imports_neither_components_nor_pipelines():
+    """The report stage is library code: importing it loads no KFP glue and no pipeline module (the old
+    pipelines/report.py imported components.runtime, closing a components <-> pipelines cycle), nor torch (the
+    pipeline's skip placeholders call it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, animegen.eval.report; print(sorted(m for m in sys.modules "
+            "if m.startswith(('animegen.components', 'animegen.pipelines', 'kfp', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_package_cycle_between_components_eval_and_pipelines():
+    """pipelines builds the DAG from the components; components and the library below them never import pipelines
+    (the names they share, the run's models and tasks and its branch switches, live in animegen.run_layout)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "animegen"
+    offenders = []
+    for package in ("components", "eval", "data", "labels", "store", "train"):
+        for path in sorted((src / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                offenders += [f"{path.relative_to(src)}: {n}" for n in names if n.startswith("animegen.pipelines")]
+    assert offenders == []

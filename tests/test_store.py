@@ -151,6 +151,24 @@ def test_uris(tmp_path, monkeypatch):
     assert runs_root(tmp_path) == str(tmp_path / "runs") and run_uri("s3://b/x", "r1") == "s3://b/x/runs/r1"
 
 
+def test_one_local_path_for_artifacts_and_sources(tmp_path, monkeypatch):
+    """store.uris.local_path is the one reading of a local URI: the artifact store and data.sources both use it."""
+    from animegen.data import sources
+    from animegen.store import artifacts, backend, registry
+    from animegen.store.uris import local_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert local_path("file:///a/b%20c") == Path("/a/b c") and local_path("file://localhost/x") == Path("/x")
+    assert local_path("~/faces") == tmp_path / "faces" == local_path(Path("~/faces"))
+    with pytest.raises(ValueError, match="must name a local path"):
+        local_path("file://host/x")
+    with pytest.raises(ValueError, match="unsupported URI scheme"):
+        local_path("gs://bucket/x")
+    assert sources.local_path is artifacts.local_path is backend.local_path is registry.local_path is local_path
+    (tmp_path / "w.bin").write_bytes(b"w")
+    assert sources.fetch_file("~/w.bin") == tmp_path / "w.bin"
+
+
 def test_single_files_and_json(root, tmp_path):
     src = tmp_path / "weights.bin"
     src.write_bytes(os.urandom(10_000))

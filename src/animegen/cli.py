@@ -166,9 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import IngestConfig, run_ingest
 
-    base = load_config_file(args.config) if args.config else {}
-    cfg = _config(IngestConfig, args, base={**base, "source": args.source})
-    out = run_ingest(cfg, args.out, overwrite=args.overwrite, progress=args._progress)
+    out = run_ingest(_config(IngestConfig, args), args.source, args.out, overwrite=args.overwrite,
+                     progress=args._progress)
     print(f"dataset written to {out}")
     return 0
 
@@ -182,7 +181,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_tagger_train(args: argparse.Namespace) -> int:
-    from .labels.colour import TaggerTrainConfig, run_tagger_train
+    from .labels.colour_train import TaggerTrainConfig, run_tagger_train
 
     metrics = run_tagger_train(_config(TaggerTrainConfig, args), args.data, args.out)
     acc = {k: metrics.get(f"{k}_accuracy") for k in ("hair", "eye")}
@@ -575,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing Dataset in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, dest="_progress",
                    help="show a progress bar")
-    _add_config_options(p, IngestConfig, INGEST_HELP, skip=("source",))
+    _add_config_options(p, IngestConfig, INGEST_HELP)
     p.set_defaults(func=cmd_ingest)
 
     from .labels.label import LabelConfig
@@ -590,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
 
     from .labels.cluster import ClusterConfig
-    from .labels.colour import TaggerPredictConfig, TaggerTrainConfig
+    from .labels.colour import TaggerPredictConfig
+    from .labels.colour_train import TaggerTrainConfig
     p = sub.add_parser("tagger", help="the hair/eye colour tagger: train it, or predict a probability table",
                        description="A small CNN that predicts hair and eye colour. It labels untagged sets and "
                                    "scores whether generated images show the requested colours.")

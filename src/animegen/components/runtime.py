@@ -13,20 +13,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from animegen.eval.report import SKIPPED, evaluation_scalars  # noqa: F401  (for component bodies)
 from animegen.utils import atomic_write_text, finite, read_json, write_json  # noqa: F401  (for component bodies)
 
-# Scalars of an Evaluation's metrics.json logged to the KFP Metrics artifact, and their names there: every name
-# ends in _<model> so the KFP Compare page lines runs up per model (fid_conditional, acc_both_manga, ...).
-EVAL_SCALARS = {
-    "fid": "fid", "fid_psi": "fid_psi", "kid": "kid", "kid_psi": "kid_psi",
-    "hair_accuracy": "acc_hair", "eye_accuracy": "acc_eye", "both_accuracy": "acc_both",
-    "hair_accuracy_psi": "acc_hair_psi", "eye_accuracy_psi": "acc_eye_psi", "both_accuracy_psi": "acc_both_psi",
-}
-TRAIN_SCALARS = {"wall_s": "train_s", "img_per_s": "img_per_s", "peak_memory_bytes": "peak_mem_mib"}
+if TYPE_CHECKING:
+    from animegen.data.dataset import PackedDataset
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-SKIPPED = "skipped"  # key of the JSON a skipped branch writes in place of an Evaluation's metrics
 
 
 def out_dir(artifact: Any) -> Path:
@@ -105,23 +100,6 @@ def set_object_store_env(endpoint: str = "", region: str = "") -> None:
         os.environ["AWS_REGION"] = region
 
 
-def evaluation_scalars(doc: dict[str, Any], model_name: str) -> dict[str, float]:
-    """The KFP metric names and values of one Evaluation (``fid_<model>``, ``acc_both_<model>``, training time
-    ``train_s_<model>``, ``img_per_s_<model>``, ``peak_mem_mib_<model>``); non-finite and missing values are left
-    out (the UI cannot show them)."""
-    out = {}
-    for key, name in EVAL_SCALARS.items():
-        value = finite(doc.get(key))
-        if value is not None and not (key.endswith("_psi") and doc.get("psi") == 1.0):
-            out[f"{name}_{model_name}"] = value
-    train = doc.get("train") or {}
-    for key, name in TRAIN_SCALARS.items():
-        value = finite(train.get(key))
-        if value is not None:
-            out[f"{name}_{model_name}"] = value / 2**20 if key == "peak_memory_bytes" else value
-    return out
-
-
 def log_scalars(metrics: Any, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():
         metrics.log_metric(name, float(value))
@@ -160,9 +138,10 @@ def _facts_table(facts: dict[str, Any]) -> str:
                                  for k, v in facts.items() if v is not None])
 
 
-def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], title: str,
+def dataset_summary(artifact: Any, dataset: PackedDataset, title: str,
                     figures: list[tuple[str, Path]] | None = None) -> None:
-    """An HTML artifact for a Dataset: its headline facts, the given figures and a grid of its first images."""
+    """An HTML artifact for a Dataset (as ``read_packed`` reads it): its headline facts, the given figures and a
+    grid of its first images."""
     import tempfile
 
     import numpy as np
@@ -173,9 +152,9 @@ def dataset_summary(artifact: Any, dataset_dir: Path, manifest: dict[str, Any], 
     keys = ("source", "count", "resolution", "channels", "mode", "kept", "grown", "duplicates_count",
             "skipped_count", "skipped_by_reason", "refused_count", "splits", "num_classes", "label_kind",
             "content_hash")
-    facts = {k: manifest[k] for k in keys if k in manifest}
+    facts = {k: dataset.manifest[k] for k in keys if k in dataset.manifest}
     with tempfile.TemporaryDirectory(prefix="animegen-summary-") as tmp:
-        images = np.load(Path(dataset_dir) / "images.npy", mmap_mode="r")
+        images = dataset.images
         grid = save_grid(np.asarray(images[:64]), Path(tmp) / "first.png", ncol=16) if len(images) else None
         shown = list(figures or []) + ([(f"the first {min(64, len(images))} images", grid)] if grid else [])
         body = f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(shown)}"
@@ -195,7 +174,8 @@ def model_summary(artifact: Any, model_dir: Path, title: str) -> None:
                       "class init": init.get("class_init") or None})
     grids = sorted((model_dir / "samples").glob("fakes-*.png"))
     figures = [("losses", model_dir / "loss.png")] + ([(f"samples: {grids[-1].stem}", grids[-1])] if grids else [])
-    atomic_write_text(artifact.path, html_page(title, f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(figures)}"))
+    body = f"<h1>{esc(title)}</h1>{_facts_table(facts)}{figures_html(figures)}"
+    atomic_write_text(artifact.path, html_page(title, body))
 
 
 

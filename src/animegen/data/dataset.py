@@ -158,23 +158,14 @@ def open_synthetic(uri: str, resolution: int | None) -> ImageSet:
 
 
 def _open_packed(path: Path, uri: str, resolution: int | None) -> ImageSet:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
-        raise ValueError(f"{uri!r}: incomplete dataset (no manifest.json; it is written last); re-run ingest")
-    manifest = json.loads(manifest_path.read_text())
-    images = np.load(path / "images.npy", mmap_mode="r")
-    if manifest.get("count", len(images)) != len(images):
-        raise ValueError(f"{uri!r}: manifest says {manifest['count']} images, images.npy has {len(images)}")
-    if resolution is not None and resolution != images.shape[1]:
+    packed = read_packed(path, uri)
+    if resolution is not None and resolution != packed.images.shape[1]:
         raise ValueError(
-            f"{uri!r} is packed at {images.shape[1]}px, not {resolution}px; "
+            f"{uri!r} is packed at {packed.images.shape[1]}px, not {resolution}px; "
             f"re-ingest it at resolution {resolution}"
         )
-    labels, class_names = None, []
-    if (path / "labels.npy").exists():
-        labels = np.load(path / "labels.npy")
-        class_names = json.loads((path / "classes.json").read_text())["names"]
-    return ImageSet(images, labels, class_names, uri)
+    names = packed.classes["names"] if packed.classes is not None else []
+    return ImageSet(packed.images, packed.labels, names, uri)
 
 
 def _open_folder(root: Path, uri: str, resolution: int | None) -> ImageSet:
@@ -223,33 +214,118 @@ def _load_image(path: Path, resolution: int) -> np.ndarray:
     return np.asarray(im)
 
 
+# ---------------------------------------------------------------------------------- the Dataset artifact
+# The one reader and writer of the packed Dataset directory (DESIGN.md): images.npy, index.jsonl, manifest.json
+# (written last: its presence marks a complete dataset), and for labelled sets labels.npy and classes.json.
+# ingest (PackWriter + finish_packed), label, cluster and write_packed all write through these functions.
+MANIFEST, IMAGES, INDEX, LABELS, CLASSES = "manifest.json", "images.npy", "index.jsonl", "labels.npy", "classes.json"
+COPY_CHUNK = 4096  # images copied per step by write_images
+
+
+@dataclass
+class PackedDataset:
+    """A packed Dataset directory as read by :func:`read_packed` (images memory-mapped, never loaded whole)."""
+
+    path: Path
+    manifest: dict
+    images: np.ndarray  # uint8 [N,H,W,C], memory-mapped
+    labels: np.ndarray | None  # labels.npy: int64 class ids [N] or float32 multi-hot rows [N,K]
+    classes: dict | None  # classes.json: names, counts and what the labelling stage adds
+    rows: list[dict] | None  # index.jsonl, a row per image; None when the directory has no index
+
+
+def read_packed(path: str | os.PathLike, name: str | None = None) -> PackedDataset:
+    """Read the Dataset directory ``path`` (``name``: how errors call it). Refuses an incomplete one (no
+    manifest.json) and one whose manifest or index disagree with images.npy."""
+    path = Path(path)
+    name = name if name is not None else str(path)
+    if not (path / MANIFEST).is_file():
+        raise ValueError(f"{name!r}: not a complete Dataset (no {MANIFEST}, which is written last: an incomplete "
+                         f"dataset, or no dataset at all); run `animegen ingest` (again)")
+    manifest = json.loads((path / MANIFEST).read_text())
+    images = np.load(path / IMAGES, mmap_mode="r")
+    if manifest.get("count", len(images)) != len(images):
+        raise ValueError(f"{name!r}: manifest says {manifest['count']} images, {IMAGES} has {len(images)}")
+    labels, classes = None, None
+    if (path / LABELS).exists():
+        labels, classes = np.load(path / LABELS), json.loads((path / CLASSES).read_text())
+    rows = read_index(path)
+    if rows is not None and len(rows) != len(images):
+        raise ValueError(f"{name!r}: {INDEX} has {len(rows)} rows for {len(images)} images; re-run ingest")
+    return PackedDataset(path, manifest, images, labels, classes, rows)
+
+
+def read_index(path: str | os.PathLike) -> list[dict] | None:
+    """The rows of ``path``/index.jsonl, or None when there is none."""
+    index = Path(path) / INDEX
+    if not index.is_file():
+        return None
+    return [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+
+
+def index_rows(imageset: ImageSet) -> list[dict] | None:
+    """Per-image index rows: the ImageSet's meta, else the index of the packed directory it was opened from."""
+    if imageset.meta is not None:
+        return imageset.meta
+    path = Path(str(imageset.source).removeprefix("file://"))
+    rows = read_index(path) if path.is_dir() else None
+    return rows if rows is not None and len(rows) == len(imageset) else None
+
+
+def begin_packed(out_dir: str | os.PathLike) -> Path:
+    """Make ``out_dir`` and mark it incomplete (manifest.json removed first), dropping stale label files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, LABELS, CLASSES):
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def write_images(out_dir: str | os.PathLike, images: np.ndarray, pos: np.ndarray | None = None) -> Path:
+    """``images[pos]`` (all when ``pos`` is None) -> ``out_dir``/images.npy, a chunk at a time, so a memory-mapped
+    source is never read whole into RAM."""
+    pos = np.arange(len(images)) if pos is None else np.asarray(pos)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(pos), *images.shape[1:])}
+
+    def write(f) -> None:
+        np.lib.format.write_array_header_1_0(f, header)
+        for start in range(0, len(pos), COPY_CHUNK):
+            f.write(np.ascontiguousarray(images[pos[start:start + COPY_CHUNK]], dtype=np.uint8).tobytes())
+
+    path = Path(out_dir) / IMAGES
+    atomic_replace(path, write)
+    return path
+
+
+def write_labels(out_dir: str | os.PathLike, labels: np.ndarray, class_names: list[str], **facts) -> None:
+    """labels.npy, and classes.json: ``names``, ``counts`` (images per class) and ``facts`` (what the stage adds)."""
+    counts = np.bincount(labels, minlength=len(class_names)) if labels.ndim == 1 else labels.sum(0)
+    out = Path(out_dir)
+    atomic_replace(out / LABELS, lambda f: np.save(f, labels))
+    write_json(out / CLASSES, {"names": list(class_names), "counts": [int(c) for c in counts], **facts})
+
+
 def write_packed(
     imageset: ImageSet,
     out_dir: str | os.PathLike,
     extra_index: list[dict] | None = None,
     manifest_extra: dict | None = None,
 ) -> Path:
-    """Write the Dataset artifact of DESIGN.md to ``out_dir`` and return its path.
+    """Write ``imageset`` as the Dataset artifact of DESIGN.md to ``out_dir`` and return its path.
 
     Every file goes through a temporary name; manifest.json is written last, so its presence marks
     a complete dataset (a rewrite first removes the old one).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = begin_packed(out_dir)
     n = len(imageset)
     assert extra_index is None or len(extra_index) == n
-    for name in ("manifest.json", "labels.npy", "classes.json"):
-        (out / name).unlink(missing_ok=True)
-
-    atomic_replace(out / "images.npy", lambda f: np.save(f, np.ascontiguousarray(imageset.images)))
+    write_images(out, imageset.images)
     labels = imageset.labels
     if labels is not None:
-        counts = np.bincount(labels, minlength=imageset.num_classes) if labels.ndim == 1 else labels.sum(0)
-        classes = {"names": imageset.class_names, "counts": [int(c) for c in counts]}
-        atomic_replace(out / "labels.npy", lambda f: np.save(f, labels))
-        atomic_write_text(out / "classes.json", json.dumps(classes))
+        write_labels(out, labels, imageset.class_names)
 
-    def index_rows() -> Iterator[dict]:
+    def rows() -> Iterator[dict]:
         for i in range(n):
             row: dict = {"id": i, **(imageset.meta[i] if imageset.meta else {})}
             if imageset.label_kind == "class":
@@ -260,26 +336,25 @@ def write_packed(
             yield row
 
     manifest = {"num_classes": imageset.num_classes, "label_kind": imageset.label_kind, "source": imageset.source}
-    return finish_packed(out, index_rows(), {**manifest, **(manifest_extra or {})})
+    return finish_packed(out, rows(), {**manifest, **(manifest_extra or {})})
 
 
 def finish_packed(out_dir: str | os.PathLike, rows: Iterable[dict], manifest: dict) -> Path:
-    """Complete a Dataset directory whose images.npy is in place: write index.jsonl, then manifest.json LAST.
+    """Complete a Dataset directory whose images.npy (and labels) are in place: write index.jsonl, then
+    manifest.json LAST.
 
     The manifest gets the facts read from images.npy (resolution, channels, count, content_hash = sha256 of
     the file) over ``manifest``'s keys; num_classes and label_kind default to an unlabelled set.
     """
     out = Path(out_dir)
-    images = np.load(out / "images.npy", mmap_mode="r")
-    atomic_write_text(out / "index.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    images = np.load(out / IMAGES, mmap_mode="r")
+    atomic_write_text(out / INDEX, "".join(json.dumps(row) + "\n" for row in rows))
     facts = {
         "resolution": images.shape[1],
         "channels": images.shape[3],
         "count": len(images),
-        "content_hash": sha256_file(out / "images.npy"),
+        "content_hash": sha256_file(out / IMAGES),
     }
     doc = {**facts, "num_classes": 0, "label_kind": "none", **manifest, **facts}
-    write_json(out / "manifest.json", doc)
+    write_json(out / MANIFEST, doc)
     return out
-
-

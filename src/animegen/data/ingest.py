@@ -1,6 +1,6 @@
 """The ``ingest`` stage: a source URI -> the packed Dataset artifact of DESIGN.md.
 
-``run_ingest(cfg, out_dir)`` materialises the source (``animegen.data.sources.materialize``: a folder, an
+``run_ingest(cfg, source, out_dir)`` materialises the source (``animegen.data.sources.materialize``: a folder, an
 archive, https, s3, kaggle; ``synthetic:`` is drawn directly), validates every file, drops exact duplicates,
 preprocesses (square fit, resize, rgb/grayscale/lineart), packs ``images.npy`` incrementally, assigns the
 train / held-out split, optionally grows the train split, copies tag files, and writes ``index.jsonl`` and
@@ -46,9 +46,9 @@ WORK_DIR = ".work"
 
 @dataclass
 class IngestConfig(Config):
-    """Settings of one ingest run; round-trips through JSON (``to_dict`` / ``from_dict``)."""
+    """Settings of one ingest run; round-trips through JSON (``to_dict`` / ``from_dict``). The source is not a
+    setting: it is run_ingest's input, like every stage's (``animegen ingest SOURCE``)."""
 
-    source: str  # folder, archive, https://, s3://, kaggle:OWNER/DATASET or synthetic:?...
     sha256: str | None = None  # expected sha256 of a downloaded or archive source
     resolution: int = 64
     mode: str = "rgb"  # rgb | grayscale | lineart
@@ -77,6 +77,14 @@ class IngestConfig(Config):
     cache_dir: str | None = None  # download cache for remote sources
     max_total_bytes: int | None = None  # archive extraction limits (None: the extractor's defaults)
     max_entries: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> IngestConfig:
+        if "source" in values:
+            raise ValueError(f"ingest: 'source' ({values['source']!r}) is no longer an ingest option but the stage's "
+                             "input: remove it from the config and give it as the argument (`animegen ingest SOURCE "
+                             "--out DIR`, run_ingest(cfg, source, out_dir), the component's source parameter)")
+        return super().from_dict(values)
 
     def __post_init__(self) -> None:
         for name, valid in (("mode", MODES), ("fit", FITS), ("pad", PADS), ("filter", FILTERS),
@@ -122,9 +130,10 @@ class _Item:
     extra: dict  # index fields carried along (synthetic tags)
 
 
-def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+def run_ingest(cfg: IngestConfig, source: str, out_dir: str | os.PathLike, *, overwrite: bool = False,
                progress: bool = False) -> Path:
-    """Ingest ``cfg.source`` into the Dataset directory ``out_dir`` and return its path.
+    """Ingest ``source`` (a folder, archive, https://, s3://, kaggle:OWNER/DATASET or synthetic:?...) into the
+    Dataset directory ``out_dir`` and return its path.
 
     An ``out_dir`` holding a complete dataset (manifest.json) is refused unless ``overwrite``; the old
     manifest is removed first, so a run killed at any point leaves no manifest behind.
@@ -136,18 +145,18 @@ def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool
     timings: dict[str, float] = {}
     try:
         facts: dict = {}
-        if cfg.source.startswith("synthetic:"):
-            items, skipped, ignored, tag_sources = _synthetic_items(cfg), [], [], []
+        if source.startswith("synthetic:"):
+            items, skipped, ignored, tag_sources = _synthetic_items(cfg, source), [], [], []
         else:
             limits = {k: getattr(cfg, k) for k in ("max_total_bytes", "max_entries") if getattr(cfg, k) is not None}
-            src = materialize(cfg.source, work, sha256=cfg.sha256, cache_dir=cfg.cache_dir, **limits)
+            src = materialize(source, work, sha256=cfg.sha256, cache_dir=cfg.cache_dir, **limits)
             facts = {"refused": list(src.refused), "source_sha256": src.content_sha256, "source_cached": src.cached}
             items, skipped, ignored, tag_sources = _scan(Path(src.root), cfg, exclude=out)
         files_seen = len(items)
         if cfg.limit is not None:
             items = items[: cfg.limit]
         timings["source_s"] = time.perf_counter() - t0
-        rows, counts = _pack(items, skipped, cfg, out, progress)
+        rows, counts = _pack(items, skipped, cfg, out, progress, redact_uri(source))
         tag_files = _copy_tags(tag_sources, out)
         timings["pack_s"] = time.perf_counter() - t0 - timings["source_s"]
     finally:
@@ -157,7 +166,7 @@ def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool
 
     refused = facts.pop("refused", [])
     manifest = {
-        "source": redact_uri(cfg.source),
+        "source": redact_uri(source),
         "mode": cfg.mode,
         "fit": cfg.fit,
         "filter": cfg.filter,
@@ -180,7 +189,7 @@ def run_ingest(cfg: IngestConfig, out_dir: str | os.PathLike, *, overwrite: bool
         "refused": refused,
         "ignored": ignored,
         "duplicates": counts["duplicates"],
-        "config": {**cfg.to_dict(), "source": redact_uri(cfg.source)},
+        "config": cfg.to_dict(),
         "animegen_version": _version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t0, 2),  # up to here: the index and manifest writes follow
@@ -273,12 +282,12 @@ def _file_item(rel: str, path: Path, size: int, cfg: IngestConfig) -> _Item:
     return _Item(rel, prepare, decode, {})
 
 
-def _synthetic_items(cfg: IngestConfig) -> list[_Item]:
+def _synthetic_items(cfg: IngestConfig, source: str) -> list[_Item]:
     """The faces of a ``synthetic:`` URI (parsed as open_dataset parses it), drawn at ``cfg.resolution``,
     with their exact colours as Danbooru-style tags."""
     from animegen.data.dataset import open_synthetic
 
-    faces = open_synthetic(cfg.source, cfg.resolution)
+    faces = open_synthetic(source, cfg.resolution)
     n = len(faces) if cfg.limit is None else min(len(faces), cfg.limit)
     items = []
     for i in range(n):
@@ -294,7 +303,7 @@ def _synthetic_items(cfg: IngestConfig) -> list[_Item]:
 
 
 def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
-          progress: bool) -> tuple[list[dict], dict]:
+          progress: bool, source: str) -> tuple[list[dict], dict]:
     """Validate, dedupe, preprocess and pack ``items``; split; grow. Returns (index rows, counts)."""
     from tqdm.auto import tqdm
 
@@ -327,7 +336,7 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
             kept_items.append(item)
         if not rows:
             reasons = Counter(reason_code(s["reason"]) for s in skipped)
-            raise ValueError(f"no images kept from {redact_uri(cfg.source)!r} ({len(items)} candidate files, "
+            raise ValueError(f"no images kept from {source!r} ({len(items)} candidate files, "
                              f"{len(duplicates)} duplicates, skipped: {dict(reasons) or 'none'}); check the source")
         kept = len(rows)
         assign_splits(rows, cfg.holdout, block=cfg.split_block, group=cfg.split_group, seed=cfg.seed)

@@ -37,6 +37,7 @@ from animegen.data.extract import (
     safe_parts,
 )
 from animegen.store import CHUNK, ChecksumError, SizeLimitError, sha256_file, write_stream
+from animegen.store.uris import local_path
 
 HTTP_TIMEOUT_S = 60
 KAGGLE_DCGAN_SET = "splcher/animefacedataset"
@@ -130,7 +131,7 @@ def materialize(
                 raise ValueError(f"{uri!r} is a prefix: sha256 applies to a single object or archive")
             return _s3_prefix(uri, bucket, key, cache, refresh, max_total_bytes, max_entries)
     if _is_local(uri):
-        path = _local_path(uri)
+        path = local_path(uri)
         if path.is_dir():
             if sha256:
                 raise ValueError(f"{uri!r} is a folder: sha256 applies to a single file or archive")
@@ -163,22 +164,13 @@ def _is_local(uri: str) -> bool:
     return uri.startswith("file://") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", uri)
 
 
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file://"):
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{uri!r}: file:// URIs must name a local path (file:///abs/path)")
-        return Path(unquote(parts.path)).expanduser()
-    return Path(uri).expanduser()
-
-
 def _fetch(uri: str, cache: Path, sha256: str | None, refresh: bool, max_bytes: int | None) -> _Fetched:
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise ValueError(f"sha256 {sha256!r} is not 64 hex digits")
     if uri.startswith("kaggle:"):
         return _cached_download(uri, cache, sha256, refresh, lambda dest: _kaggle_download(uri, dest, sha256))
     if _is_local(uri):
-        path = _local_path(uri)
+        path = local_path(uri)
         if not path.is_file():
             raise FileNotFoundError(f"{uri!r}: no such file or folder")
         digest = None

@@ -1,26 +1,24 @@
 """Evaluation: Inception features (two back-ends), FID and KID, cached reference statistics, generated-sample
-features; per-class accuracy, reports and comparison across runs live in the sibling modules."""
-from animegen.eval.fid import (
-    Stats,
-    StatsCache,
-    dataset_stats,
-    fid_between,
-    fid_from_stats,
-    frechet_distance,
-    generator_features,
-    kid,
-)
-from animegen.eval.inception import (
-    BACKENDS,
-    Extractor,
-    InceptionWeights,
-    InceptionWeightsError,
-    find_weights,
-    resolve_extractor,
-)
+features; per-class accuracy, reports and comparison across runs live in the sibling modules.
 
-__all__ = [
-    "BACKENDS", "Extractor", "InceptionWeights", "InceptionWeightsError", "Stats", "StatsCache", "dataset_stats",
-    "fid_between", "fid_from_stats", "find_weights", "frechet_distance", "generator_features", "kid",
-    "resolve_extractor",
-]
+The names below are imported from their modules on first use, so importing a light sibling (``eval.report``,
+``eval.html``) does not load torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Stats": "fid", "StatsCache": "fid", "dataset_stats": "fid", "fid_between": "fid", "fid_from_stats": "fid",
+    "frechet_distance": "fid", "generator_features": "fid", "kid": "fid",
+    "BACKENDS": "inception", "Extractor": "inception", "InceptionWeights": "inception",
+    "InceptionWeightsError": "inception", "find_weights": "inception", "resolve_extractor": "inception",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"animegen.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'animegen.eval' has no attribute {name!r}")

@@ -30,22 +30,20 @@ chosen K's clusters as classes "cluster 0", "cluster 1", ...: ``images.npy``, ``
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from animegen.config import Config
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.data.dataset import ImageSet, open_dataset, write_packed
-from animegen.labels.colour import colour_features, index_rows, load_colour_tagger
-from animegen.labels.label import save_verification_grid
+from animegen.config import Config
+from animegen.data.dataset import ImageSet, begin_packed, index_rows, open_dataset, read_packed, write_packed
 from animegen.image_files import save_grid
+from animegen.labels.colour import colour_features, load_colour_tagger
+from animegen.labels.label import save_verification_grid
 from animegen.utils import atomic_replace, atomic_write_bytes, resolve_device, write_json
 
 EMBEDDERS = ("auto", "resnet50", "colour")
@@ -221,12 +219,6 @@ def _plot_silhouette(sweep: list[dict], chosen: int, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- stage
-def _content_hash(path: Path) -> str | None:
-    """The content hash a packed dataset's manifest records, if ``path`` is one."""
-    manifest = path / "manifest.json"
-    return json.loads(manifest.read_text()).get("content_hash") if manifest.is_file() else None
-
-
 def run_cluster(cfg: ClusterConfig, dataset: str, out_dir: str | Path) -> dict:
     """Cluster ``dataset`` (any open_dataset URI) and write the outputs listed in the module docstring.
 
@@ -237,9 +229,9 @@ def run_cluster(cfg: ClusterConfig, dataset: str, out_dir: str | Path) -> dict:
     src = Path(dataset.removeprefix("file://"))
     if src.is_dir() and src.resolve() == out.resolve():
         raise ValueError(f"out_dir {out} is the input dataset; write the clustered dataset to another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
+    begin_packed(out)  # incomplete until write_packed writes its manifest
     imageset = open_dataset(dataset)
+    parent_hash = read_packed(src).manifest.get("content_hash") if (src / "images.npy").is_file() else None
     emb, embedder = embed(imageset, cfg)
     atomic_replace(out / "embeddings.npy", lambda f: np.save(f, emb.astype(np.float32)))
 
@@ -279,7 +271,7 @@ def run_cluster(cfg: ClusterConfig, dataset: str, out_dir: str | Path) -> dict:
     meta = [{k: v for k, v in r.items() if k not in ("label", "labels")} for r in rows]
     labelled = ImageSet(np.asarray(imageset.images), labels, names, imageset.source, meta)
     write_packed(labelled, out, manifest_extra={
-        "stage": "cluster", "parent": {"source": dataset, "content_hash": _content_hash(src)},
+        "stage": "cluster", "parent": {"source": dataset, "content_hash": parent_hash},
         "cluster": {"chosen_k": chosen["k"], "silhouette": chosen["silhouette"], "embedder": embedder["embedder"]},
         "cluster_config": cfg.to_dict(),
     })

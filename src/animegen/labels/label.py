@@ -14,26 +14,23 @@ applies the class rules and writes (manifest.json last):
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from animegen.config import Config
 from PIL import Image, ImageDraw, ImageFont
 
-from animegen.store import sha256_file
+from animegen.config import Config
+from animegen.data.dataset import begin_packed, finish_packed, read_packed, write_images, write_labels
 from animegen.data.sources import fetch_file
+from animegen.image_files import grid_array
 from animegen.labels.rules import NO_TAGS, ClassRules, LabelResult, apply_rules
 from animegen.labels.tags import JOIN_KEYS, TagTable, join, read_tag_csv, row_key, tags_from_index, write_prob_table
-from animegen.image_files import grid_array
-from animegen.utils import atomic_replace, atomic_write_text, write_json
+from animegen.utils import atomic_replace, write_json
 
 TAG_SOURCES = "auto | csv:PATH | tagfile:[NAME] | table:PATH | index | danbooru:WEIGHTS_URI"
-CHUNK = 4096  # images copied per step
 
 
 @dataclass
@@ -55,11 +52,13 @@ def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | o
     if cfg.join not in JOIN_KEYS:
         raise ValueError(f"join must be one of {', '.join(JOIN_KEYS)}, got {cfg.join!r}")
     cfg.rules.validate()
-    manifest, images, rows = _read_dataset(src)
+    dataset = read_packed(src)
+    manifest, images, rows = dataset.manifest, dataset.images, dataset.rows
+    if rows is None:
+        raise ValueError(f"{src}: no index.jsonl (a row per image, written by ingest); re-run `animegen ingest`")
     if out.resolve() == src.resolve():
         raise ValueError(f"out_dir {out} is the input dataset; write the Labelled Dataset to another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # the directory is incomplete until it is rewritten
+    begin_packed(out)  # the directory is incomplete until finish_packed writes its manifest
 
     source, table, key = _tag_table(cfg, src, images, rows)
     if source.startswith("danbooru:"):
@@ -96,48 +95,27 @@ def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | o
                          f"{out / 'label_report.json'} and loosen the rules (threshold, require, exclude, "
                          f"min_per_class, hair/eyes) or give another tag source")
 
-    _copy_images(images, pos, out / "images.npy")
-    _save_npy(out / "labels.npy", labels)
-    classes = {"names": result.class_names, "counts": result.counts, "label_kind": result.label_kind,
-               "mode": result.mode, "dropped_classes": result.dropped_classes,
-               "empty_classes": result.empty_classes}
-    write_json(out / "classes.json", classes)
-    with_names = []
+    write_images(out, images, pos)
+    write_labels(out, labels, result.class_names, label_kind=result.label_kind, mode=result.mode,
+                 dropped_classes=result.dropped_classes, empty_classes=result.empty_classes)
+    kept_rows = []
     for new_id, (j, p) in enumerate(zip(kept, pos)):
         row = {**rows[p], "id": new_id, "dataset_id": rows[p].get("id", int(p))}
         row["label" if result.label_kind == "class" else "labels"] = result.names_of(int(j))
-        with_names.append(json.dumps(row))
-    atomic_write_text(out / "index.jsonl", "\n".join(with_names) + "\n")
+        kept_rows.append(row)
     kept_images = np.load(out / "images.npy", mmap_mode="r")
     plot_class_histogram(result, out / "class_histogram.png")
     save_verification_grid(kept_images, labels, result.class_names, out / "verification_grid.png", cfg.grid_k,
                            cfg.seed)
-    out_manifest = {
-        "resolution": int(images.shape[1]), "channels": int(images.shape[3]), "count": len(pos),
+    return finish_packed(out, kept_rows, {
         "num_classes": len(result.class_names), "label_kind": result.label_kind,
         "source": manifest.get("source", str(src)),
-        "content_hash": sha256_file(out / "images.npy"),
         "stage": "label",
         "parent": {"path": str(src), "content_hash": manifest.get("content_hash"), "count": n},
         "labels": {"tags_source": source, "join": key, "mode": result.mode, "classes": len(result.class_names),
                    "dropped": n - len(pos), "unlabelled": len(matched.unlabelled), "reasons": histogram},
         "label_config": cfg.to_dict(),
-    }
-    write_json(out / "manifest.json", out_manifest)
-    return out
-
-
-def _read_dataset(src: Path) -> tuple[dict, np.ndarray, list[dict]]:
-    if not (src / "manifest.json").is_file():
-        raise ValueError(f"{src}: not a complete Dataset (no manifest.json; it is written last); run "
-                         f"`animegen ingest` first")
-    manifest = json.loads((src / "manifest.json").read_text())
-    images = np.load(src / "images.npy", mmap_mode="r")
-    index = src / "index.jsonl"
-    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()] if index.is_file() else []
-    if len(rows) != len(images):
-        raise ValueError(f"{src}: index.jsonl has {len(rows)} rows for {len(images)} images; re-run ingest")
-    return manifest, images, rows
+    })
 
 
 def _tag_table(cfg: LabelConfig, src: Path, images: np.ndarray, rows: list[dict]) -> tuple[str, TagTable, str]:
@@ -188,23 +166,6 @@ def _tag_table(cfg: LabelConfig, src: Path, images: np.ndarray, rows: list[dict]
                 key, keys = cfg.join, named
         return spec, predict_tags(model, images, cfg.batch, keep=keep, keys=keys, indices=todo), key
     raise ValueError(f"unknown tag source {cfg.tags!r}; use {TAG_SOURCES}")
-
-
-def _copy_images(images: np.ndarray, pos: np.ndarray, path: Path) -> None:
-    """images[pos] -> path as .npy, a chunk at a time from the source memmap (never the whole set in RAM)."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-              "shape": (len(pos), *images.shape[1:])}
-
-    def write(f) -> None:
-        np.lib.format.write_array_header_1_0(f, header)
-        for start in range(0, len(pos), CHUNK):
-            f.write(np.ascontiguousarray(images[pos[start:start + CHUNK]], dtype=np.uint8).tobytes())
-
-    atomic_replace(path, write)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_replace(path, lambda f: np.save(f, array))
 
 
 def plot_class_histogram(result: LabelResult, path: Path) -> Path:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from animegen.run_layout import CROSS_FID, MODELS, TAGGER, CrossSpec, ModelSpec, branches  # noqa: F401  (re-exported)
+
 PIPELINE_NAME = "animegen"
 COMPILED = Path(__file__).with_name("animegen_pipeline.yaml")
 STAGES = ("ingest", "label", "tagger", "train", "transfer", "evaluate", "report")
@@ -156,13 +158,6 @@ def check_params(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def branches(run_manga: bool, run_character: bool, run_baselines: bool, run_dcgan: bool) -> dict[str, bool]:
-    """Which optional branches run (the ``plan`` component returns exactly this)."""
-    return {"manga": bool(run_manga), "manga_scratch": bool(run_manga and run_baselines),
-            "character": bool(run_character), "character_scratch": bool(run_character and run_baselines),
-            "cross_fid": bool(run_manga and run_character), "dcgan": bool(run_dcgan)}
-
-
 # ------------------------------------------------------------------------------------------------ the task graph
 @dataclass(frozen=True)
 class Task:
@@ -170,21 +165,6 @@ class Task:
     branch: str               # "main" or a key of branches()
     upstream: tuple[str, ...]  # tasks whose artifacts it reads
     outputs: dict[str, str] = field(default_factory=dict)  # artifacts others read: output -> artifact class name
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    evaluate: str
-    model: tuple[str, str]    # (task, output) of the model
-    dataset: tuple[str, str]  # (task, output) of the set it trains on and is evaluated against
-
-
-@dataclass(frozen=True)
-class CrossSpec:
-    task: str
-    name: str
-    a: tuple[str, str]
-    b: tuple[str, str]
 
 
 _EVAL = {"metrics": "Metrics"}
@@ -216,21 +196,6 @@ TASKS: dict[str, Task] = {
                                       "evaluate-character", "evaluate-character-scratch", "evaluate-dcgan",
                                       "evaluate-dcgan-conditional", "fid-manga-character")),
 }
-MODELS: dict[str, ModelSpec] = {
-    "conditional": ModelSpec("evaluate-conditional", ("train-conditional", "model"), ("label", "labelled")),
-    "manga": ModelSpec("evaluate-manga", ("transfer-manga", "model"), ("ingest-manga", "dataset")),
-    "manga_scratch": ModelSpec("evaluate-manga-scratch", ("train-manga-scratch", "model"),
-                               ("ingest-manga", "dataset")),
-    "character": ModelSpec("evaluate-character", ("transfer-character", "model"), ("ingest-character", "dataset")),
-    "character_scratch": ModelSpec("evaluate-character-scratch", ("train-character-scratch", "model"),
-                                   ("ingest-character", "dataset")),
-    "dcgan": ModelSpec("evaluate-dcgan", ("train-dcgan", "model"), ("label", "labelled")),
-    "dcgan_conditional": ModelSpec("evaluate-dcgan-conditional", ("train-dcgan-conditional", "model"),
-                                   ("label", "labelled")),
-}
-TAGGER = ("tagger", "tagger")
-CROSS_FID = CrossSpec("fid-manga-character", "manga_vs_character", ("ingest-manga", "dataset"),
-                      ("ingest-character", "dataset"))
 GPU_STAGES = ("train", "transfer")
 CACHED_STAGES = ("ingest", "label", "tagger", "train", "transfer")  # evaluate and report always run
 

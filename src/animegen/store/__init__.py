@@ -1,6 +1,10 @@
 """Where artifacts and source data live: local paths, and ``s3://`` through the minio SDK (``store.s3``).
 
-This module holds the one streamed, atomic file writer that every download goes through.
+This module holds the one streamed, atomic file writer that every download goes through. The others:
+``uris`` (what a location is: local path, file://, s3:// / minio://), ``retry`` (backoff of S3 requests),
+``backend`` (one location, local or S3, with the same operations), ``artifacts`` (the API: single files and
+multi-file artifacts with their ``_manifest.json`` protocol; it re-exports RetryPolicy, retrying, join and is_s3),
+``registry`` (the run registry) and ``s3`` (the minio SDK adapter).
 """
 
 from __future__ import annotations

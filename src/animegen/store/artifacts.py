@@ -29,23 +29,21 @@ uploaded with the same size and sha256 are skipped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import mimetypes
 import os
-import random
-import re
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
-from animegen.store import CHUNK, ChecksumError, SizeLimitError, sha256_file, write_stream
+from animegen.store import sha256_file
+from animegen.store.backend import Store, walk
+from animegen.store.retry import RetryPolicy, retrying  # noqa: F401  (re-exported: part of this module's API)
+from animegen.store.uris import UriLike, as_s3, clean_key, is_s3, join, local_path  # noqa: F401  (is_s3, join: API)
 from animegen.utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -53,8 +51,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "animegen-artifact/1"
 MAX_JSON_BYTES = 64 << 20  # read_json / manifests: refuse anything larger (a JSON document, not a data file)
-T = TypeVar("T")
-UriLike = str | os.PathLike
 
 
 class IncompleteArtifactError(FileNotFoundError):
@@ -63,109 +59,6 @@ class IncompleteArtifactError(FileNotFoundError):
 
 class ManifestError(ValueError):
     """A ``_manifest.json`` that cannot be trusted: not JSON, wrong format, or a path outside the artifact."""
-
-
-# ------------------------------------------------------------------------------------------------- retries
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff for one S3 request: ``attempts`` tries at most (the first included), waiting
-    ``initial_delay_s * 2**k`` (at most ``max_delay_s``, jittered to 50-100 %) between them, and no new attempt
-    once ``max_total_s`` have passed since the first."""
-
-    attempts: int = 6
-    initial_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-    max_total_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1 or self.initial_delay_s < 0 or self.max_delay_s < 0 or self.max_total_s < 0:
-            raise ValueError(f"invalid {self}: attempts must be >= 1 and the times >= 0")
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """Defaults, overridden by ``ANIMEGEN_STORE_RETRIES`` (attempts) and ``ANIMEGEN_STORE_RETRY_MAX_S``."""
-        kw: dict[str, Any] = {}
-        for var, name, cast in (("ANIMEGEN_STORE_RETRIES", "attempts", int),
-                                ("ANIMEGEN_STORE_RETRY_MAX_S", "max_total_s", float)):
-            value = os.environ.get(var)
-            if value:
-                try:
-                    kw[name] = cast(value)
-                except ValueError:
-                    raise ValueError(f"{var}={value!r} is not a number") from None
-        return cls(**kw)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return min(self.max_delay_s, self.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> T:
-    """``fn()``, retried on :class:`S3UnavailableError` as ``policy`` allows; other errors pass through at once."""
-    from animegen.store.s3 import S3UnavailableError
-
-    policy = policy or RetryPolicy.from_env()
-    start = time.monotonic()
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return fn()
-        except S3UnavailableError as e:
-            elapsed = time.monotonic() - start
-            wait = policy.delay(attempt)
-            if attempt == policy.attempts or elapsed + wait > policy.max_total_s:
-                raise S3UnavailableError(
-                    f"{e} (gave up {what} after {attempt} attempt{'s' * (attempt > 1)} in {elapsed:.1f}s; "
-                    "raise ANIMEGEN_STORE_RETRIES / ANIMEGEN_STORE_RETRY_MAX_S to wait longer)") from None
-            log.warning("%s failed (attempt %d/%d): %s; retrying in %.2fs", what, attempt, policy.attempts, e, wait)
-            sleep(wait)
-    raise AssertionError("unreachable")
-
-
-# ------------------------------------------------------------------------------------------------ locations
-S3_SCHEMES = ("s3://", "minio://")  # minio://bucket/key (how KFP names artifacts in its store) is read as s3://
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_s3(uri: UriLike) -> bool:
-    """True for ``s3://`` (and ``minio://``) URIs."""
-    return isinstance(uri, str) and uri.startswith(S3_SCHEMES)
-
-
-def _as_s3(uri: str) -> str:
-    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
-
-
-def _local_path(uri: UriLike) -> Path:
-    if isinstance(uri, str) and uri.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{uri!r}: only local file:// URIs (file:///path) are supported")
-        return Path(unquote(parts.path))
-    if isinstance(uri, str) and _SCHEME.match(uri):
-        raise ValueError(f"{uri!r}: unsupported URI scheme (use a local path, file:///path or s3://bucket/key)")
-    return Path(uri)
-
-
-def _clean_key(key: str, uri: str) -> str:
-    """Normalise an S3 key: no empty, '.' or '..' segments; no leading/trailing '/'."""
-    parts = [p for p in key.split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise ValueError(f"{uri!r}: '.' and '..' are not allowed in an S3 key")
-    return "/".join(parts)
-
-
-def join(uri: UriLike, *parts: str) -> str:
-    """``uri`` with path segments appended (``s3://b/p`` + ``x/y`` -> ``s3://b/p/x/y``; local: os.path.join)."""
-    if is_s3(uri):
-        from animegen.store.s3 import parse_s3_uri
-
-        bucket, key = parse_s3_uri(_as_s3(str(uri)))
-        key = _clean_key("/".join([key, *parts]), str(uri))
-        return f"s3://{bucket}/{key}" if key else f"s3://{bucket}/"
-    return str(_local_path(uri).joinpath(*parts))
 
 
 def _safe_rel(rel: str, where: str) -> str:
@@ -177,189 +70,6 @@ def _safe_rel(rel: str, where: str) -> str:
     return rel
 
 
-def _content_type(name: str) -> str:
-    if name.endswith((".json", ".jsonl")):
-        return "application/json"
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
-class _Store:
-    """One location: an S3 prefix (bucket + key) or a local folder/file. ``rel`` "" is the location itself."""
-
-    def __init__(self, uri: UriLike):
-        self.uri = str(uri)
-        self.s3 = is_s3(uri)
-        if self.s3:
-            from animegen.store.s3 import parse_s3_uri, s3_client
-
-            self.bucket, key = parse_s3_uri(_as_s3(self.uri))
-            self.key = _clean_key(key, self.uri)
-            self.client = s3_client()
-            self.uri = f"s3://{self.bucket}/{self.key}"
-        else:
-            self.path = _local_path(uri)
-
-    # names
-    def _key(self, rel: str) -> str:
-        return "/".join(p for p in (self.key, rel) if p)
-
-    def _path(self, rel: str) -> Path:
-        return self.path / rel if rel else self.path
-
-    def name(self, rel: str = "") -> str:
-        if self.s3:
-            return f"s3://{self.bucket}/{self._key(rel)}"
-        return str(self._path(rel))
-
-    @contextlib.contextmanager
-    def _bucket_hint(self) -> Iterator[None]:
-        """An upload's NoSuchBucket becomes a message that says to create the bucket."""
-        try:
-            yield
-        except FileNotFoundError as e:
-            if "NoSuchBucket" not in str(e):
-                raise
-            from animegen.store.s3 import endpoint_of
-
-            raise FileNotFoundError(
-                f"s3://{self.bucket}/: no such bucket at {endpoint_of(self.client)}; create it first "
-                f"(e.g. `mc mb ALIAS/{self.bucket}` or `weed shell` s3.bucket.create -name {self.bucket})") from None
-
-    # operations (S3 requests are retried through retrying())
-    def put_file(self, rel: str, src: Path, sha256: str, policy: RetryPolicy | None) -> None:
-        if self.s3:
-            from animegen.store.s3 import upload_file
-
-            with self._bucket_hint():
-                retrying(lambda: upload_file(self.client, self.bucket, self._key(rel), src, sha256=sha256,
-                                             content_type=_content_type(src.name)),
-                         f"uploading {self.name(rel)}", policy)
-            return
-        dest = self._path(rel)
-        try:
-            with open(src, "rb") as f:
-                write_stream(dest, iter(lambda: f.read(CHUNK), b""), sha256=sha256, label=str(src))
-        except ChecksumError:
-            raise RuntimeError(f"{src} changed while it was being copied to {dest}; nothing was written there: "
-                               "copy it again once it is no longer written to") from None
-
-    def put_bytes(self, rel: str, data: bytes, policy: RetryPolicy | None, content_type: str) -> None:
-        if self.s3:
-            import hashlib
-
-            from animegen.store.s3 import upload_bytes
-
-            digest = hashlib.sha256(data).hexdigest()
-            with self._bucket_hint():
-                retrying(lambda: upload_bytes(self.client, self.bucket, self._key(rel), data, sha256=digest,
-                                              content_type=content_type),
-                         f"uploading {self.name(rel)}", policy)
-            return
-        atomic_write_bytes(self._path(rel), data)
-
-    def get_file(self, rel: str, dest: Path, sha256: str | None, size: int | None,
-                 policy: RetryPolicy | None) -> tuple[str, int]:
-        try:
-            got = self._get_file(rel, dest, sha256, size, policy)
-        except SizeLimitError:
-            raise ChecksumError(f"size mismatch for {self.name(rel)}: larger than the {size} bytes expected; "
-                                "the download was deleted") from None
-        if size is not None and got[1] != size:
-            Path(dest).unlink(missing_ok=True)
-            raise ChecksumError(f"size mismatch for {self.name(rel)}: expected {size} bytes, got {got[1]}; "
-                                "the download was deleted")
-        return got
-
-    def _get_file(self, rel: str, dest: Path, sha256: str | None, size: int | None,
-                  policy: RetryPolicy | None) -> tuple[str, int]:
-        if self.s3:
-            from animegen.store.s3 import download_object
-
-            got = retrying(lambda: download_object(self.client, self.bucket, self._key(rel), dest, sha256=sha256,
-                                                   max_bytes=size, verify_metadata=True),
-                           f"downloading {self.name(rel)}", policy)
-        else:
-            src = self._path(rel)
-            if not src.is_file():
-                raise FileNotFoundError(f"{src}: no such file")
-            with open(src, "rb") as f:
-                got = write_stream(dest, iter(lambda: f.read(CHUNK), b""), sha256=sha256, max_bytes=size,
-                                   label=str(src))
-        return got
-
-    def get_bytes(self, rel: str, max_bytes: int, policy: RetryPolicy | None) -> bytes:
-        if not self.s3:
-            p = self._path(rel)
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: no such file")
-            if p.stat().st_size > max_bytes:
-                raise ValueError(f"{p} is larger than {max_bytes} bytes; not read")
-            return p.read_bytes()
-        from animegen.store.s3 import download_object
-
-        with tempfile.TemporaryDirectory(prefix="animegen-store-") as tmp:
-            dest = Path(tmp) / "object"
-            retrying(lambda: download_object(self.client, self.bucket, self._key(rel), dest, max_bytes=max_bytes,
-                                             verify_metadata=True, fsync=False),
-                     f"downloading {self.name(rel)}", policy)
-            return dest.read_bytes()
-
-    def stat(self, rel: str, policy: RetryPolicy | None) -> tuple[int, str | None] | None:
-        """(size, sha256 or None) of one file/object, or None when absent."""
-        if self.s3:
-            from animegen.store.s3 import stat_object
-
-            obj = retrying(lambda: stat_object(self.client, self.bucket, self._key(rel)),
-                           f"reading {self.name(rel)}", policy)
-            return None if obj is None else (obj.size, obj.sha256)
-        p = self._path(rel)
-        return (p.stat().st_size, None) if p.is_file() else None
-
-    def listing(self, policy: RetryPolicy | None) -> dict[str, int]:
-        """Every file under the location as a folder: {relative posix path: size}."""
-        if self.s3:
-            from animegen.store.s3 import list_prefix
-
-            prefix = f"{self.key}/" if self.key else ""
-            try:
-                objects = retrying(lambda: list_prefix(self.client, self.bucket, prefix),
-                                   f"listing {self.name()}", policy)
-            except FileNotFoundError:
-                return {}
-            return {o.key[len(prefix):]: o.size for o in objects}
-        return {rel: p.stat().st_size for rel, p in _walk(self.path)} if self.path.is_dir() else {}
-
-    def delete(self, rel: str, policy: RetryPolicy | None) -> None:
-        if self.s3:
-            from animegen.store.s3 import remove_object
-
-            try:
-                retrying(lambda: remove_object(self.client, self.bucket, self._key(rel)),
-                         f"deleting {self.name(rel)}", policy)
-            except FileNotFoundError:  # no bucket: nothing to delete
-                pass
-            return
-        self._path(rel).unlink(missing_ok=True)
-
-
-def _is_temp(name: str) -> bool:
-    """Temporary files of this package's atomic writers (``.NAME.XXXX.tmp`` / ``.part``)."""
-    return name.startswith(".") and name.endswith((".tmp", ".part"))
-
-
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """(relative posix path, path) of every regular file under ``root`` (symlinked files followed, symlinked
-    folders not), sorted; temporary files of atomic writers are left out."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in files:
-            p = Path(folder) / name
-            if not _is_temp(name) and p.is_file():
-                found.append((p.relative_to(root).as_posix(), p))
-    return iter(sorted(found))
-
-
 # ----------------------------------------------------------------------------------------------- single files
 def put_file(local: UriLike, uri: UriLike, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
     """Copy one local file to ``uri`` (atomically); returns ``{"uri", "size", "sha256"}``."""
@@ -367,7 +77,7 @@ def put_file(local: UriLike, uri: UriLike, *, retry: RetryPolicy | None = None) 
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such file to upload")
     sha, size = sha256_file(src), src.stat().st_size
-    store = _Store(uri)
+    store = Store(uri)
     store.put_file("", src, sha, retry)
     return {"uri": store.name(), "size": size, "sha256": sha}
 
@@ -375,7 +85,7 @@ def put_file(local: UriLike, uri: UriLike, *, retry: RetryPolicy | None = None) 
 def get_file(uri: UriLike, local: UriLike, *, sha256: str | None = None, retry: RetryPolicy | None = None) -> Path:
     """Copy the file at ``uri`` to ``local`` (temp file + rename), verifying ``sha256`` if given, else the sha256
     stored with the object at upload. A folder/prefix is refused: use :func:`get_dir`."""
-    store = _Store(uri)
+    store = Store(uri)
     if not store.s3 and store.path.is_dir():
         raise IsADirectoryError(f"{uri} is a folder; use get_dir() for a multi-file artifact")
     try:
@@ -391,14 +101,14 @@ def get_file(uri: UriLike, local: UriLike, *, sha256: str | None = None, retry: 
 def write_json(uri: UriLike, obj: Any, *, retry: RetryPolicy | None = None) -> str:
     """Write ``obj`` as indented JSON to ``uri`` (atomically); returns the URI written."""
     data = (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
-    store = _Store(uri)
+    store = Store(uri)
     store.put_bytes("", data, retry, "application/json")
     return store.name()
 
 
 def read_json(uri: UriLike, *, max_bytes: int = MAX_JSON_BYTES, retry: RetryPolicy | None = None) -> Any:
     """The JSON document at ``uri`` (a single file/object; its stored sha256 is verified)."""
-    store = _Store(uri)
+    store = Store(uri)
     try:
         data = store.get_bytes("", max_bytes, retry)
     except FileNotFoundError:
@@ -413,7 +123,7 @@ def exists(uri: UriLike, *, retry: RetryPolicy | None = None) -> bool:
     """True when ``uri`` is a file/object, or a **complete** multi-file artifact (it has ``_manifest.json``).
 
     An interrupted upload (files, no manifest) is False. Refused credentials raise, never read as False."""
-    store = _Store(uri)
+    store = Store(uri)
     if not store.s3:
         return store.path.is_file() or (store.path / MANIFEST).is_file()
     if store.key and store.stat("", retry) is not None:
@@ -424,7 +134,7 @@ def exists(uri: UriLike, *, retry: RetryPolicy | None = None) -> bool:
 def list_uris(prefix_uri: UriLike, *, retry: RetryPolicy | None = None) -> list[str]:
     """The URI of every file under the folder/prefix ``prefix_uri`` (recursively, sorted; ``_manifest.json``
     files included). A raw listing: it says nothing about completeness (see :func:`exists`)."""
-    store = _Store(prefix_uri)
+    store = Store(prefix_uri)
     return [store.name(rel) for rel in sorted(store.listing(retry))]
 
 
@@ -445,7 +155,7 @@ def build_manifest(local_dir: UriLike) -> dict[str, Any]:
 
     root = Path(local_dir)
     files = [{"path": rel, "size": p.stat().st_size, "sha256": sha256_file(p)}
-             for rel, p in _walk(root) if rel != MANIFEST]
+             for rel, p in walk(root) if rel != MANIFEST]
     return {"format": MANIFEST_FORMAT, "created": _now(), "animegen_version": __version__, "count": len(files),
             "total_bytes": sum(f["size"] for f in files), "files": files}
 
@@ -468,7 +178,7 @@ def put_dir(
     root = Path(local_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a folder (use put_file for a single file)")
-    store = _Store(uri)
+    store = Store(uri)
     if not store.s3:
         dest = store.path.resolve()
         if dest == root.resolve():  # sealing a folder in place: only the manifest is (re)written
@@ -480,7 +190,7 @@ def put_dir(
     elif not store.key:
         raise ValueError(f"{uri}: give a prefix inside the bucket (s3://bucket/some/prefix), not the bucket root")
 
-    stamps = {rel: _stamp(p) for rel, p in _walk(root)}  # taken before hashing: a later change is caught below
+    stamps = {rel: _stamp(p) for rel, p in walk(root)}  # taken before hashing: a later change is caught below
     manifest = build_manifest(root)
     previous = _previous_files(store, retry)
     store.delete(MANIFEST, retry)
@@ -515,7 +225,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _previous_files(store: _Store, retry: RetryPolicy | None) -> set[str]:
+def _previous_files(store: Store, retry: RetryPolicy | None) -> set[str]:
     """Paths the artifact's current manifest lists (empty when there is none or it is unreadable)."""
     try:
         return {f["path"] for f in _load_manifest(store, retry)["files"]}
@@ -523,7 +233,7 @@ def _previous_files(store: _Store, retry: RetryPolicy | None) -> set[str]:
         return set()
 
 
-def _same_content(store: _Store, rel: str, entry: dict[str, Any], retry: RetryPolicy | None) -> bool:
+def _same_content(store: Store, rel: str, entry: dict[str, Any], retry: RetryPolicy | None) -> bool:
     if not store.s3:
         return sha256_file(store._path(rel)) == entry["sha256"]
     st = store.stat(rel, retry)
@@ -534,7 +244,7 @@ def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2) + "\n").encode()
 
 
-def _load_manifest(store: _Store, retry: RetryPolicy | None) -> dict[str, Any]:
+def _load_manifest(store: Store, retry: RetryPolicy | None) -> dict[str, Any]:
     where = store.name()
     try:
         data = store.get_bytes(MANIFEST, MAX_JSON_BYTES, retry)
@@ -567,7 +277,7 @@ def _load_manifest(store: _Store, retry: RetryPolicy | None) -> dict[str, Any]:
 
 def read_manifest(uri: UriLike, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
     """The manifest of the artifact at ``uri``; :class:`IncompleteArtifactError` when it has none."""
-    return _load_manifest(_Store(uri), retry)
+    return _load_manifest(Store(uri), retry)
 
 
 def is_complete(uri: UriLike, *, retry: RetryPolicy | None = None) -> bool:
@@ -588,7 +298,7 @@ def get_dir(uri: UriLike, local_dir: UriLike, *, only: list[str] | None = None,
     copy) has its ``_manifest.json`` and the files only that manifest listed removed first, the files overwritten,
     and the manifest written last. ``only`` restricts the
     download to those paths (no manifest is written locally then). Returns ``local_dir``."""
-    store = _Store(uri)
+    store = Store(uri)
     manifest = _load_manifest(store, retry)
     dest = Path(local_dir)
     if not store.s3 and dest.resolve() == store.path.resolve():
@@ -609,7 +319,7 @@ def get_dir(uri: UriLike, local_dir: UriLike, *, only: list[str] | None = None,
         work = dest
         work.mkdir(parents=True, exist_ok=True)
         if only is None:  # an older copy: forget its manifest first, and the files only it listed
-            stale = _previous_files(_Store(work), retry) - {f["path"] for f in files}
+            stale = _previous_files(Store(work), retry) - {f["path"] for f in files}
             (work / MANIFEST).unlink(missing_ok=True)
             for rel in stale:
                 (work / rel).unlink(missing_ok=True)
@@ -632,7 +342,7 @@ def get_dir(uri: UriLike, local_dir: UriLike, *, only: list[str] | None = None,
 
 def get_member(uri: UriLike, rel: str, local: UriLike, *, retry: RetryPolicy | None = None) -> Path:
     """Download one file of the complete artifact at ``uri`` to ``local``, verified against the manifest."""
-    store = _Store(uri)
+    store = Store(uri)
     entry = _member(store, rel, retry)
     store.get_file(rel, Path(local), entry["sha256"], entry["size"], retry)
     return Path(local)
@@ -640,7 +350,7 @@ def get_member(uri: UriLike, rel: str, local: UriLike, *, retry: RetryPolicy | N
 
 def read_member_json(uri: UriLike, rel: str, *, retry: RetryPolicy | None = None) -> Any:
     """One JSON file of the complete artifact at ``uri``, verified against the manifest."""
-    store = _Store(uri)
+    store = Store(uri)
     entry = _member(store, rel, retry)
     if entry["size"] > MAX_JSON_BYTES:
         raise ValueError(f"{store.name(rel)} is larger than {MAX_JSON_BYTES} bytes; not read as JSON")
@@ -653,7 +363,7 @@ def read_member_json(uri: UriLike, rel: str, *, retry: RetryPolicy | None = None
             raise ValueError(f"{store.name(rel)} is not valid JSON: {e}") from None
 
 
-def _member(store: _Store, rel: str, retry: RetryPolicy | None) -> dict[str, Any]:
+def _member(store: Store, rel: str, retry: RetryPolicy | None) -> dict[str, Any]:
     manifest = _load_manifest(store, retry)
     for f in manifest["files"]:
         if f["path"] == rel:

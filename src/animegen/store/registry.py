@@ -35,21 +35,17 @@ from typing import Any
 
 from animegen.store.artifacts import (
     MANIFEST,
-    RetryPolicy,
-    UriLike,
-    _as_s3,
     _json_default,
-    _local_path,
     _now,
-    _Store,
     get_dir,
-    is_s3,
-    join,
     put_dir,
     read_json,
     read_manifest,
     read_member_json,
 )
+from animegen.store.backend import Store
+from animegen.store.retry import RetryPolicy
+from animegen.store.uris import UriLike, as_s3, is_s3, join, local_path
 
 RUN_FORMAT = "animegen-run/1"
 RUN_FILE = "run.json"
@@ -69,9 +65,9 @@ def runs_root(registry_uri: UriLike) -> str:
     if is_s3(registry_uri):
         from animegen.store.s3 import parse_s3_uri
 
-        last = parse_s3_uri(_as_s3(str(registry_uri)))[1].strip("/").rsplit("/", 1)[-1]
+        last = parse_s3_uri(as_s3(str(registry_uri)))[1].strip("/").rsplit("/", 1)[-1]
     else:
-        last = _local_path(registry_uri).name
+        last = local_path(registry_uri).name
     return join(registry_uri) if last == "runs" else join(registry_uri, "runs")
 
 
@@ -151,7 +147,7 @@ def write_run(
 
 def list_runs(registry_uri: UriLike, *, retry: RetryPolicy | None = None) -> list[str]:
     """Ids of the complete runs (those with ``_manifest.json``) in the registry, sorted; [] when there is none."""
-    listing = _Store(runs_root(registry_uri)).listing(retry)
+    listing = Store(runs_root(registry_uri)).listing(retry)
     ids = {rel.split("/")[0] for rel in listing if rel.count("/") == 1 and rel.endswith(f"/{MANIFEST}")}
     return sorted(i for i in ids if NAME_RE.match(i))
 

@@ -16,7 +16,7 @@ def plan(run_manga: bool, run_character: bool, run_baselines: bool, run_dcgan: b
     need two switches (a baseline needs its transfer set, the cross-dataset FID needs both sets) test these."""
     from collections import namedtuple
 
-    from animegen.pipelines.pipeline import branches
+    from animegen.run_layout import branches
 
     on = branches(run_manga=run_manga, run_character=run_character, run_baselines=run_baselines,
                   run_dcgan=run_dcgan)
@@ -29,11 +29,7 @@ def skip(branch: str, reason: str, dataset: Output[Dataset], metrics: Output[Met
     """Stands in for a branch that did not run (the Else side of its dsl.If): the report reads ``metrics``
     ({"skipped": reason}) and lists the branch as skipped; ``dataset`` is an empty placeholder (never trained on:
     every consumer of a branch's dataset sits behind the same switch)."""
-    import json
-    from pathlib import Path
+    from animegen.eval.report import write_skipped
 
-    Path(dataset.path).mkdir(parents=True, exist_ok=True)
-    doc = {"skipped": reason, "branch": branch}
-    (Path(dataset.path) / "SKIPPED.json").write_text(json.dumps(doc) + "\n")
-    Path(metrics.path).write_text(json.dumps(doc) + "\n")
+    write_skipped(branch, reason, dataset.path, metrics.path)
     print(f"branch {branch} skipped: {reason}")

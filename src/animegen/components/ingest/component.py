@@ -25,18 +25,16 @@ def ingest(
     (images.npy, index.jsonl, manifest.json); ``summary`` shows counts, skips and a grid of the packed images.
     0 / "" mean "unset" (channels: the mode's own; grow_to, limit: none). ``options``: any other IngestConfig field.
     """
-    import json
-
     from animegen.components import runtime as rt
+    from animegen.data.dataset import read_packed
     from animegen.data.ingest import IngestConfig, run_ingest
 
     rt.set_object_store_env(s3_endpoint)
     cfg = rt.build_config(IngestConfig, options, {
-        "source": source, "resolution": resolution, "mode": mode, "channels": rt.opt(channels),
-        "sha256": rt.opt(sha256), "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit),
-        "seed": seed})
-    out = run_ingest(cfg, rt.out_dir(dataset), overwrite=True)
-    manifest = json.loads((out / "manifest.json").read_text())
+        "resolution": resolution, "mode": mode, "channels": rt.opt(channels), "sha256": rt.opt(sha256),
+        "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit), "seed": seed})
+    packed = read_packed(run_ingest(cfg, source, rt.out_dir(dataset), overwrite=True))
+    manifest = packed.manifest
     dataset.metadata.update({k: manifest.get(k) for k in ("count", "resolution", "channels", "mode", "source",
                                                           "content_hash", "skipped_count", "grown")})
-    rt.dataset_summary(summary, out, manifest, f"Dataset: {manifest.get('source')}")
+    rt.dataset_summary(summary, packed, f"Dataset: {manifest.get('source')}")

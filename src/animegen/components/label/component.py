@@ -21,9 +21,8 @@ def label(
     """Label ``dataset`` with the class rules of the conditional StyleGAN paper; ``summary`` shows the class
     histogram and the verification grid. ``hair`` / ``eyes``: comma-separated tags to keep ("" = the paper's);
     ``options``: any other LabelConfig field (``rules`` merged with the rule parameters above)."""
-    import json
-
     from animegen.components import runtime as rt
+    from animegen.data.dataset import read_packed
     from animegen.labels.label import LabelConfig, run_label
 
     options = dict(options)
@@ -31,10 +30,9 @@ def label(
                                                 "hair": rt.csv_list(hair), "eyes": rt.csv_list(eyes)})
     cfg = rt.build_config(LabelConfig, options, {"tags": tags, "rules": rules})
     out = run_label(cfg, dataset.path, rt.out_dir(labelled))
-    classes = json.loads((out / "classes.json").read_text())
-    manifest = json.loads((out / "manifest.json").read_text())
-    labelled.metadata.update({"count": manifest["count"], "num_classes": manifest["num_classes"],
-                              "label_kind": manifest["label_kind"], "classes": classes["names"]})
-    rt.dataset_summary(summary, out, manifest, "Labelled dataset",
+    packed = read_packed(out)
+    labelled.metadata.update({"count": packed.manifest["count"], "num_classes": packed.manifest["num_classes"],
+                              "label_kind": packed.manifest["label_kind"], "classes": packed.classes["names"]})
+    rt.dataset_summary(summary, packed, "Labelled dataset",
                        figures=[("images per class", out / "class_histogram.png"),
                                 ("verification grid: a row per class", out / "verification_grid.png")])

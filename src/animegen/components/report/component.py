@@ -1,5 +1,5 @@
 """KFP component: the run's report over every model and its row per model in the run registry
-(``animegen.pipelines.report.run_report``, which runs ``animegen.eval.compare.run_compare``)."""
+(``animegen.eval.report.run_report``, which runs ``animegen.eval.compare.run_compare``)."""
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
 
@@ -33,28 +33,23 @@ def report(
     Object-store keys come from the environment (the object-store secret, ``use_secret_as_env``); ``s3_endpoint`` /
     ``s3_region`` are set into it."""
     import json
+    import shutil
     from pathlib import Path
 
     from animegen.components import runtime as rt
-    from animegen.pipelines.report import run_id_for, run_report
+    from animegen.eval.report import ReportConfig, run_report
 
     rt.set_object_store_env(s3_endpoint, s3_region)
-
-    def read(artifact):
-        return json.loads(Path(artifact.path).read_text())
-
-    evaluations = {"conditional": read(conditional), "manga": read(manga), "manga_scratch": read(manga_scratch),
-                   "character": read(character), "character_scratch": read(character_scratch),
-                   "dcgan": read(dcgan), "dcgan_conditional": read(dcgan_conditional)}
-    remote = "://" in (report.uri or "")
-    run_id = run_id_for(job_name, job_id, remote)
-    out = rt.out_dir(report_dir)
-    result = run_report(evaluations, read(cross_fid), out, run_id=run_id, registry_uri=registry_uri,
-                        report_uri=report.uri, kfp={"job_name": job_name, "job_id": job_id})
-    Path(report.path).write_text(Path(result["report"]).read_text())
-    Path(table.path).write_text(Path(result["markdown"]).read_text())
+    inputs = {"conditional": conditional, "manga": manga, "manga_scratch": manga_scratch, "character": character,
+              "character_scratch": character_scratch, "dcgan": dcgan, "dcgan_conditional": dcgan_conditional,
+              "cross_fid": cross_fid}
+    cfg = ReportConfig(job_name=job_name, job_id=job_id, registry_uri=registry_uri, report_uri=report.uri or "")
+    evaluations = {name: json.loads(Path(a.path).read_text()) for name, a in inputs.items()}
+    result = run_report(cfg, evaluations, rt.out_dir(report_dir))
+    shutil.copyfile(result["report"], report.path)
+    shutil.copyfile(result["markdown"], table.path)
     rt.log_scalars(summary, result["scalars"])
     rt.write_json(summary.path, result["scalars"])
-    report_dir.metadata.update({"run_id": run_id, "registry": str(result["registry"])})
+    report_dir.metadata.update({"run_id": result["run_id"], "registry": str(result["registry"])})
     print(Path(result["markdown"]).read_text())
     print(f"report: {report.path}")

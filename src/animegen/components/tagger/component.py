@@ -1,4 +1,4 @@
-"""KFP component: train the hair/eye colour tagger (``animegen.labels.colour.run_tagger_train``)."""
+"""KFP component: train the hair/eye colour tagger (``animegen.labels.colour_train.run_tagger_train``)."""
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -21,7 +21,7 @@ def tagger(
     """Train the colour tagger on the labelled ``dataset``; it scores the per-class accuracy of generated images in
     every evaluation. ``metrics``: held-out hair / eye accuracy (``tagger_acc_hair``, ``tagger_acc_eye``)."""
     from animegen.components import runtime as rt
-    from animegen.labels.colour import TaggerTrainConfig, run_tagger_train
+    from animegen.labels.colour_train import TaggerTrainConfig, run_tagger_train
 
     cfg = rt.build_config(TaggerTrainConfig, options, {"epochs": epochs, "width": width, "resolution": resolution,
                                                        "batch": batch, "seed": seed, "device": device})

@@ -1,9 +1,9 @@
-"""The pipeline's report step: one table and plots over every model of a run, and the run's registry record.
+"""The report stage: one table and plots over every model of a pipeline run, and the run's registry record.
 
-``run_report(evaluations, cross_fid, out_dir, ...)`` takes each model's Evaluation metrics (the JSON the evaluate
-component writes to its Metrics artifact: metrics.json plus ``model_name``, ``train_config`` and the URIs of its
-input and output artifacts), or ``{"skipped": reason}`` for a branch a parameter turned off, and writes into
-``out_dir``:
+``run_report(cfg, evaluations, out_dir)`` takes each model's Evaluation metrics (the JSON the evaluate component
+writes to its Metrics artifact: metrics.json plus ``model_name``, ``train_config`` and the URIs of its input and
+output artifacts), or ``{"skipped": reason}`` for a branch a parameter turned off, keyed by model name; the
+cross-dataset FID, when there is one, under the key ``cross_fid``. It writes into ``out_dir``:
 
 - ``compare/``: ``animegen compare`` over the run's evaluations (compare.txt/csv/json/html, fid.png,
   fid_over_kimg.png when snapshot FIDs were evaluated);
@@ -12,24 +12,83 @@ input and output artifacts), or ``{"skipped": reason}`` for a branch a parameter
   the skipped branches;
 - ``report.md``: the same table in Markdown (the KFP UI renders it);
 - ``run.json``: the run's registry record, also written to the registry (:func:`animegen.store.registry.write_run`)
-  when ``registry_uri`` is given: a row per model with its metrics and artifact URIs, the run's configuration (each
-  model's training and evaluation config), and ``tasks``: ``{task: {output: URI}}`` of the artifacts the report
-  knows, from which ``animegen pipeline compile --only STAGE --from-run RUN_ID --registry URI`` builds a pipeline
-  that imports them instead of recomputing them (see pipelines/README.md).
+  when ``cfg.registry_uri`` is given: a row per model with its metrics and artifact URIs, the run's configuration
+  (each model's training and evaluation config), and ``tasks``: ``{task: {output: URI}}`` of the artifacts the
+  report knows, from which ``animegen pipeline compile --only STAGE --from-run RUN_ID --registry URI`` builds a
+  pipeline that imports them instead of recomputing them (see pipelines/README.md).
+
+It also names each evaluation's scalars as the KFP UI shows them (:func:`evaluation_scalars`), for the evaluate and
+report components.
 """
 from __future__ import annotations
 
 import json
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from animegen.components.runtime import SKIPPED, evaluation_scalars
+from animegen.config import Config
 from animegen.eval.html import esc, fmt, html_page, html_table
+from animegen.run_layout import CROSS_FID, MODELS, TAGGER
 from animegen.utils import atomic_write_text, finite, write_json
 
+SKIPPED = "skipped"  # key of the JSON a skipped branch writes in place of an Evaluation's metrics
+CROSS_FID_KEY = "cross_fid"  # the key of the cross-dataset FID among run_report's evaluations
+# Scalars of an Evaluation's metrics.json logged to the KFP Metrics artifact, and their names there: every name
+# ends in _<model> so the KFP Compare page lines runs up per model (fid_conditional, acc_both_manga, ...).
+EVAL_SCALARS = {
+    "fid": "fid", "fid_psi": "fid_psi", "kid": "kid", "kid_psi": "kid_psi",
+    "hair_accuracy": "acc_hair", "eye_accuracy": "acc_eye", "both_accuracy": "acc_both",
+    "hair_accuracy_psi": "acc_hair_psi", "eye_accuracy_psi": "acc_eye_psi", "both_accuracy_psi": "acc_both_psi",
+}
+TRAIN_SCALARS = {"wall_s": "train_s", "img_per_s": "img_per_s", "peak_memory_bytes": "peak_mem_mib"}
+
+
+@dataclass
+class ReportConfig(Config):
+    """Options of the report stage."""
+
+    run_id: str = ""  # the run's registry id ("" = from job_name / job_id, see run_id_for)
+    job_name: str = ""  # the KFP job (locally: the run folder's name)
+    job_id: str = ""
+    registry_uri: str = ""  # s3://BUCKET/runs/ or a folder to record the run in ("" = not recorded)
+    report_uri: str = ""  # where the report artifact lives (recorded; a remote URI adds job_id to the run id)
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or run_id_for(self.job_name, self.job_id, remote="://" in self.report_uri)
+
+
+def evaluation_scalars(doc: dict[str, Any], model_name: str) -> dict[str, float]:
+    """The KFP metric names and values of one Evaluation (``fid_<model>``, ``acc_both_<model>``, training time
+    ``train_s_<model>``, ``img_per_s_<model>``, ``peak_mem_mib_<model>``); non-finite and missing values are left
+    out (the UI cannot show them)."""
+    out = {}
+    for key, name in EVAL_SCALARS.items():
+        value = finite(doc.get(key))
+        if value is not None and not (key.endswith("_psi") and doc.get("psi") == 1.0):
+            out[f"{name}_{model_name}"] = value
+    train = doc.get("train") or {}
+    for key, name in TRAIN_SCALARS.items():
+        value = finite(train.get(key))
+        if value is not None:
+            out[f"{name}_{model_name}"] = value / 2**20 if key == "peak_memory_bytes" else value
+    return out
+
+
 RUN_ID_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_skipped(branch: str, reason: str, dataset_dir: str | Path, metrics_path: str | Path) -> dict[str, str]:
+    """What a branch that a parameter turned off leaves (the pipeline's ``skip`` task): ``{"skipped": reason,
+    "branch": branch}`` as its metrics, which run_report lists as skipped, and an empty placeholder dataset folder
+    holding the same document as SKIPPED.json (never trained on: every consumer of a branch's dataset sits behind
+    the same switch)."""
+    doc = {SKIPPED: reason, "branch": branch}
+    write_json(Path(dataset_dir) / "SKIPPED.json", doc)
+    write_json(metrics_path, doc)
+    return doc
 
 
 def run_id_for(job_name: str, job_id: str, remote: bool) -> str:
@@ -50,8 +109,6 @@ def _is_skipped(doc: dict[str, Any] | None) -> bool:
 
 def task_outputs(evaluations: dict[str, dict[str, Any]], cross: dict[str, Any] | None) -> dict[str, dict[str, str]]:
     """``{task: {output: URI}}`` of every artifact the evaluations name, by the DAG's task names."""
-    from animegen.pipelines.pipeline import CROSS_FID, MODELS, TAGGER
-
     tasks: dict[str, dict[str, str]] = {}
 
     def put(task_output: tuple[str, str], uri: str | None) -> None:
@@ -125,14 +182,15 @@ def _markdown(done: dict[str, dict[str, Any]], skipped: dict[str, str], cross: d
     return "\n".join(lines) + "\n"
 
 
-def run_report(evaluations: dict[str, dict[str, Any] | None], cross_fid: dict[str, Any] | None,
-               out_dir: str | Path, *, run_id: str, registry_uri: str = "", report_uri: str = "",
-               kfp: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the run's report into ``out_dir`` and, when ``registry_uri`` is given, its registry record (see the
-    module docstring). Returns ``{"report", "markdown", "record", "scalars", "registry"}`` (paths, the KFP scalars,
-    the registry URI written or the reason none was)."""
+def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None], out_dir: str | Path) -> dict[str, Any]:
+    """Write the run's report into ``out_dir`` and, when ``cfg.registry_uri`` is given, its registry record (see the
+    module docstring). Returns ``{"run_id", "report", "markdown", "record", "scalars", "registry"}`` (paths, the KFP
+    scalars, the registry URI written or the reason none was)."""
     from animegen.eval.compare import run_compare
 
+    run_id = cfg.resolved_run_id()
+    evaluations = dict(evaluations)
+    cross_fid = evaluations.pop(CROSS_FID_KEY, None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = {k: v for k, v in evaluations.items() if not _is_skipped(v)}
@@ -187,17 +245,18 @@ def run_report(evaluations: dict[str, dict[str, Any] | None], cross_fid: dict[st
     extra = {"pipeline": "animegen", "tasks": task_outputs(evaluations, cross_fid), "skipped": skipped,
              "cross_fid": None if _is_skipped(cross_fid) else
              {k: cross_fid.get(k) for k in ("name", "fid", "kid", "kid_std", "a", "b", "extractor")},
-             "kfp": kfp or {}, "artifacts": {"report": report_uri} if report_uri else {}}
+             "kfp": {"job_name": cfg.job_name, "job_id": cfg.job_id},
+             "artifacts": {"report": cfg.report_uri} if cfg.report_uri else {}}
     record = {"run_id": run_id, "params": config, "models": models, **extra}
     record_path = out / "run.json"
     write_json(record_path, record)
-    if registry_uri:
+    if cfg.registry_uri:
         from animegen.store.registry import write_run
 
-        written = write_run(registry_uri, run_id, config, models, extra)
+        written = write_run(cfg.registry_uri, run_id, config, models, extra)
         print(f"registry: run {run_id} written to {written}")
     else:
         written = None
         print("registry: skipped (registry_uri is empty; give s3://BUCKET/runs/ or a folder to record the run)")
-    return {"report": report, "markdown": markdown, "record": record_path, "scalars": scalars,
+    return {"run_id": run_id, "report": report, "markdown": markdown, "record": record_path, "scalars": scalars,
             "registry": written or "skipped: registry_uri is empty"}
