@@ -141,7 +141,7 @@ def test_whole_dag_artifacts_exist_and_agree(full_run):
 
 
 def test_registry_rows(full_run):
-    from animegen.eval.compare import run_compare
+    from animegen.eval.compare import CompareConfig, run_compare
     from animegen.store.registry import list_runs, read_run
 
     root, run_dir, _ = full_run
@@ -155,7 +155,7 @@ def test_registry_rows(full_run):
         assert run["models"][name]["artifacts"]["model"] == str(run_dir / MODELS[name].model[0] / "model")
     assert run["tasks"]["train-conditional"]["model"] == str(run_dir / "train-conditional" / "model")
     assert run["params"]["models"]["manga"]["train"]["init_class"] == "black hair"
-    out = run_compare([str(registry)], root / "compare")  # `animegen compare` reads the registry
+    out = run_compare(CompareConfig(), [str(registry)], root / "compare")  # `animegen compare` reads the registry
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert {r["model"] for r in rows} == set(MODELS) and {r["run"] for r in rows} == {run_dir.name}
 

@@ -206,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import CompareConfig, run_compare
 
-    out = run_compare(args.sources, args.out, _config(CompareConfig, args))
+    out = run_compare(_config(CompareConfig, args), args.sources, args.out)
     print((Path(out) / "compare.txt").read_text(), end="")
     return 0
 
@@ -214,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_fid(args: argparse.Namespace) -> int:
     from .eval.evaluate import FidConfig, run_fid
 
-    path = run_fid(args.a, args.b, args.out, _config(FidConfig, args))
+    path = run_fid(_config(FidConfig, args), args.a, args.b, args.out)
     print(Path(path).read_text(), end="")
     return 0
 
@@ -626,7 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("fid", help="FID and KID between two datasets or image folders (cross-dataset)",
                        description="FID and KID between any two image sources: Dataset directories, image "
-                                   "folders, synthetic:. Writes fid.json.")
+                                   "folders, synthetic:. A folder is scored at its most common image size; "
+                                   "files of another size (e.g. the grid.png of `animegen sample`) are skipped "
+                                   "with a warning, a folder with no majority size is refused. Writes fid.json.")
     p.add_argument("a", help="first dataset or folder")
     p.add_argument("b", help="second dataset or folder")
     p.add_argument("--out", required=True, help="output directory")

@@ -30,6 +30,7 @@ from torch import nn
 
 from animegen.data.dataset import ImageSet, open_dataset
 from animegen.eval.inception import Extractor
+from animegen.progress import Progress, note
 from animegen.utils import atomic_replace
 
 CACHE_VERSION = "fid-stats-v1"  # bump when what a cached entry means changes
@@ -187,8 +188,54 @@ def open_fid_images(data: str | os.PathLike | ImageSet | FidImages) -> FidImages
     path = Path(uri.removeprefix("file://"))
     if (path / "images.npy").is_file() and (path / "manifest.json").is_file():
         return _packed_source(path, open_dataset(uri).images, uri)
-    resolution = _folder_resolution(path) if path.is_dir() else None
-    return open_fid_images(open_dataset(uri, resolution))
+    if not path.is_dir():
+        return open_fid_images(open_dataset(uri))
+    size, keep = folder_image_size(path)
+    imageset = open_dataset(uri, min(size))
+    rows = [i for i, m in enumerate(imageset.meta or []) if m.get("source") in keep]
+    if len(rows) < len(imageset):
+        imageset = ImageSet(imageset.images[rows], None if imageset.labels is None else imageset.labels[rows],
+                            imageset.class_names, imageset.source, [imageset.meta[i] for i in rows])
+    return open_fid_images(imageset)
+
+
+def folder_image_size(root: Path) -> tuple[tuple[int, int], set[str]]:
+    """The image size a folder is scored at, and the files (relative POSIX paths) of that size.
+
+    FID compares sets of same-sized images, so a folder is scored at its most common image size (width x height)
+    and files of any other size are left out with a warning naming them: the output folder of ``animegen sample``
+    scores its samples, not ``grid.png``. When no size holds more than half of the images the folder has no
+    clear size and it is refused (ValueError) rather than guessed at."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from animegen.data.dataset import IMAGE_SUFFIXES
+
+    sizes: dict[str, tuple[int, int]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                with Image.open(p) as im:
+                    sizes[p.relative_to(root).as_posix()] = im.size
+            except OSError:
+                continue  # open_dataset warns about unreadable files itself
+    if not sizes:
+        raise ValueError(f"no readable images in {root}")
+    counts = Counter(sizes.values()).most_common()
+    size, n = counts[0]
+    if 2 * n <= len(sizes):
+        listed = ", ".join(f"{c} of {w}x{h} px" for (w, h), c in counts[:5])
+        raise ValueError(f"{root}: images of mixed sizes ({listed}{', ...' if len(counts) > 5 else ''}) and none "
+                         "holds more than half of them; FID scores a set of same-sized images: keep one size per "
+                         "folder (or resize them) and score each folder on its own")
+    keep = {f for f, s in sizes.items() if s == size}
+    if len(keep) < len(sizes):
+        odd = sorted(f"{f} ({s[0]}x{s[1]})" for f, s in sizes.items() if s != size)
+        warnings.warn(f"{root}: scoring the {n} images of {size[0]}x{size[1]} px, its most common size; skipping "
+                      f"{len(odd)} of another size: {', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}",
+                      stacklevel=3)
+    return size, keep
 
 
 def _packed_dir(images: np.ndarray) -> Path | None:
@@ -213,22 +260,6 @@ def _packed_source(folder: Path, images: np.ndarray, name: str) -> FidImages:
             splits = [r["split"] for r in rows]
     content = manifest.get("content_hash")
     return FidImages(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
-
-
-def _folder_resolution(root: Path) -> int | None:
-    """The size of the first image of a folder, so that a folder of N x N images is read without resizing."""
-    from PIL import Image
-
-    from animegen.data.dataset import IMAGE_SUFFIXES
-
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(p) as im:
-                    return min(im.size)
-            except OSError:
-                continue
-    return None
 
 
 def _array_hash(images: np.ndarray) -> str:
@@ -358,14 +389,15 @@ class StatsCache:
 
 def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Extractor, max_images: int | None = None,
                   split: str | None = None, cache: bool | StatsCache = True, batch: int | None = None,
-                  progress: bool = False) -> Stats:
+                  progress: bool = True) -> Stats:
     """Statistics (and float32 features) of a dataset's images under ``extractor``, cached.
 
     ``data``: a packed Dataset directory, an image folder, ``synthetic:...``, an ImageSet or a FidImages (see
     :func:`open_fid_images`). ``split`` picks the
     train/heldout side recorded in a packed Dataset's index.jsonl; ``max_images`` caps the count (a seeded random
     subset). ``cache``: True = local cache plus the object store when ANIMEGEN_STORE is set; False = none; or a
-    StatsCache. The cache key: content hash, resolution, split, sample count, extractor id.
+    StatsCache. The cache key: content hash, resolution, split, sample count, extractor id. ``progress``: a line
+    (or bar) while features are computed, and a note when cached statistics are reused.
     """
     source = open_fid_images(data)
     idx, subset = _select(source, max_images, split)
@@ -376,11 +408,15 @@ def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Ext
     if store is not None:
         hit = store.get(key, parts)
         if hit is not None:
+            note(f"reusing cached statistics of {source.name} ({store.paths(key)[0]})", progress)
             return hit
     b = batch or extractor.batch_size
     whole = len(idx) == len(source.images)  # contiguous slices; else rows by index (a memmap reads only those)
     batches = (source.images[i:i + b] if whole else source.images[idx[i:i + b]] for i in range(0, len(idx), b))
-    stats = Stats.from_features(extractor.features(batches, progress=progress), extractor.id)
+    what = f"{source.name}" + (f" ({split} split)" if split else "") + \
+        (f", {len(idx)} of {len(source.images)} images" if len(idx) < len(source.images) else "")
+    features = extractor.features(batches, progress=what if progress else False, total=len(idx))
+    stats = Stats.from_features(features, extractor.id)
     if store is not None:
         store.put(key, parts, stats)
     return stats
@@ -390,7 +426,8 @@ def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Ext
 
 def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_psi: float = 1.0,
                        classes: np.ndarray | torch.Tensor | None = None, batch: int | None = None,
-                       device: str | torch.device | None = None, seed: int = 0) -> np.ndarray:
+                       device: str | torch.device | None = None, seed: int = 0,
+                       progress: bool | str = False) -> np.ndarray:
     """Features [n, 2048] (float64) of ``n`` samples of ``G``, streamed batch by batch into the extractor.
 
     No image is written: each batch goes from ``G`` (on ``device``, default G's own) to the extractor and is
@@ -398,6 +435,7 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
     RNG, so a run is repeatable. Conditional G: each sample's condition row is drawn uniformly from ``classes``
     (a condition matrix [M, c_dim], e.g. ``ImageSet.conditions()`` so the class mix follows the data), or, when
     ``classes`` is None, a one-hot row of a uniformly drawn class. ``truncation_psi`` is passed to G.mapping.
+    ``progress``: show it (:mod:`animegen.progress`), a string naming what is sampled.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
@@ -416,14 +454,17 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
     was_training = G.training
     G.eval()
     out = []
+    what = progress if isinstance(progress, str) else f"sampling and Inception features (ψ = {truncation_psi:g})"
     try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.inference_mode():
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.inference_mode(), \
+                Progress(what, n, "img", enabled=bool(progress)) as bar:
             torch.manual_seed(seed)
             for i in range(0, n, b):
                 k = min(b, n - i)
                 z = torch.randn(k, G.z_dim, generator=gen)
                 c = None if rows is None else rows[torch.randint(len(rows), (k,), generator=gen)].to(dev)
                 out.append(extractor(G(z.to(dev), c, truncation_psi=truncation_psi)))
+                bar.update(k)
     finally:
         G.train(was_training)
     return np.concatenate(out)
@@ -433,7 +474,7 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
 
 def fid_between(a: str | os.PathLike | ImageSet, b: str | os.PathLike | ImageSet, extractor: Extractor,
                 max_images: int | None = None, split: str | None = None, cache: bool | StatsCache = True,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False) -> dict[str, Any]:
+                kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict[str, Any]:
     """FID and KID between two datasets or image folders (cross-dataset), each side's statistics cached.
 
     Returns a JSON-ready dict: fid, kid, kid_std, n_a, n_b, content_a, content_b (each side's cache identity, see

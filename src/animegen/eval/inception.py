@@ -395,21 +395,22 @@ class Extractor:
         return self._forward(x)
 
     def features(self, images: ImageBatch | Iterable[ImageBatch], batch: int | None = None,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool | str = False, total: int | None = None) -> np.ndarray:
         """Features of a whole set: float64 [N, 2048]. ``images`` is one array/tensor (read ``batch`` images at a
-        time, so a memory-mapped set is never loaded whole) or an iterable of batches; an ImageSet works too."""
+        time, so a memory-mapped set is never loaded whole) or an iterable of batches (``total`` images in all,
+        when known); an ImageSet works too. ``progress``: show it (:mod:`animegen.progress`), a string naming the
+        set in its line."""
+        from animegen.progress import track
+
         images = getattr(images, "images", images)  # an ImageSet
         if isinstance(images, (np.ndarray, torch.Tensor)):
             batches: Iterable[ImageBatch] = _chunks(images, batch or self.batch_size)
             total = len(images)
         else:
-            batches, total = images, None
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=None if total is None else -(-total // (batch or self.batch_size)),
-                           desc=f"inception ({self.backend})", unit="batch")
-        out = [self(b) for b in batches]
+            batches = images
+        what = f"Inception features of {progress}" if isinstance(progress, str) else "Inception features"
+        out = [self(b) for b in track(batches, f"{what} ({self.backend}, {self.device})", total, "img",
+                                      enabled=bool(progress))]
         return np.concatenate(out) if out else np.empty((0, FEATURE_DIM))
 
 
