@@ -350,15 +350,17 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     if not args.local:
         raise ValueError("only --local runs here (kfp.local); to run on a cluster use `animegen pipeline submit "
                          "--host URL` (or upload the YAML of `animegen pipeline compile`)")
-    from .pipelines.local import run_local
+    from .pipelines.local import run_local, summary_lines
 
     given = _pipeline_params(args)  # (placement options mean nothing to kfp.local: compile and submit take them)
     run = run_local(given, args.pipeline_root, only=args.only, from_run=args.from_run, registry=args.registry,
-                    threads=args.threads)
+                    threads=args.threads, verbose=args.verbose)
     rec = run.record
     if rec.get("reused"):
         print(f"reused from {args.from_run}: {', '.join(rec['reused'])}; reran: {', '.join(rec['rerun'])}")
-    print(f"run {run.run_id} {rec['status']} in {rec['wall_s']:.0f} s; artifacts: {run.run_dir}")
+    print(f"run {run.run_id} {rec['status']} in {rec['wall_s']:.0f} s; artifacts and task logs: {run.run_dir}")
+    for line in summary_lines(run.run_dir):
+        print(line)
     print(f"report: {run.report}")
     return 0
 
@@ -465,6 +467,8 @@ def _add_pipeline_parser(sub) -> None:
     q.add_argument("--threads", type=int, metavar="N",
                    help="torch threads per stage (default: $OMP_NUM_THREADS, else 1, the fastest for the tiny "
                         "defaults; 0 = one per core, for real sizes)")
+    q.add_argument("--verbose", action="store_true", help="print kfp.local's own output (every task's executor "
+                   "input and log) instead of a line per task and the logs in <task>/log.txt")
     params_args(q)
     rerun_args(q, local=True)
     q.set_defaults(func=cmd_pipeline_run)
