@@ -223,7 +223,7 @@ def folder_image_size(root: Path) -> tuple[tuple[int, int], set[str]]:
                 continue  # open_dataset warns about unreadable files itself
     if not sizes:
         raise ValueError(f"no readable images in {root}")
-    counts = Counter(sizes.values()).most_common()
+    counts = sorted(Counter(sizes.values()).items(), key=lambda kv: (-kv[1], kv[0]))  # ties: the smaller size
     size, n = counts[0]
     if 2 * n <= len(sizes):
         listed = ", ".join(f"{c} of {w}x{h} px" for (w, h), c in counts[:5])
