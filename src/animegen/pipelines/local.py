@@ -93,8 +93,7 @@ class TaskReporter:
 
     def __init__(self, stream: TextIO, total: int):
         self.stream, self.total, self.count = stream, total, 0
-        self.failed: tuple[str, Path] | None = None
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # wall time of each task that ran
 
     @staticmethod
     def task_dir(command: list[str]) -> Path | None:
@@ -124,7 +123,6 @@ class TaskReporter:
         self.seconds[name] = time.perf_counter() - t0
         self._write(f"{'ok' if code == 0 else 'FAILED':<6} {self.seconds[name]:6.1f} s\n")
         if code != 0:
-            self.failed = (name, log)
             lines = log.read_text(errors="replace").splitlines()[-FAILED_TAIL:]
             self._write(f"--- the last {len(lines)} lines of {name}'s log:\n"
                         + "".join(f"    {line}\n" for line in lines) + f"--- full log: {log}\n")
@@ -326,6 +324,7 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
                       "only": list(only or []), "from_run": from_run, "registry": registry,
                       "rerun": sorted(rerun) if rerun is not None else "all",
                       "reused": list(getattr(pipeline, "imported", [])), "tasks": tasks,
+                      "task_s": {k: round(v, 1) for k, v in reporter.seconds.items()},
                       "report": str(report) if report else None}
             (run_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return LocalRun(run_dir.name, run_dir, report, record)
