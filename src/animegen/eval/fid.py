@@ -222,7 +222,7 @@ def folder_image_size(root: Path) -> tuple[tuple[int, int], set[str]]:
             except OSError:
                 continue  # open_dataset warns about unreadable files itself
     if not sizes:
-        raise ValueError(f"no readable images in {root}")
+        raise ValueError(f"no images found in {str(root)!r}")
     counts = sorted(Counter(sizes.values()).items(), key=lambda kv: (-kv[1], kv[0]))  # ties: the smaller size
     size, n = counts[0]
     if 2 * n <= len(sizes):
