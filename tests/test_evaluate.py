@@ -21,13 +21,12 @@ from PIL import Image
 from s3server import start_weed
 
 from animegen.data import open_dataset, write_packed
-from animegen.eval import fid as fidlib
-from animegen.eval import inception
+from animegen.eval import fid_images, inception
 from animegen.eval.accuracy import class_accuracy, requested_classes
-from animegen.store.registry import write_run
 from animegen.eval.compare import CompareConfig, run_compare
 from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid, scalar_metrics
 from animegen.labels.colour import train_colour_tagger
+from animegen.store.registry import write_run
 from animegen.train import train
 
 HAIR, EYES = "blonde,blue,black", "red,green"  # the colours of conftest.SYN, which the tiny GAN is trained on
@@ -367,7 +366,7 @@ def test_cross_dataset_fid_between_a_packed_set_and_an_image_folder(dataset, inc
     for i, img in enumerate(other.images):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
     opened = []
-    monkeypatch.setattr(fidlib, "open_dataset", lambda uri, *a: opened.append(uri) or open_dataset(uri, *a))
+    monkeypatch.setattr(fid_images, "open_dataset", lambda uri, *a: opened.append(uri) or open_dataset(uri, *a))
     path = run_fid(FidConfig(max_images=12, device="cpu"), str(dataset), str(folder), tmp_path / "fid")
     assert sorted(opened) == sorted([str(dataset), str(folder)])  # each side is read (and hashed) once
     doc = json.loads(path.read_text())

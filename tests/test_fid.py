@@ -403,7 +403,7 @@ def test_a_folder_is_scored_at_its_most_common_image_size(tmp_path):
     warning naming what it skipped; a folder with no majority size is refused."""
     from PIL import Image
 
-    from animegen.eval.fid import open_fid_images
+    from animegen.eval.fid_images import open_fid_images
 
     faces = open_synthetic("synthetic:?n=6&resolution=16&seed=1", None)
     folder = tmp_path / "sample"

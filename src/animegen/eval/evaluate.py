@@ -176,6 +176,7 @@ def _accuracy(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig
         return None, None, str(e)
     from animegen.labels.colour import load_colour_tagger
 
+    note(f"per-class accuracy: {cfg.k_per_class} images per class, scored by the colour tagger", cfg.progress)
     tagger = load_colour_tagger(cfg.tagger, device)
     kw: dict[str, Any] = {"k": cfg.k_per_class, "seed": cfg.seed, "batch": cfg.batch or GEN_BATCH,
                           "device": device, "multi_hot": multi_hot}
@@ -203,6 +204,7 @@ def _pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig
     """Sample grids, truncation grid, style mixing (StyleGAN) and the interpolation GIF via the latent tools."""
     from animegen.latent import interpolate, mix, sample, truncate
 
+    note("pictures: sample, truncation and style-mixing grids, interpolation GIF", cfg.progress)
     scale = max(1.0, 64 / G.resolution)  # small images are shown enlarged, pixelated
     psi = cfg.psi
     spec = _class_spec(class_names, multi_hot)
@@ -265,9 +267,6 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device, model_dir.name)
     at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device,
                                                   model_dir.name)
-    if class_names and cfg.tagger:
-        note(f"per-class accuracy of {model_dir.name}: {cfg.k_per_class} images per class, scored by the tagger",
-             cfg.progress)
     acc_1, acc_psi, acc_skipped = _accuracy(G, class_names, multi_hot, cfg, device)
 
     curve: list[dict[str, Any]] = []
@@ -281,7 +280,6 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
             caption = f"FID (ψ = 1, {curve[0]['n']} generated images) of each snapshot"
             sections.append(("FID over training", [Figure(plot, caption)]))
     if cfg.grids:
-        note(f"pictures of {model_dir.name}: sample, truncation and mixing grids, interpolation", cfg.progress)
         sections += _pictures(G, class_names, multi_hot, cfg, out, device)
     if (model_dir / "loss.png").is_file():
         sections.append(("Training losses", [Figure(model_dir / "loss.png", f"{model_dir.name}/loss.png")]))

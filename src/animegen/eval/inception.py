@@ -151,7 +151,10 @@ def find_weights(weights: str | None = None, backend: str = "auto", download: bo
         return InceptionWeights(path, kind, _cached_sha256(path), "explicit")
 
     tried = ["1. --inception-weights PATH|URI: not given"]
-    want = (lambda b: backend in ("auto", b))
+
+    def want(b: str) -> bool:
+        return backend in ("auto", b)
+
     hub = hub_weights_path()
     if want("pytorch-fid"):
         if hub.is_file():
@@ -331,7 +334,8 @@ class Extractor:
             images = torch.from_numpy(np.require(images, requirements=["C", "W"]))
         x = images
         if x.ndim != 4:
-            raise ValueError(f"images must be a batch [N, H, W, C] (uint8) or [N, C, H, W] (float), got {list(x.shape)}")
+            raise ValueError(f"images must be a batch [N, H, W, C] (uint8) or [N, C, H, W] (float), "
+                             f"got {list(x.shape)}")
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             if x.shape[-1] not in (1, 3):
