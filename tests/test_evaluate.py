@@ -21,13 +21,12 @@ from PIL import Image
 from s3server import start_weed
 
 from animegen.data import open_dataset, write_packed
-from animegen.eval import fid as fidlib
-from animegen.eval import inception
+from animegen.eval import fid_images, inception
 from animegen.eval.accuracy import class_accuracy, requested_classes
-from animegen.store.registry import write_run
 from animegen.eval.compare import CompareConfig, run_compare
 from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid, scalar_metrics
 from animegen.labels.colour_train import train_colour_tagger
+from animegen.store.registry import write_run
 from animegen.train import run_train
 
 HAIR, EYES = "blonde,blue,black", "red,green"  # the colours of conftest.SYN, which the tiny GAN is trained on
@@ -261,7 +260,7 @@ def _second_run(evaluation, tmp_path, extractor: str | None = None):
 
 def test_compare_tabulates_two_local_runs(evaluation, tmp_path):
     other, m_b = _second_run(evaluation, tmp_path)
-    out = run_compare([str(evaluation.parent.parent), str(other.parent)], tmp_path / "cmp")
+    out = run_compare(CompareConfig(), [str(evaluation.parent.parent), str(other.parent)], tmp_path / "cmp")
     rows = list(csv.DictReader((out / "compare.csv").open()))
     a = json.loads((evaluation / "metrics.json").read_text())
     assert [(r["run"], r["model"]) for r in rows] == [("run-a", "stylegan-cond"), ("run-b", "stylegan-cond")]
@@ -278,17 +277,62 @@ def test_compare_tabulates_two_local_runs(evaluation, tmp_path):
             assert im.size[0] > 200
 
 
+def _pipeline_root(evaluation, root, runs: dict[str, float]):
+    """Local pipeline runs as `pipeline run --local` leaves them: per run the evaluate task's Evaluation (its Model
+    folder is called `model`), the task's Metrics file naming the model, and the registry's copy of the metrics."""
+    base = json.loads((evaluation / "metrics.json").read_text())
+    for run_id, shift in runs.items():
+        m = {**base, "fid": base["fid"] + shift, "created": f"2026-01-0{len(list(root.glob('animegen-*'))) + 1}"}
+        m["model"] = {**m["model"], "name": "model"}
+        task = root / run_id / "evaluate-manga"
+        (task / "evaluation").mkdir(parents=True)
+        (root / run_id / "animegen_run.json").write_text("{}")
+        (task / "evaluation" / "metrics.json").write_text(json.dumps(m))
+        named = {**m, "model_name": "manga", "model": {**m["model"], "name": "manga"}}
+        (task / "metrics").write_text(json.dumps(named))
+        reg = root / "registry" / "runs" / run_id
+        (reg / "metrics").mkdir(parents=True)
+        (reg / "run.json").write_text(json.dumps({"run_id": run_id}))
+        (reg / "metrics" / "manga.json").write_text(json.dumps(named))
+    return base
+
+
+def test_compare_lists_each_evaluation_once_as_a_pivot_of_models_by_run(evaluation, tmp_path):
+    base = _pipeline_root(evaluation, tmp_path / "root", {"animegen-1": 0.0, "animegen-2": 2.5})
+    out = run_compare(CompareConfig(), [str(tmp_path / "root")], tmp_path / "cmp")
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [(r["run"], r["model"]) for r in rows] == [("animegen-1", "manga"), ("animegen-2", "manga")]
+    assert rows[0]["evaluation"] != rows[1]["evaluation"] and len(rows[0]["evaluation"]) == 12
+    # a run folder alone: the task's copy, named by its run folder and its Metrics file (not "model")
+    alone = run_compare(CompareConfig(), [str(tmp_path / "root" / "animegen-2")], tmp_path / "cmp2")
+    assert [(r["run"], r["model"]) for r in json.loads((alone / "compare.json").read_text())["rows"]] == [
+        ("animegen-2", "manga")]
+    lines = (out / "compare.txt").read_text().splitlines()
+    assert lines[0].split() == ["model", "FID", "animegen-1", "FID", "animegen-2", "(Δ", "animegen-1)", "KID",
+                                "animegen-1", "KID", "animegen-2", "(Δ", "animegen-1)", "both", "✓", "animegen-1",
+                                "both", "✓", "animegen-2", "(Δ", "animegen-1)"]
+    row = lines[1].split()
+    assert row[0] == "manga" and len([ln for ln in lines if ln.startswith("manga")]) == 1
+    assert float(row[1]) == pytest.approx(base["fid"], abs=0.01) and row[3] == "(+2.5)"
+    assert float(row[2]) == pytest.approx(base["fid"] + 2.5, abs=0.01)
+    pivot = json.loads((out / "compare.json").read_text())["pivot"]
+    assert pivot["runs"] == ["animegen-1", "animegen-2"] and pivot["models"] == ["manga"]
+    assert pivot["fid"]["manga"]["animegen-2"] == pytest.approx(base["fid"] + 2.5)
+    html = (out / "compare.html").read_text()
+    assert html.count(">manga<") == 3  # the pivot's one row and the folded long table's two
+
+
 def test_compare_flags_and_strict_refuses_mismatched_extractors(evaluation, tmp_path):
     other, _ = _second_run(evaluation, tmp_path, extractor="torchscript:0123456789ab")
-    out = run_compare([str(evaluation), str(other)], tmp_path / "cmp")
+    out = run_compare(CompareConfig(), [str(evaluation), str(other)], tmp_path / "cmp")
     doc = json.loads((out / "compare.json").read_text())
     assert doc["extractor_mismatch"] is True and [r["comparable"] for r in doc["rows"]].count(False) == 1
     assert "different feature extractor" in (out / "compare.txt").read_text()
     assert "⚠" in (out / "compare.html").read_text()
     with pytest.raises(ValueError, match="different feature extractors"):
-        run_compare([str(evaluation), str(other)], tmp_path / "cmp2", CompareConfig(strict=True))
+        run_compare(CompareConfig(strict=True), [str(evaluation), str(other)], tmp_path / "cmp2")
     with pytest.raises(FileNotFoundError, match="animegen evaluate"):
-        run_compare([str(tmp_path / "cmp")], tmp_path / "cmp3")
+        run_compare(CompareConfig(), [str(tmp_path / "cmp")], tmp_path / "cmp3")
 
 
 def test_compare_reads_the_run_registry_from_s3(evaluation, tmp_path, monkeypatch):
@@ -302,14 +346,14 @@ def test_compare_reads_the_run_registry_from_s3(evaluation, tmp_path, monkeypatc
             write_run("s3://registry/runs/", run_id, {}, {"stylegan-cond": {"metrics": json.loads(metrics)}})
         # a half-written run (no _manifest.json) is never read
         client.put_object("registry", "runs/2024-01-03-cccc/run.json", io.BytesIO(b"{}"), 2)
-        out = run_compare(["s3://registry/runs/"], tmp_path / "cmp")
+        out = run_compare(CompareConfig(), ["s3://registry/runs/"], tmp_path / "cmp")
         rows = json.loads((out / "compare.json").read_text())["rows"]
         assert [(r["run"], r["model"]) for r in rows] == [("2024-01-01-aaaa", "stylegan-cond"),
                                                           ("2024-01-02-bbbb", "stylegan-cond")]
-        one = run_compare(["s3://registry/runs/2024-01-02-bbbb/"], tmp_path / "cmp1")
+        one = run_compare(CompareConfig(), ["s3://registry/runs/2024-01-02-bbbb/"], tmp_path / "cmp1")
         assert [r["run"] for r in json.loads((one / "compare.json").read_text())["rows"]] == ["2024-01-02-bbbb"]
         with pytest.raises(FileNotFoundError, match="no complete run"):
-            run_compare(["s3://registry/nothing/"], tmp_path / "cmp2")
+            run_compare(CompareConfig(), ["s3://registry/nothing/"], tmp_path / "cmp2")
 
 
 # --------------------------------------------------------------------------------------------------- run_fid
@@ -321,13 +365,13 @@ def test_cross_dataset_fid_between_a_packed_set_and_an_image_folder(dataset, inc
     for i, img in enumerate(other.images):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
     opened = []
-    monkeypatch.setattr(fidlib, "open_dataset", lambda uri, *a: opened.append(uri) or open_dataset(uri, *a))
-    path = run_fid(str(dataset), str(folder), tmp_path / "fid", FidConfig(max_images=12, device="cpu"))
+    monkeypatch.setattr(fid_images, "open_dataset", lambda uri, *a: opened.append(uri) or open_dataset(uri, *a))
+    path = run_fid(FidConfig(max_images=12, device="cpu"), str(dataset), str(folder), tmp_path / "fid")
     assert sorted(opened) == sorted([str(dataset), str(folder)])  # each side is read (and hashed) once
     doc = json.loads(path.read_text())
     assert math.isfinite(doc["fid"]) and doc["fid"] > 0 and math.isfinite(doc["kid"]) and doc["kid_std"] >= 0
     assert doc["a"]["n"] == 12 and doc["b"]["n"] == 12 and doc["inception_images"] == 24
     assert doc["a"]["content_hash"].startswith("sha256:") and doc["b"]["content_hash"].startswith("array:")
     assert doc["extractor"]["id"].startswith(doc["extractor"]["backend"] + ":")
-    again = json.loads(run_fid(str(folder), str(folder), tmp_path / "fid2", FidConfig(device="cpu")).read_text())
+    again = json.loads(run_fid(FidConfig(device="cpu"), str(folder), str(folder), tmp_path / "fid2").read_text())
     assert abs(again["fid"]) < 1e-3 and again["inception_images"] == 0  # the folder's statistics were cached

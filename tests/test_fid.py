@@ -4,6 +4,7 @@ on one CPU thread); the real-size comparisons with pytorch-fid live in benchmark
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -302,15 +303,20 @@ def test_kid_matches_the_exact_mmd_of_shifted_gaussians():
 
 # ---------------------------------------------------------------------------------------------- cached stats
 
-def test_reference_stats_are_cached_and_reused(pf, faces, tmp_path):
+def test_reference_stats_are_cached_and_reused(pf, faces, tmp_path, capsys):
     data = write_packed(faces.subset(slice(0, 8)), tmp_path / "ds", extra_index=[
         {"split": "train" if i < 5 else "heldout"} for i in range(8)])
     cache = StatsCache(tmp_path / "cache")
     seen = pf.images_seen
+    capsys.readouterr()
     first = dataset_stats(str(data), pf, cache=cache)
     assert pf.images_seen == seen + 8 and first.n == 8 and first.features.dtype == np.float32
+    err = capsys.readouterr().err  # progress is on by default: a line as the phase starts and as it ends
+    assert f"Inception features of {data}" in err and "0 of 8 img (started)" in err and "8 of 8 img (done in" in err
     again = dataset_stats(str(data), pf, cache=cache)
     assert pf.images_seen == seen + 8  # no Inception the second time
+    entry = next((tmp_path / "cache").glob("*.npz"))
+    assert capsys.readouterr().err == f"reusing cached statistics of {data} ({entry})\n"
     assert np.array_equal(again.mu, first.mu) and np.array_equal(again.sigma, first.sigma)
     assert np.array_equal(again.features, first.features) and again.extractor_id == pf.id
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
@@ -388,3 +394,52 @@ def test_generator_features_stream_like_saved_samples(pf, tmp_path):
     U, _ = build_models("dcgan", resolution=16, z_dim=8, channel_base=64, channel_max=16)
     with pytest.raises(ValueError, match="unconditional"):
         generator_features(U, pf, n=2, classes=np.eye(3))
+
+
+# ------------------------------------------------------------------------------------------- folders, progress
+
+def test_a_folder_is_scored_at_its_most_common_image_size(tmp_path):
+    """The output folder of `animegen sample` (64 samples and a bigger grid.png) scores its samples only, with a
+    warning naming what it skipped; a folder with no majority size is refused."""
+    from PIL import Image
+
+    from animegen.eval.fid_images import open_fid_images
+
+    faces = open_synthetic("synthetic:?n=6&resolution=16&seed=1", None)
+    folder = tmp_path / "sample"
+    save_images(torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1, folder / "images")
+    Image.new("RGB", (70, 70), "white").save(folder / "grid.png")
+    with pytest.warns(UserWarning, match=r"scoring the 6 images of 16x16 px.*skipping 1 of another size: "
+                                         r"grid.png \(70x70\)"):
+        got = open_fid_images(str(folder))
+    assert got.images.shape == (6, 16, 16, 3) and np.array_equal(got.images, faces.images)
+    alone = tmp_path / "alone"
+    save_images(torch.from_numpy(faces.images).permute(0, 3, 1, 2).float() / 127.5 - 1, alone)
+    assert open_fid_images(str(alone)).content == got.content, "the same samples are the same cache entry"
+    for i in range(6):
+        Image.new("RGB", (24, 24), "white").save(folder / f"big{i}.png")
+    with pytest.raises(ValueError, match=r"mixed sizes \(6 of 16x16 px, 6 of 24x24 px, 1 of 70x70 px\)"):
+        open_fid_images(str(folder))
+
+
+def test_progress_lines_say_what_how_many_and_how_long(monkeypatch):
+    import io
+
+    from animegen import progress
+
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    with progress.Progress("Inception features of data/x", total=4, unit="img", stream=out, tty=False) as bar:
+        bar.update(1)
+        bar.update(2)
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Inception features of data/x: 0 of 4 img (started)"
+    assert re.fullmatch(r"Inception features of data/x: 1 of 4 img \(25%, about \d+ s left\)", lines[1])
+    assert re.fullmatch(r"Inception features of data/x: 3 of 4 img \(75%, about \d+ s left\)", lines[2])
+    assert re.fullmatch(r"Inception features of data/x: 4 of 4 img \(done in \d+ s\)", lines[3]) and len(lines) == 4
+    quiet = io.StringIO()
+    assert list(progress.track([[1, 2], [3]], "x", 3, enabled=False)) == [[1, 2], [3]]
+    with progress.Progress("x", 3, stream=quiet, enabled=False) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,22 @@ def test_whole_dag_artifacts_exist_and_agree(full_run):
     root, run_dir, out = full_run
     record = json.loads((run_dir / RECORD).read_text())
     assert record["status"] == "succeeded" and record["rerun"] == "all"
-    # the CLI ends with the report's path
-    assert out.strip().splitlines()[-1] == f"report: {run_dir / 'report' / 'report'}"
+    # the CLI reads like a progress report: a line per task, a table of the models, the report's .html path
+    lines = out.strip().splitlines()
+    assert len(lines) <= 60, f"{len(lines)} lines printed:\n{out}"
+    page = run_dir / "report" / "report_dir" / "report.html"
+    assert lines[-1] == f"report: {page}" and page.read_text() == (run_dir / "report" / "report").read_text()
+    ran = sorted(p.name for p in run_dir.iterdir() if (p / "executor_output.json").is_file())
+    done = [re.fullmatch(r"\[ ?(\d+)/(\d+)\] (\S+) +ok +\d+\.\d s", line) for line in lines]
+    done = [m for m in done if m]
+    assert sorted(m[3] for m in done) == ran and [int(m[1]) for m in done] == list(range(1, len(ran) + 1))
+    assert {int(m[2]) for m in done} == {len(ran)}, "the counter's total is the number of tasks that ran"
+    assert all((run_dir / task / "log.txt").read_text().strip() for task in ran), "each task's log beside it"
+    for name, spec in MODELS.items():  # the stage's own output is in its task's log
+        assert f"{name}: FID " in (run_dir / spec.evaluate / "log.txt").read_text()
+    table = lines[lines.index(next(ln for ln in lines if ln.startswith("model "))):-1]
+    assert table[0].split() == ["model", "FID", "KID", "both", "✓", "train", "time"]
+    assert {ln.split()[0] for ln in table[1:]} == set(MODELS)
     assert set(record["tasks"]) == set(TASKS)
     # datasets: complete (manifest last), the shapes the parameters asked for
     for task, output in (("ingest-main", "dataset"), ("label", "labelled"), ("ingest-manga", "dataset"),
@@ -141,7 +156,7 @@ def test_whole_dag_artifacts_exist_and_agree(full_run):
 
 
 def test_registry_rows(full_run):
-    from animegen.eval.compare import run_compare
+    from animegen.eval.compare import CompareConfig, run_compare
     from animegen.store.registry import list_runs, read_run
 
     root, run_dir, _ = full_run
@@ -155,7 +170,7 @@ def test_registry_rows(full_run):
         assert run["models"][name]["artifacts"]["model"] == str(run_dir / MODELS[name].model[0] / "model")
     assert run["tasks"]["train-conditional"]["model"] == str(run_dir / "train-conditional" / "model")
     assert run["params"]["models"]["manga"]["train"]["init_class"] == "black hair"
-    out = run_compare([str(registry)], root / "compare")  # `animegen compare` reads the registry
+    out = run_compare(CompareConfig(), [str(registry)], root / "compare")  # `animegen compare` reads the registry
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert {r["model"] for r in rows} == set(MODELS) and {r["run"] for r in rows} == {run_dir.name}
 
@@ -175,7 +190,9 @@ def test_rerun_evaluate_reuses_the_other_stages(full_run, capsys):
                                      "ingest-character", "train-dcgan", "train-dcgan-conditional"}
     ran = {p.name for p in second.iterdir() if p.is_dir() and (p / "executor_output.json").is_file()}
     assert ran == set(record["rerun"]), "only the evaluations and the report ran again"
-    assert f"report: {second / 'report' / 'report'}" in out
+    assert out.strip().splitlines()[-1] == f"report: {second / 'report' / 'report_dir' / 'report.html'}"
+    assert len(out.strip().splitlines()) <= 30
+    assert not (second / "train-conditional").exists(), "reused tasks print no line and write no log"
     for name, spec in MODELS.items():
         doc = metrics_of(second, spec.evaluate)
         assert doc["n_fid"] == 10 and math.isfinite(doc["fid"])
@@ -249,8 +266,15 @@ def test_cluster_rerun_variant_imports_registry_artifacts(full_run, tmp_path):
 def test_a_failed_run_is_recorded_and_says_how_to_go_on(env, tmp_path, capsys):
     assert main(["pipeline", "run", "--local", "--pipeline-root", str(tmp_path), "--param",
                  "main_source=synthetic:?colour=red"]) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err, out = captured.err, captured.out
     (run_dir,) = [p for p in tmp_path.glob("animegen-*") if p.is_dir()]
     assert "ingest-main" in err and f"--from-run {run_dir.name}" in err
+    # the failing task's line, its last log lines (with the stage's error) and the path of its full log
+    assert re.search(r"\[ ?\d+/\d+\] ingest-main +FAILED", out)
+    log = run_dir / "ingest-main" / "log.txt"
+    assert f"full log: {log}" in out and "colour" in log.read_text()
+    assert "colour" in out.split("full log:")[0], "the error is among the lines printed"
+    assert len(out.splitlines()) <= 30
     record = json.loads((run_dir / RECORD).read_text())
     assert record["status"] == "failed" and record["tasks"] == {} and record["report"] is None

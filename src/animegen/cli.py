@@ -218,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import CompareConfig, run_compare
 
-    out = run_compare(args.sources, args.out, _config(CompareConfig, args))
+    out = run_compare(_config(CompareConfig, args), args.sources, args.out)
     print((Path(out) / "compare.txt").read_text(), end="")
     return 0
 
@@ -226,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_fid(args: argparse.Namespace) -> int:
     from .eval.evaluate import FidConfig, run_fid
 
-    path = run_fid(args.a, args.b, args.out, _config(FidConfig, args))
+    path = run_fid(_config(FidConfig, args), args.a, args.b, args.out)
     print(Path(path).read_text(), end="")
     return 0
 
@@ -362,15 +362,17 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     if not args.local:
         raise ValueError("only --local runs here (kfp.local); to run on a cluster use `animegen pipeline submit "
                          "--host URL` (or upload the YAML of `animegen pipeline compile`)")
-    from .pipelines.local import run_local
+    from .pipelines.local import run_local, summary_lines
 
     given = _pipeline_params(args)  # (placement options mean nothing to kfp.local: compile and submit take them)
     run = run_local(given, args.pipeline_root, only=args.only, from_run=args.from_run, registry=args.registry,
-                    threads=args.threads)
+                    threads=args.threads, verbose=args.verbose)
     rec = run.record
     if rec.get("reused"):
         print(f"reused from {args.from_run}: {', '.join(rec['reused'])}; reran: {', '.join(rec['rerun'])}")
-    print(f"run {run.run_id} {rec['status']} in {rec['wall_s']:.0f} s; artifacts: {run.run_dir}")
+    print(f"run {run.run_id} {rec['status']} in {rec['wall_s']:.0f} s; artifacts and task logs: {run.run_dir}")
+    for line in summary_lines(run.run_dir):
+        print(line)
     print(f"report: {run.report}")
     return 0
 
@@ -477,6 +479,8 @@ def _add_pipeline_parser(sub) -> None:
     q.add_argument("--threads", type=int, metavar="N",
                    help="torch threads per stage (default: $OMP_NUM_THREADS, else 1, the fastest for the tiny "
                         "defaults; 0 = one per core, for real sizes)")
+    q.add_argument("--verbose", action="store_true", help="print kfp.local's own output (every task's executor "
+                   "input and log) instead of a line per task and the logs in <task>/log.txt")
     params_args(q)
     rerun_args(q, local=True)
     q.set_defaults(func=cmd_pipeline_run)
@@ -642,7 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("fid", help="FID and KID between two datasets or image folders (cross-dataset)",
                        description="FID and KID between any two image sources: Dataset directories, image "
-                                   "folders, synthetic:. Writes fid.json.")
+                                   "folders, synthetic:. A folder is scored at its most common image size; "
+                                   "files of another size (e.g. the grid.png of `animegen sample`) are skipped "
+                                   "with a warning, a folder with no majority size is refused. Writes fid.json.")
     p.add_argument("a", help="first dataset or folder")
     p.add_argument("b", help="second dataset or folder")
     p.add_argument("--out", required=True, help="output directory")

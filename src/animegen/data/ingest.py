@@ -305,7 +305,7 @@ def _synthetic_items(cfg: IngestConfig, source: str) -> list[_Item]:
 def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
           progress: bool, source: str) -> tuple[list[dict], dict]:
     """Validate, dedupe, preprocess and pack ``items``; split; grow. Returns (index rows, counts)."""
-    from tqdm.auto import tqdm
+    from animegen.progress import track
 
     xdog, channels = cfg.xdog(), cfg.channels or channels_for(cfg.mode)
     repeat = channels // channels_for(cfg.mode)  # 3 for grey modes packed as RGB, else 1
@@ -319,7 +319,8 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
     duplicates: list[dict] = []
     first_seen: dict[str, str] = {}
     with PackWriter(out, len(items) + (cfg.grow_to or 0), cfg.resolution, channels) as writer:
-        for item in tqdm(items, desc="ingest", unit="file", disable=not progress, mininterval=1.0):
+        for item in track(items, f"ingest {redact_uri(cfg.source)}: decode, check, preprocess", len(items), "files",
+                          progress, size=lambda _: 1):
             digest, token = item.prepare()
             if digest in first_seen:
                 duplicates.append({"path": item.rel, "duplicate_of": first_seen[digest]})
@@ -343,7 +344,8 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
         plan = []
         if cfg.grow_to:
             plan = plan_growth([r["id"] for r in rows if r["split"] == TRAIN], cfg.grow_to, cfg.seed, cfg.growth())
-        for src_id, params in tqdm(plan, desc="grow", unit="img", disable=not progress or not plan):
+        for src_id, params in track(plan, "ingest: grow the training split", len(plan), "img",
+                                    progress and bool(plan), size=lambda _: 1):
             item = kept_items[src_id]
             img, reason = item.decode(item.prepare()[1])
             assert img is not None, reason  # it decoded a moment ago

@@ -18,22 +18,36 @@ a verbatim copy of that model's Evaluation ``metrics.json``. A source ``s3://BUC
 under it; ``s3://BUCKET/runs/<run_id>/`` one run. Endpoint and keys come from the environment
 (:mod:`animegen.store.s3`); only the ``run.json`` and ``metrics/*.json`` objects are fetched.
 
-Rows are labelled (run, model): the model is the metrics' ``model.name``; the run is the metrics' ``run_id``, else
-the registry's run id, else the folder between the source and the Evaluation directory (the source's own name
+Rows are labelled (run, model): the model is the metrics' ``model.name`` (for an Evaluation inside a local pipeline
+run, whose Model folder is always called ``model``, the name its evaluate task gave it in the Metrics file beside
+it); the run is the metrics' ``run_id``, else the registry's run id, else the local pipeline run folder holding it
+(``animegen_run.json``), else the folder between the source and the Evaluation directory (the source's own name
 when the Evaluation sits directly in it).
+
+Each evaluation is listed once per run: the same Evaluation is often found twice (a pipeline root holds the task's
+metrics.json and the registry's copy of it), so rows are deduplicated by run and the evaluation's identity
+(``evaluation`` in compare.csv: a hash of the checkpoint's sha256, the reference set's content hash, the
+extractor, the sample count, ψ and the creation time); of two copies the better-named one is kept.
+
+compare.txt and compare.html show a pivot: one row per model, and for each of FID, KID and the both-colours
+accuracy one column per run, with the difference to the first run (the first source's run) in the other runs'
+columns. When a run holds two evaluations of one model the latest is shown (the others stay in compare.csv, which
+keeps the long table: one row per evaluation, every column).
 
 FIDs and KIDs are comparable only when computed with the same feature extractor (back-end + weights sha256,
 ``extractor.id`` in metrics.json). Rows whose extractor differs from the most common one are flagged everywhere
 (a ``!`` in the text table, a warning in compare.html and in the plot titles, ``comparable: false`` in
 compare.json and compare.csv); with ``strict`` the comparison is refused instead.
 
-Outputs in ``out_dir``: ``compare.txt`` (the text table), ``compare.csv``, ``compare.html`` (self-contained),
+Outputs in ``out_dir``: ``compare.txt`` (the pivot), ``compare.csv`` (the long table), ``compare.html``
+(self-contained: the pivot, plots, and the long table folded),
 ``fid.png`` (FID per model, one bar per run), ``fid_over_kimg.png`` (when snapshot FIDs were evaluated), and
 ``compare.json`` last.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import tempfile
@@ -51,7 +65,9 @@ EVAL_FORMAT = "animegen-evaluation/1"  # metrics.json "format" of an Evaluation 
 COLUMNS = ["run", "model", "fid", "fid_psi", "psi", "kid", "kid_std", "hair_accuracy", "eye_accuracy",
            "both_accuracy", "hair_accuracy_psi", "eye_accuracy_psi", "both_accuracy_psi", "n_fid", "n_reference",
            "kimg", "train_wall_s", "train_peak_memory_bytes", "train_device", "extractor", "comparable",
-           "created", "source"]
+           "created", "source", "evaluation"]
+LOCAL_RUN_RECORD = "animegen_run.json"  # marks a local pipeline run folder (animegen.pipelines.local.RECORD)
+PIVOT_METRICS = (("fid", "FID", "num"), ("kid", "KID", "num"), ("both_accuracy", "both ✓", "pct"))
 
 
 @dataclass
@@ -60,15 +76,47 @@ class CompareConfig(Config):
 
 
 # --------------------------------------------------------------------------------------------- discovery
-def _row(metrics: dict[str, Any], run: str, source: str) -> dict[str, Any]:
+def evaluation_id(metrics: dict[str, Any]) -> str:
+    """The identity of one evaluation (12 hex digits): the same for every copy of its metrics.json."""
+    model, data = metrics.get("model") or {}, metrics.get("dataset") or {}
+    parts = [model.get("checkpoint_sha256"), data.get("content_hash"), (metrics.get("extractor") or {}).get("id"),
+             metrics.get("n_fid"), metrics.get("psi"), metrics.get("created")]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+
+def _row(metrics: dict[str, Any], run: str, source: str, rank: int = 0) -> dict[str, Any]:
+    """One evaluation's row; ``rank`` says how well it is named (higher wins when copies are deduplicated)."""
     model, train = metrics.get("model") or {}, metrics.get("train") or {}
     row = {k: metrics.get(k) for k in COLUMNS}
-    row.update(run=metrics.get("run_id") or run, model=model.get("name") or "?", kimg=model.get("kimg"),
-               train_wall_s=train.get("wall_s"), train_peak_memory_bytes=train.get("peak_memory_bytes"),
-               train_device=train.get("device"), extractor=(metrics.get("extractor") or {}).get("id"),
-               created=metrics.get("created"), source=source)
+    row.update(run=metrics.get("run_id") or run, model=metrics.get("model_name") or model.get("name") or "?",
+               kimg=model.get("kimg"), train_wall_s=train.get("wall_s"),
+               train_peak_memory_bytes=train.get("peak_memory_bytes"), train_device=train.get("device"),
+               extractor=(metrics.get("extractor") or {}).get("id"), created=metrics.get("created"), source=source,
+               evaluation=evaluation_id(metrics))
     row["fid_over_kimg"] = metrics.get("fid_over_kimg") or []
+    row["_rank"] = rank
     return row
+
+
+def _pipeline_names(path: Path, root: Path, metrics: dict[str, Any]) -> tuple[str | None, str | None, int]:
+    """(run, model, rank) of an Evaluation inside a local pipeline run (``<run>/<task>/evaluation/metrics.json``
+    beside the task's Metrics file ``<run>/<task>/metrics``, which names the model); Nones when it is not one."""
+    run = next((d.name for d in path.parents if (d / LOCAL_RUN_RECORD).is_file()), None)
+    named = _read_eval(path.parent.parent / "metrics")
+    same = named is not None and evaluation_id(named) == evaluation_id(metrics)
+    model = (named.get("model_name") or (named.get("model") or {}).get("name")) if same else None
+    return run, model, int(run is not None) + int(model is not None)
+
+
+def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each evaluation of a run once (by run and ``evaluation``), at its first place, as its best-named copy.
+    (One evaluation can belong to two runs: a rerun of the report alone imports the earlier run's evaluations.)"""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["run"], r["evaluation"])
+        if key not in best or r["_rank"] > best[key]["_rank"]:
+            best[key] = r
+    return [best[key] for key in dict.fromkeys((r["run"], r["evaluation"]) for r in rows)]
 
 
 def _read_eval(path: Path) -> dict[str, Any] | None:
@@ -100,14 +148,17 @@ def local_rows(source: str | Path, label: str | None = None) -> list[dict[str, A
             metrics = _read_eval(path)
             if metrics is not None:
                 where = f"{label}/{path.relative_to(root).as_posix()}" if label else str(path)
-                rows.append(_row(metrics, str(run_id), where))
+                rows.append(_row(metrics, str(run_id), where, rank=3))
     for path in sorted(root.rglob("metrics.json")):
         metrics = None if path in registry else _read_eval(path)
         if metrics is None:
             continue
         rel = path.parent.parent.relative_to(root) if path.parent != root else Path(".")
         run = (label or root.name) if rel == Path(".") else rel.as_posix()
-        rows.append(_row(metrics, run, str(path.parent)))
+        pipeline_run, model, rank = _pipeline_names(path, root, metrics)
+        if model:
+            metrics = {**metrics, "model_name": model}
+        rows.append(_row(metrics, pipeline_run or run, str(path.parent), rank))
     return rows
 
 
@@ -138,7 +189,7 @@ def collect_rows(sources: list[str]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{src}: no Evaluation metrics.json (format {EVAL_FORMAT}) found; run "
                                     "`animegen evaluate` first")
         rows += found
-    return rows
+    return dedupe(rows)
 
 
 def flag_extractors(rows: list[dict[str, Any]], strict: bool = False) -> tuple[str | None, list[str]]:
@@ -163,26 +214,89 @@ def _short(extractor: str | None) -> str:
     return "—" if extractor is None else (extractor if len(extractor) <= 28 else extractor[:25] + "...")
 
 
-def text_table(rows: list[dict[str, Any]], reference: str | None) -> str:
-    """The table as fixed-width text ('!' marks a FID from another feature extractor)."""
-    psis = {r["psi"] for r in rows if r.get("psi") is not None}
-    header = ["run", "model", "FID", f"FID ψ={psis.pop():g}" if len(psis) == 1 else "FID ψ", "KID", "hair", "eye",
-              "both", "train time", "peak mem", "extractor"]
-    lines = [header]
+@dataclass
+class Pivot:
+    """One row per model, one column per (metric, run): ``cells[model][run]`` is that run's row of the model."""
+
+    models: list[str]
+    runs: list[str]
+    cells: dict[str, dict[str, dict[str, Any]]]
+    hidden: int  # evaluations not shown (an older evaluation of the same run and model)
+
+    def value(self, model: str, run: str, key: str) -> float | None:
+        row = self.cells[model].get(run)
+        return None if row is None else row.get(key)
+
+    def delta(self, model: str, run: str, key: str) -> float | None:
+        """The run's value minus the first run's (None for the first run or when either is missing)."""
+        first, this = self.value(model, self.runs[0], key), self.value(model, run, key)
+        return None if run == self.runs[0] or first is None or this is None else this - first
+
+
+def pivot(rows: list[dict[str, Any]]) -> Pivot:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    cells: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in models}
+    hidden = 0
     for r in rows:
-        mark = "" if r["comparable"] else " !"
-        kid = f"{r['kid']:.4f}±{r['kid_std']:.4f}" if r.get("kid") is not None and r.get("kid_std") is not None \
-            else fmt(r.get("kid"))
-        lines.append([str(r["run"]), str(r["model"]), fmt(r.get("fid")) + mark, fmt(r.get("fid_psi")) + mark, kid,
-                      fmt(r.get("hair_accuracy"), "pct"), fmt(r.get("eye_accuracy"), "pct"),
-                      fmt(r.get("both_accuracy"), "pct"), fmt(r.get("train_wall_s"), "s"),
-                      fmt(r.get("train_peak_memory_bytes"), "bytes"), _short(r.get("extractor"))])
+        kept = cells[r["model"]].get(r["run"])
+        if kept is not None:
+            hidden += 1
+            if str(kept.get("created") or "") > str(r.get("created") or ""):
+                continue
+        cells[r["model"]][r["run"]] = r
+    return Pivot(models, runs, cells, hidden)
+
+
+def _cell(p: Pivot, model: str, run: str, key: str, kind: str) -> str:
+    value, delta = p.value(model, run, key), p.delta(model, run, key)
+    row = p.cells[model].get(run)
+    text = fmt(value, kind)
+    if delta is not None:
+        text += f" ({100 * delta:+.1f})" if kind == "pct" else f" ({delta:+.4g})"
+    return text + (" !" if row is not None and not row["comparable"] and key != "both_accuracy" else "")
+
+
+def _run_labels(runs: list[str]) -> tuple[list[str], list[str]]:
+    """Short column labels for the runs (the names, or A, B, ... when a name is long) and the legend lines."""
+    if all(len(r) <= 16 for r in runs) or len(runs) == 1:
+        return list(runs), []
+    labels = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(runs))]
+    return labels, [f"{label} = {run}" for label, run in zip(labels, runs)]
+
+
+def _pivot_header(p: Pivot) -> tuple[list[str], list[str]]:
+    labels, legend = _run_labels(p.runs)
+    header = ["model"]
+    for _, title, _ in PIVOT_METRICS:
+        if len(p.runs) == 1:
+            header.append(title)
+        else:
+            header += [f"{title} {label}" + (f" (Δ {labels[0]})" if i else "") for i, label in enumerate(labels)]
+    return header, legend
+
+
+def text_table(rows: list[dict[str, Any]], reference: str | None) -> str:
+    """The pivot as fixed-width text: a row per model; FID, KID and both-colours accuracy per run, with the
+    difference to the first run in brackets ('!' marks a FID / KID from another feature extractor)."""
+    p = pivot(rows)
+    header, legend = _pivot_header(p)
+    lines = [header]
+    for model in p.models:
+        lines.append([str(model)] + [_cell(p, model, run, key, kind) for key, _, kind in PIVOT_METRICS
+                                     for run in p.runs])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    text = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     .rstrip() for line in lines)
+    notes = ([f"run{'s' if len(p.runs) > 1 else ''}: " + "; ".join(legend or p.runs)]
+             + (["Δ: the difference to the first run (FID / KID: lower is better; accuracy in points)"]
+                if len(p.runs) > 1 else [])
+             + ([f"{p.hidden} older evaluation(s) of the same run and model not shown (all are in compare.csv)"]
+                if p.hidden else []))
     if any(not r["comparable"] for r in rows):
-        text += (f"\n! computed with a different feature extractor than {reference}: "
-                 "not comparable with the other rows")
-    return text + "\n"
+        notes.append(f"! computed with a different feature extractor than {reference}: not comparable with the "
+                     "other rows")
+    return text + "\n" + "\n".join(notes) + "\n"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -276,23 +390,34 @@ def _html(rows: list[dict[str, Any]], reference: str | None, extractors: list[st
                      fmt(r.get("eye_accuracy"), "pct"), fmt(r.get("both_accuracy"), "pct"), esc(fmt(r.get("kimg"))),
                      esc(fmt(r.get("train_wall_s"), "s")), esc(fmt(r.get("train_peak_memory_bytes"), "bytes")),
                      f'<span title="{esc(r.get("extractor"))}">{esc(_short(r.get("extractor")))}</span>'])
+    p = pivot(rows)
+    pivot_header, legend = _pivot_header(p)
+    pivot_body = [[esc(model)] + [esc(_cell(p, model, run, key, kind)).replace(" !", " ⚠")
+                                  for key, _, kind in PIVOT_METRICS for run in p.runs] for model in p.models]
+    runs = "; ".join(legend or p.runs)
     parts = ["<h1>Comparison of evaluations</h1>",
-             f'<p class="sub">{len(rows)} evaluations; accuracies are at ψ = 1 (see compare.csv for ψ)</p>']
+             f'<p class="sub">{len(rows)} evaluations of {len(p.models)} models in {len(p.runs)} '
+             f"run{'s' if len(p.runs) > 1 else ''} ({esc(runs)}); accuracies are at ψ = 1 (see compare.csv for ψ)"
+             + ("; in brackets: the difference to the first run" if len(p.runs) > 1 else "") + "</p>"]
     if len(extractors) > 1:
         parts.append(f'<p class="warn">⚠ FIDs from {len(extractors)} different feature extractors: rows marked ⚠ '
                      f"were not computed with {esc(reference)} and cannot be compared with the others.</p>")
-    parts.append(html_table(header, body, left=2))
+    parts.append(html_table([esc(h) for h in pivot_header], pivot_body, left=1))
+    if p.hidden:
+        parts.append(f'<p class="note">{p.hidden} older evaluation(s) of the same run and model are not in this '
+                     "table; every evaluation is listed below and in compare.csv.</p>")
     if figures:
         parts.append(f'<div class="figs">{"".join(figure_html(f) for f in figures)}</div>')
+    parts.append(f"<details><summary>every evaluation ({len(rows)})</summary>{html_table(header, body, left=2)}"
+                 "</details>")
     parts.append('<p class="note">sources: ' + "; ".join(esc(r["source"]) for r in rows) + "</p>")
     return html_page("animegen compare", "\n".join(parts))
 
 
-def run_compare(sources: list[str], out_dir: str | Path, config: CompareConfig | None = None) -> Path:
+def run_compare(cfg: CompareConfig, sources: list[str], out_dir: str | Path) -> Path:
     """Tabulate the evaluations found in ``sources`` into ``out_dir`` (see the module docstring); returns out_dir.
 
-    The text table is also ``out_dir/compare.txt`` (the CLI prints it)."""
-    cfg = config or CompareConfig()
+    The pivot is also ``out_dir/compare.txt`` (the CLI prints it)."""
     rows = collect_rows(list(sources))
     reference, extractors = flag_extractors(rows, cfg.strict)
     out = Path(out_dir)
@@ -305,7 +430,11 @@ def run_compare(sources: list[str], out_dir: str | Path, config: CompareConfig |
     plots = [plot_fid_bars(rows, out / "fid.png", reference), plot_fid_curves(rows, out / "fid_over_kimg.png")]
     figures = [Figure(p, p.stem.replace("_", " ")) for p in plots if p is not None]
     atomic_write_text(out / "compare.html", _html(rows, reference, extractors, figures))
-    doc = {"rows": rows, "extractors": extractors, "reference_extractor": reference,
+    p = pivot(rows)
+    table = {"models": p.models, "runs": p.runs, **{key: {m: {run: p.value(m, run, key) for run in p.runs}
+                                                          for m in p.models} for key, _, _ in PIVOT_METRICS}}
+    doc = {"rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "pivot": table,
+           "extractors": extractors, "reference_extractor": reference,
            "extractor_mismatch": len(extractors) > 1, "sources": list(map(str, sources)),
            "files": sorted(p.name for p in plots if p is not None) + ["compare.csv", "compare.html", "compare.txt"]}
     write_json(out / "compare.json", doc)

@@ -21,7 +21,7 @@ metrics.json (format ``animegen-evaluation/1``): ``fid``, ``kid``, ``kid_std`` (
 checkpoint sha256); ``dataset`` (uri, content hash, count, split); ``train`` (wall_s, img_per_s, peak memory, device
 from the model's summary.json); ``fid_over_kimg``; ``timing`` (wall_s of this evaluation); ``config``; ``notes``.
 
-``run_fid(a, b, out_dir, cfg)`` is the cross-dataset FID / KID between two datasets or image folders (e.g. a manga
+``run_fid(cfg, a, b, out_dir)`` is the cross-dataset FID / KID between two datasets or image folders (e.g. a manga
 set against a single-character set); it writes ``fid.json``.
 """
 from __future__ import annotations
@@ -42,8 +42,9 @@ from animegen.data.splits import HELDOUT, TRAIN
 from animegen.eval import fid as fidlib
 from animegen.eval.accuracy import class_accuracy, requested_classes
 from animegen.eval.compare import EVAL_FORMAT, plot_fid_curves
-from animegen.eval.inception import Extractor, resolve_extractor
 from animegen.eval.html import Figure, write_report
+from animegen.eval.inception import Extractor, resolve_extractor
+from animegen.progress import note
 from animegen.store import sha256_file
 from animegen.utils import finite, read_json, resolve_device, write_json
 
@@ -66,7 +67,7 @@ class EvalConfig(Config):
     batch: int | None = None            # images per batch (None: the extractor's default, 16 on CPU, 200 on CUDA)
     device: str = "auto"
     seed: int = 0
-    progress: bool = False              # progress bar while reference features are computed
+    progress: bool = True               # progress (a bar on a terminal, else lines) of features and sampling
     snapshots: bool = False             # FID of every snapshots/G_ema-*.pt: fid_over_kimg
     n_fid_snapshots: int | None = None  # generated images per snapshot FID (None: n_fid)
     grids: bool = True                  # sample / truncation / mixing grids and the interpolation GIF
@@ -94,7 +95,7 @@ class FidConfig(Config):
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     device: str = "auto"
-    progress: bool = False
+    progress: bool = True               # progress (a bar on a terminal, else lines) of the feature extraction
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -128,10 +129,11 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- FID parts
 def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, classes: np.ndarray | None,
-             cfg: EvalConfig, device: torch.device) -> dict[str, float | None]:
+             cfg: EvalConfig, device: torch.device, what: str = "") -> dict[str, float | None]:
     """FID and KID of ``n`` samples of G (streamed into the extractor) against the reference statistics."""
+    label = f"FID samples of {what or 'the model'} (ψ = {psi:g}): sampling + Inception features"
     feats = fidlib.generator_features(G, extractor, n, truncation_psi=psi, classes=classes, batch=cfg.batch,
-                                      device=device, seed=cfg.seed)
+                                      device=device, seed=cfg.seed, progress=label if cfg.progress else False)
     fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref)
     kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
     return {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
@@ -154,7 +156,8 @@ def _snapshot_curve(files: list[Path], extractor: Extractor, ref: fidlib.Stats, 
     curve = []
     for path in files:
         G, meta = load_generator(path, device)
-        point = _fid_kid(G, extractor, ref, n, 1.0, reference_classes(imageset, meta["class_names"]), cfg, device)
+        point = _fid_kid(G, extractor, ref, n, 1.0, reference_classes(imageset, meta["class_names"]), cfg, device,
+                         f"snapshot {path.name}")
         curve.append({"kimg": meta["images_seen"] / 1000, "snapshot": path.name, "n": n, **point})
         del G
     return sorted(curve, key=lambda p: p["kimg"])
@@ -173,6 +176,7 @@ def _accuracy(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig
         return None, None, str(e)
     from animegen.labels.colour import load_colour_tagger
 
+    note(f"per-class accuracy: {cfg.k_per_class} images per class, scored by the colour tagger", cfg.progress)
     tagger = load_colour_tagger(cfg.tagger, device)
     kw: dict[str, Any] = {"k": cfg.k_per_class, "seed": cfg.seed, "batch": cfg.batch or GEN_BATCH,
                           "device": device, "multi_hot": multi_hot}
@@ -200,6 +204,7 @@ def _pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig
     """Sample grids, truncation grid, style mixing (StyleGAN) and the interpolation GIF via the latent tools."""
     from animegen.latent import interpolate, mix, sample, truncate
 
+    note("pictures: sample, truncation and style-mixing grids, interpolation GIF", cfg.progress)
     scale = max(1.0, 64 / G.resolution)  # small images are shown enlarged, pixelated
     psi = cfg.psi
     spec = _class_spec(class_names, multi_hot)
@@ -259,8 +264,9 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     reference = fidlib.open_fid_images(imageset)
     ref = fidlib.dataset_stats(reference, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
                                progress=cfg.progress)
-    at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device)
-    at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device)
+    at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device, model_dir.name)
+    at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device,
+                                                  model_dir.name)
     acc_1, acc_psi, acc_skipped = _accuracy(G, class_names, multi_hot, cfg, device)
 
     curve: list[dict[str, Any]] = []
@@ -309,11 +315,15 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     return out
 
 
-def run_fid(a: str, b: str, out_dir: str | Path, cfg: FidConfig | None = None) -> Path:
-    """FID and KID between two datasets or image folders (Dataset directories, folders, ``synthetic:``; a folder
-    is read at its own image size); writes ``out_dir/fid.json`` (fid, kid, kid_std, each side's uri, content id
-    and image count, extractor id, wall time) and returns its path. Each side's statistics are cached."""
-    cfg = cfg or FidConfig()
+def run_fid(cfg: FidConfig, a: str, b: str, out_dir: str | Path) -> Path:
+    """FID and KID between two datasets or image folders (Dataset directories, folders, ``synthetic:``); writes
+    ``out_dir/fid.json`` (fid, kid, kid_std, each side's uri, content id and image count, extractor id, wall time)
+    and returns its path. Each side's statistics are cached.
+
+    A folder is a set of same-sized images, read at that size: its most common image size is scored and files of
+    another size are skipped with a warning naming them (so the output folder of ``animegen sample`` scores its
+    samples, not grid.png); a folder where no size holds more than half of the images is refused (ValueError).
+    See :func:`animegen.eval.fid.folder_image_size`."""
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r}; choose one of {', '.join(SPLITS)}")
     t0 = time.perf_counter()

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from animegen.data.dataset import ImageSet, open_dataset
+from animegen.data.dataset import ImageSet
+from animegen.eval.fid_images import FidImages, open_fid_images
 from animegen.eval.inception import Extractor
+from animegen.progress import Progress, note
 from animegen.utils import atomic_replace
 
 CACHE_VERSION = "fid-stats-v1"  # bump when what a cached entry means changes
@@ -109,7 +111,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
 
@@ -160,83 +163,6 @@ def kid(feats1: np.ndarray, feats2: np.ndarray, num_subsets: int = 100, max_subs
 
 
 # ------------------------------------------------------------------------------------------- reference statistics
-
-@dataclass
-class FidImages:
-    """Images to measure and the facts that identify them for the cache."""
-
-    images: np.ndarray  # uint8 [N, H, W, C], possibly memory-mapped
-    content: str  # "sha256:<manifest content hash>" or "array:<sha256 of the pixels>"
-    name: str
-    split_of: list[str] | None  # per-image split names, when known
-
-
-def open_fid_images(data: str | os.PathLike | ImageSet | FidImages) -> FidImages:
-    """The images of ``data`` with their cache identity: a packed Dataset is identified by its manifest's content
-    hash (also when handed over as the ImageSet that ``open_dataset`` made of it), anything else by a hash of
-    its pixels. A FidImages is returned as it is (open once, then measure and record it)."""
-    if isinstance(data, FidImages):
-        return data
-    if isinstance(data, ImageSet):
-        packed = _packed_dir(data.images)
-        if packed is not None:
-            return _packed_source(packed, data.images, data.source)
-        splits = [m.get("split") for m in data.meta] if data.meta and all("split" in m for m in data.meta) else None
-        return FidImages(data.images, "array:" + _array_hash(data.images), data.source, splits)
-    uri = str(data)
-    path = Path(uri.removeprefix("file://"))
-    if (path / "images.npy").is_file() and (path / "manifest.json").is_file():
-        return _packed_source(path, open_dataset(uri).images, uri)
-    resolution = _folder_resolution(path) if path.is_dir() else None
-    return open_fid_images(open_dataset(uri, resolution))
-
-
-def _packed_dir(images: np.ndarray) -> Path | None:
-    """The Dataset directory whose whole images.npy ``images`` is (a memory map of it), else None."""
-    name = getattr(images, "filename", None)
-    if not isinstance(images, np.memmap) or not name or Path(name).name != "images.npy":
-        return None
-    folder = Path(name).parent
-    try:
-        count = json.loads((folder / "manifest.json").read_text()).get("count")
-    except (OSError, ValueError):
-        return None
-    return folder if count == len(images) else None
-
-
-def _packed_source(folder: Path, images: np.ndarray, name: str) -> FidImages:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    splits = None
-    if (folder / "index.jsonl").is_file():
-        rows = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines() if line.strip()]
-        if len(rows) == len(images) and all("split" in r for r in rows):
-            splits = [r["split"] for r in rows]
-    content = manifest.get("content_hash")
-    return FidImages(images, f"sha256:{content}" if content else "array:" + _array_hash(images), name, splits)
-
-
-def _folder_resolution(root: Path) -> int | None:
-    """The size of the first image of a folder, so that a folder of N x N images is read without resizing."""
-    from PIL import Image
-
-    from animegen.data.dataset import IMAGE_SUFFIXES
-
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(p) as im:
-                    return min(im.size)
-            except OSError:
-                continue
-    return None
-
-
-def _array_hash(images: np.ndarray) -> str:
-    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
-    for i in range(0, len(images), 1024):
-        digest.update(np.ascontiguousarray(images[i:i + 1024]).data)
-    return digest.hexdigest()
-
 
 def _select(source: FidImages, max_images: int | None, split: str | None) -> tuple[np.ndarray, str]:
     """Indices of the images to measure: the split's (all when None), then a seeded random subset if capped;
@@ -358,14 +284,15 @@ class StatsCache:
 
 def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Extractor, max_images: int | None = None,
                   split: str | None = None, cache: bool | StatsCache = True, batch: int | None = None,
-                  progress: bool = False) -> Stats:
+                  progress: bool = True) -> Stats:
     """Statistics (and float32 features) of a dataset's images under ``extractor``, cached.
 
     ``data``: a packed Dataset directory, an image folder, ``synthetic:...``, an ImageSet or a FidImages (see
     :func:`open_fid_images`). ``split`` picks the
     train/heldout side recorded in a packed Dataset's index.jsonl; ``max_images`` caps the count (a seeded random
     subset). ``cache``: True = local cache plus the object store when ANIMEGEN_STORE is set; False = none; or a
-    StatsCache. The cache key: content hash, resolution, split, sample count, extractor id.
+    StatsCache. The cache key: content hash, resolution, split, sample count, extractor id. ``progress``: a line
+    (or bar) while features are computed, and a note when cached statistics are reused.
     """
     source = open_fid_images(data)
     idx, subset = _select(source, max_images, split)
@@ -376,11 +303,15 @@ def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Ext
     if store is not None:
         hit = store.get(key, parts)
         if hit is not None:
+            note(f"reusing cached statistics of {source.name} ({store.paths(key)[0]})", progress)
             return hit
     b = batch or extractor.batch_size
     whole = len(idx) == len(source.images)  # contiguous slices; else rows by index (a memmap reads only those)
     batches = (source.images[i:i + b] if whole else source.images[idx[i:i + b]] for i in range(0, len(idx), b))
-    stats = Stats.from_features(extractor.features(batches, progress=progress), extractor.id)
+    what = f"{source.name}" + (f" ({split} split)" if split else "") + \
+        (f", {len(idx)} of {len(source.images)} images" if len(idx) < len(source.images) else "")
+    features = extractor.features(batches, progress=what if progress else False, total=len(idx))
+    stats = Stats.from_features(features, extractor.id)
     if store is not None:
         store.put(key, parts, stats)
     return stats
@@ -390,7 +321,8 @@ def dataset_stats(data: str | os.PathLike | ImageSet | FidImages, extractor: Ext
 
 def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_psi: float = 1.0,
                        classes: np.ndarray | torch.Tensor | None = None, batch: int | None = None,
-                       device: str | torch.device | None = None, seed: int = 0) -> np.ndarray:
+                       device: str | torch.device | None = None, seed: int = 0,
+                       progress: bool | str = False) -> np.ndarray:
     """Features [n, 2048] (float64) of ``n`` samples of ``G``, streamed batch by batch into the extractor.
 
     No image is written: each batch goes from ``G`` (on ``device``, default G's own) to the extractor and is
@@ -398,6 +330,7 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
     RNG, so a run is repeatable. Conditional G: each sample's condition row is drawn uniformly from ``classes``
     (a condition matrix [M, c_dim], e.g. ``ImageSet.conditions()`` so the class mix follows the data), or, when
     ``classes`` is None, a one-hot row of a uniformly drawn class. ``truncation_psi`` is passed to G.mapping.
+    ``progress``: show it (:mod:`animegen.progress`), a string naming what is sampled.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
@@ -416,14 +349,17 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
     was_training = G.training
     G.eval()
     out = []
+    what = progress if isinstance(progress, str) else f"sampling and Inception features (ψ = {truncation_psi:g})"
     try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.inference_mode():
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.inference_mode(), \
+                Progress(what, n, "img", enabled=bool(progress)) as bar:
             torch.manual_seed(seed)
             for i in range(0, n, b):
                 k = min(b, n - i)
                 z = torch.randn(k, G.z_dim, generator=gen)
                 c = None if rows is None else rows[torch.randint(len(rows), (k,), generator=gen)].to(dev)
                 out.append(extractor(G(z.to(dev), c, truncation_psi=truncation_psi)))
+                bar.update(k)
     finally:
         G.train(was_training)
     return np.concatenate(out)
@@ -433,7 +369,7 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
 
 def fid_between(a: str | os.PathLike | ImageSet, b: str | os.PathLike | ImageSet, extractor: Extractor,
                 max_images: int | None = None, split: str | None = None, cache: bool | StatsCache = True,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = False) -> dict[str, Any]:
+                kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict[str, Any]:
     """FID and KID between two datasets or image folders (cross-dataset), each side's statistics cached.
 
     Returns a JSON-ready dict: fid, kid, kid_std, n_a, n_b, content_a, content_b (each side's cache identity, see

@@ -151,7 +151,10 @@ def find_weights(weights: str | None = None, backend: str = "auto", download: bo
         return InceptionWeights(path, kind, _cached_sha256(path), "explicit")
 
     tried = ["1. --inception-weights PATH|URI: not given"]
-    want = (lambda b: backend in ("auto", b))
+
+    def want(b: str) -> bool:
+        return backend in ("auto", b)
+
     hub = hub_weights_path()
     if want("pytorch-fid"):
         if hub.is_file():
@@ -331,7 +334,8 @@ class Extractor:
             images = torch.from_numpy(np.require(images, requirements=["C", "W"]))
         x = images
         if x.ndim != 4:
-            raise ValueError(f"images must be a batch [N, H, W, C] (uint8) or [N, C, H, W] (float), got {list(x.shape)}")
+            raise ValueError(f"images must be a batch [N, H, W, C] (uint8) or [N, C, H, W] (float), "
+                             f"got {list(x.shape)}")
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             if x.shape[-1] not in (1, 3):
@@ -395,21 +399,22 @@ class Extractor:
         return self._forward(x)
 
     def features(self, images: ImageBatch | Iterable[ImageBatch], batch: int | None = None,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool | str = False, total: int | None = None) -> np.ndarray:
         """Features of a whole set: float64 [N, 2048]. ``images`` is one array/tensor (read ``batch`` images at a
-        time, so a memory-mapped set is never loaded whole) or an iterable of batches; an ImageSet works too."""
+        time, so a memory-mapped set is never loaded whole) or an iterable of batches (``total`` images in all,
+        when known); an ImageSet works too. ``progress``: show it (:mod:`animegen.progress`), a string naming the
+        set in its line."""
+        from animegen.progress import track
+
         images = getattr(images, "images", images)  # an ImageSet
         if isinstance(images, (np.ndarray, torch.Tensor)):
             batches: Iterable[ImageBatch] = _chunks(images, batch or self.batch_size)
             total = len(images)
         else:
-            batches, total = images, None
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=None if total is None else -(-total // (batch or self.batch_size)),
-                           desc=f"inception ({self.backend})", unit="batch")
-        out = [self(b) for b in batches]
+            batches = images
+        what = f"Inception features of {progress}" if isinstance(progress, str) else "Inception features"
+        out = [self(b) for b in track(batches, f"{what} ({self.backend}, {self.device})", total, "img",
+                                      enabled=bool(progress))]
         return np.concatenate(out) if out else np.empty((0, FEATURE_DIM))
 
 

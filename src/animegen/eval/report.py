@@ -186,7 +186,7 @@ def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None],
     """Write the run's report into ``out_dir`` and, when ``cfg.registry_uri`` is given, its registry record (see the
     module docstring). Returns ``{"run_id", "report", "markdown", "record", "scalars", "registry"}`` (paths, the KFP
     scalars, the registry URI written or the reason none was)."""
-    from animegen.eval.compare import run_compare
+    from animegen.eval.compare import CompareConfig, run_compare
 
     run_id = cfg.resolved_run_id()
     evaluations = dict(evaluations)
@@ -205,7 +205,7 @@ def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None],
         for i, (name, doc) in enumerate(done.items()):  # numbered folders keep the DAG's order in the table
             (root / f"{i:02d}-{name}").mkdir(parents=True)
             (root / f"{i:02d}-{name}" / "metrics.json").write_text(json.dumps(doc))
-        compare_dir = run_compare([str(root)], out / "compare")
+        compare_dir = run_compare(CompareConfig(), [str(root)], out / "compare")
     compare_html = (compare_dir / "compare.html").read_text()
     body = compare_html.split("<body>", 1)[-1].rsplit("</body>", 1)[0]
     body = re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)

@@ -87,7 +87,7 @@ def cross_fid(
     rt.check_model_name(name)
     cfg = rt.build_config(FidConfig, options, {"max_images": rt.opt(max_images), "device": device})
     with tempfile.TemporaryDirectory(prefix="animegen-fid-") as tmp:
-        doc = json.loads(Path(run_fid(a.path, b.path, tmp, cfg)).read_text())
+        doc = json.loads(Path(run_fid(cfg, a.path, b.path, tmp)).read_text())
     doc.update(name=name, artifacts={"a": a.uri, "b": b.uri, "metrics": metrics.uri})
     rt.log_scalars(metrics, {f"{k}_{name}": v for k in ("fid", "kid") if (v := rt.finite(doc.get(k))) is not None})
     rt.write_json(metrics.path, doc)
