@@ -36,7 +36,7 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
 def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
     """A Model directory holding random, perturbed weights with these classes (no training needed)."""
     cfg = tiny_config(tmp_path, arch, f"src-{arch}-{cond_mode}-{len(class_names)}", cond_mode=cond_mode,
-                      conditional=bool(class_names)).resolved()
+                      conditional=bool(class_names)).with_arch_defaults()
     torch.manual_seed(seed)
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     perturb_(G, seed)
@@ -53,7 +53,7 @@ def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
 
 def transferred(tmp_path, arch, cond_mode, src_dir, class_names, **kw):
     cfg = tiny_config(tmp_path, arch, "dst", cond_mode=cond_mode, conditional=bool(class_names),
-                      init_from=str(src_dir), **kw).resolved()
+                      init_from=str(src_dir), **kw).with_arch_defaults()
     torch.manual_seed(99)  # another initialisation than the source's
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     G_ema = copy.deepcopy(G)

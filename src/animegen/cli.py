@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     if args.print_config:
-        print(json.dumps(cfg.resolved().to_dict(), indent=2))
+        print(json.dumps(cfg.with_arch_defaults().to_dict(), indent=2))
         return 0
     train(cfg, resume=args.resume)
     return 0

@@ -147,7 +147,7 @@ def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Train a GAN as ``cfg`` says; write the Model directory ``cfg.out``. See TrainConfig for the options."""
-    cfg = cfg.resolved()
+    cfg = cfg.with_arch_defaults()
     out = Path(cfg.out)
     ckpt_file = out / "checkpoint.pt"
     state = None
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         if not ckpt_file.exists():
             raise FileNotFoundError(f"--resume: {ckpt_file} does not exist; start the run without --resume")
         state = load_checkpoint(ckpt_file)
-        cfg = _resume_config(cfg, state["config"]).resolved()
+        cfg = _resume_config(cfg, state["config"]).with_arch_defaults()
     elif ckpt_file.exists():
         raise FileExistsError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
                               "or choose another --out")
