@@ -20,15 +20,16 @@ C = TypeVar("C", bound="Config")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def opt(help: str, *, choices: tuple | None = None, noun: str | None = None, unset: Any = None,
-        flag: str | None = None, metavar: str | None = None,
+def opt(help: str, *, choices: tuple | None = None, noun: str | None = None, default_text: str | None = None,
+        unset: Any = None, flag: str | None = None, metavar: str | None = None,
         parse: typing.Callable[[str], Any] | None = None) -> dict[str, Any]:
     """A field's metadata: one-line ``help``; ``choices``: the allowed values (checked on construction; ``noun``
-    names the option in that error, default: the field name);
+    names the option in that error, default: the field name); ``default_text``: what the default is when the
+    field's value (None) leaves it to the code (e.g. "128 dcgan, 64 stylegan");
     ``unset``: the value a KFP pipeline parameter passes for "the default" (KFP parameters cannot be None: 0, -1,
     ''), documented in the parameter tables; ``flag``/``metavar``/``parse``: CLI spelling of an option whose flag
     is not the field name (``parse`` turns one flag value into one item of a list or one entry of a dict)."""
-    return {"help": help, "choices": choices, "noun": noun, "unset": unset, "flag": flag, "metavar": metavar, "parse": parse}
+    return {"help": help, "choices": choices, "noun": noun, "default_text": default_text, "unset": unset, "flag": flag, "metavar": metavar, "parse": parse}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Option:
     help: str
     choices: tuple | None = None
     noun: str | None = None
+    default_text: str | None = None
     unset: Any = None
     flag: str | None = None
     metavar: str | None = None
@@ -56,13 +58,18 @@ class Option:
         t = self.base
         return getattr(t, "__name__", None) if typing.get_origin(t) is None else str(t).replace("typing.", "")
 
-    def describe(self) -> str:
-        """The help with the allowed values and the default (the text of a CLI flag and of a table row)."""
+    def explained(self) -> str:
+        """The help with the allowed values (when the help does not name them all)."""
         text = self.help
         if self.choices and not all(str(c) in text for c in self.choices):
             text += f" ({' | '.join(map(str, self.choices))})"
+        return text
+
+    def describe(self) -> str:
+        """The help with the allowed values and the default (the text of a CLI flag)."""
+        text = self.explained()
         if "default" not in text:
-            text += f" (default: {_show(self.default)})"
+            text += f" (default: {self.default_text or _show(self.default)})"
         return text
 
 
@@ -110,17 +117,21 @@ def option(cls: type, name: str) -> Option:
 
 
 # ------------------------------------------------------------------------------------------------ coercion
-def coerce_value(hint: Any, value: Any, name: str) -> Any:
-    """``value`` as the type ``hint`` says. Numbers: int <-> float where nothing is lost (KFP hands every number
-    of a dict parameter over as a float: 3.0 -> 3; 3.5 for an int is refused); strings (flags, ``--param``,
-    config files) parsed: bools true/false/1/0/yes/no/on/off, lists comma-separated, dicts as JSON; nested
-    Configs from dicts. ``str`` fields keep what they are given (their ``choices`` are checked on construction)."""
+def coerce_value(hint: Any, value: Any, name: str, *, text: bool = False) -> Any:
+    """``value`` as the type ``hint`` says, or ValueError naming ``name`` and the type expected.
+
+    Numbers: int -> float, and float -> int where nothing is lost (KFP hands every number of a dict parameter over
+    as a float: 3.0 -> 3; 3.5 for an int is refused); bools are not numbers; nested Configs from mappings.
+    ``text=True`` (a command-line value): a string is parsed as the type (bool true/false/1/0/yes/no/on/off; list
+    comma-separated or JSON; dict JSON); otherwise a string where a number, bool, list or dict is due is refused.
+    ``str`` fields keep what they are given (their ``choices`` are checked on construction)."""
     if value is None:
-        if hint is type(None) or type(None) in typing.get_args(hint) or hint is Any:
+        if hint is Any or type(None) in typing.get_args(hint):
             return None
         raise ValueError(f"{name}: a value is required (got none)")
     t = _strip_none(hint)
     origin, args = typing.get_origin(t), typing.get_args(t)
+    parse = text and isinstance(value, str)
 
     def bad(want: str) -> ValueError:
         return ValueError(f"{name}={value!r}: expected {want}")
@@ -132,55 +143,43 @@ def coerce_value(hint: Any, value: Any, name: str) -> Any:
             raise bad(f"a mapping of {t.__name__} options")
         return t.from_dict(value)
     if t is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        if parse and value.strip().lower() in TRUE + FALSE:
             return value.strip().lower() in TRUE
-        raise bad("true or false")
-    if t is int:
-        if isinstance(value, str):
-            try:
-                value = float(value.strip()) if "." in value or "e" in value.lower() else int(value.strip())
-            except ValueError:
-                raise bad("an integer") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("an integer")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise bad("an integer")
-            value = int(value)
+        if not isinstance(value, bool):
+            raise bad("bool (true or false)")
         return value
-    if t is float:
-        if isinstance(value, str):
+    if t in (int, float):
+        if parse:
             try:
-                return float(value.strip())
+                value = float(value) if t is float or not value.strip().lstrip("+-").isdigit() else int(value)
             except ValueError:
-                raise bad("a number") from None
+                raise bad(t.__name__) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if origin is list:
-        item = args[0] if args else Any
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if not value.lstrip().startswith("[") \
-                else json.loads(value)
+            raise bad(t.__name__)
+        if t is float:
+            return float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise bad("int (a whole number)")
+        return int(value)
+    if origin is list or t is list:
+        if parse:
+            value = json.loads(value) if value.lstrip().startswith("[") else [v.strip() for v in value.split(",")
+                                                                               if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise bad("a list")
-        return [coerce_value(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+            raise bad("list")
+        return [coerce_value(args[0] if args else Any, v, f"{name}[{i}]", text=text) for i, v in enumerate(value)]
     if origin is dict or t is dict:
-        if isinstance(value, str):
+        if parse:
             try:
                 value = json.loads(value)
             except ValueError:
-                raise bad("a JSON object") from None
+                raise bad("dict (a JSON object)") from None
         if not isinstance(value, dict):
-            raise bad("a mapping")
+            raise bad("dict")
         item = args[1] if len(args) == 2 else Any
-        return {str(k): coerce_value(item, v, f"{name}.{k}") for k, v in value.items()}
+        return {str(k): coerce_value(item, v, f"{name}.{k}", text=text) for k, v in value.items()}
     if t is str and isinstance(value, (dict, list)):
-        raise bad("a string")
+        raise bad("str")
     return value
 
 
@@ -228,13 +227,14 @@ class Config:
 
 # ------------------------------------------------------------------------------------------------ docs
 def markdown_table(rows: list[tuple[str, str, Any, str]]) -> str:
-    """A Markdown table of (name, type, default, help) rows."""
+    """A Markdown table of (name, type, default, help) rows (default ``dataclasses.MISSING``: required)."""
     def cell(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
-    lines += [f"| `{cell(n)}` | {cell(t)} | `{cell(json.dumps(d) if not isinstance(d, str) else repr(d))}` | "
-              f"{cell(h)} |" for n, t, d, h in rows]
+    shown = (lambda d: "required" if d is dataclasses.MISSING else
+             f"`{cell(repr(d) if isinstance(d, str) else json.dumps(d))}`")
+    lines += [f"| `{cell(n)}` | {cell(t)} | {shown(d)} | {cell(h)} |" for n, t, d, h in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -51,14 +51,14 @@ class IngestConfig(Config):
     source: str = field(metadata=opt(
         "the source: folder, .zip/.tar, https://, s3://, kaggle:OWNER/DATASET or synthetic:?..."))
     sha256: str | None = field(default=None, metadata=opt(
-        "expected sha256 of a downloaded or archive source", unset=""))
+        "expected sha256 of a downloaded or archive source", default_text="not checked", unset=""))
     resolution: int = field(default=64, metadata=opt("output size in pixels"))
     mode: str = field(default="rgb", metadata=opt(
         "rgb, grayscale, or lineart (XDoG manga-like black and white)", choices=MODES))
     channels: int | None = field(default=None, metadata=opt(
-        "packed channels, 3 or 1 (default: the mode's own, 3 for rgb, 1 for grayscale/lineart); 3 with "
-        "grayscale/lineart repeats the grey channel, so every layer of an RGB model transfers to the set",
-        choices=(1, 3), unset=0))
+        "packed channels, 3 or 1; 3 with grayscale/lineart repeats the grey channel, so every layer of an RGB "
+        "model transfers to the set", choices=(1, 3), unset=0,
+        default_text="the mode's own: 3 for rgb, 1 for grayscale/lineart"))
     fit: str = field(default="center_crop", metadata=opt("how an image becomes square", choices=FITS))
     pad: str = field(default="white", metadata=opt("pad colour for fit=pad", choices=PADS))
     filter: str = field(default="bilinear", metadata=opt("resize filter (bilinear: the DCGAN paper's)",
@@ -74,7 +74,8 @@ class IngestConfig(Config):
         "split by this index field instead (whole groups on one side)", unset=""))
     seed: int = field(default=0, metadata=opt("seed of the split and of the growth"))
     grow_to: int | None = field(default=None, metadata=opt(
-        "grow a small set's train split to this many images (rotation, zoom, crops)", unset=0))
+        "grow a small set's train split to this many images (rotation, zoom, crops)", default_text="no growth",
+        unset=0))
     grow_max_angle: float = field(default=10.0, metadata=opt("growth: largest rotation in degrees"))
     grow_max_zoom: float = field(default=1.2, metadata=opt("growth: largest zoom factor"))
     grow_fill: str = field(default="reflect", metadata=opt("growth: how uncovered corners are filled",
@@ -85,13 +86,13 @@ class IngestConfig(Config):
     lineart_epsilon: float = field(default=XDoG.epsilon, metadata=opt("XDoG: threshold"))
     lineart_phi: float = field(default=XDoG.phi, metadata=opt("XDoG: steepness of the soft threshold"))
     limit: int | None = field(default=None, metadata=opt(
-        "stop after this many candidate files (in sorted path order)", unset=0))
+        "stop after this many candidate files (in sorted path order)", default_text="all", unset=0))
     cache_dir: str | None = field(default=None, metadata=opt(
-        "download cache (default: $ANIMEGEN_CACHE or ~/.cache/animegen)", unset=""))
+        "download cache for remote sources", default_text="$ANIMEGEN_CACHE or ~/.cache/animegen", unset=""))
     max_total_bytes: int | None = field(default=None, metadata=opt(
-        "archive extraction limit on total bytes (default: the extractor's)", unset=0))
+        "archive extraction limit on total bytes", default_text="the extractor's", unset=0))
     max_entries: int | None = field(default=None, metadata=opt(
-        "archive extraction limit on entries (default: the extractor's)", unset=0))
+        "archive extraction limit on entries", default_text="the extractor's", unset=0))
 
     def validate(self) -> None:
         if self.channels == 1 and self.mode == "rgb":

@@ -64,23 +64,23 @@ class EvalConfig(Config):
         "truncation psi of the second FID and accuracy, reported beside psi 1 (1 = none)"))
     k_per_class: int = field(default=100, metadata=opt("generated images per class for the per-class accuracy"))
     tagger: str | None = field(default=None, metadata=opt(
-        "colour tagger (colour_tagger.pt or its folder); none: accuracy skipped"))
+        "colour tagger (colour_tagger.pt or its folder)", default_text="none: accuracy skipped"))
     inception_weights: str | None = field(default=None, metadata=opt(
-        "Inception weights path or URI (default: the usual resolution order)"))
+        "Inception weights path or URI", default_text="the usual resolution order"))
     inception_backend: str = field(default="auto", metadata=opt("Inception feature extractor back-end",
                                                                 choices=EXTRACTORS))
     reference_split: str = field(default="all", metadata=opt("which reference images", choices=SPLITS))
     max_reference: int | None = field(default=None, metadata=opt(
-        "reference images per FID (default: every image of the split)", unset=0))
+        "reference images per FID", default_text="every image of the split", unset=0))
     batch: int | None = field(default=None, metadata=opt(
-        "images per batch (default: the extractor's, 16 on CPU, 200 on CUDA)", unset=0))
+        "images per batch", default_text="16 on CPU, 200 on CUDA", unset=0))
     device: str = field(default="auto", metadata=opt("device", choices=DEVICES))
     seed: int = field(default=0, metadata=opt("seed of the generated images"))
     progress: bool = field(default=False, metadata=opt("progress bar while reference features are computed"))
     snapshots: bool = field(default=False, metadata=opt(
         "also the FID of every snapshots/G_ema-*.pt (FID over kimg curves)"))
     n_fid_snapshots: int | None = field(default=None, metadata=opt(
-        "generated images per snapshot FID (default: n_fid)", unset=0))
+        "generated images per snapshot FID", default_text="n_fid", unset=0))
     grids: bool = field(default=True, metadata=opt(
         "sample, truncation, mixing grids and the interpolation GIF in the report"))
     grid_n: int = field(default=8, metadata=opt("images per class in the sample grids; rows of the truncation grid"))
@@ -100,11 +100,11 @@ class EvalConfig(Config):
 @dataclass
 class FidConfig(Config):
     max_images: int | None = field(default=None, metadata=opt(
-        "at most this many images of each side (a seeded subset; default: all)", unset=0))
+        "at most this many images of each side (a seeded subset)", default_text="all", unset=0))
     split: str = field(default="all", metadata=opt("which images of a Dataset directory with splits",
                                                    choices=SPLITS))
     inception_weights: str | None = field(default=None, metadata=opt(
-        "Inception weights path or URI (default: the usual resolution order)"))
+        "Inception weights path or URI", default_text="the usual resolution order"))
     inception_backend: str = field(default="auto", metadata=opt("Inception feature extractor back-end",
                                                                 choices=EXTRACTORS))
     kid_subsets: int = field(default=100, metadata=opt("KID: subsets averaged"))

@@ -68,7 +68,7 @@ class ClusterConfig(Config):
     k: int | None = field(default=None, metadata=opt(
         "use this K instead of the best silhouette (within k_min..k_max)"))
     pca: int | None = field(default=64, metadata=opt(
-        "reduce wider embeddings to this many dimensions before k-means (none: off)"))
+        "reduce wider embeddings to this many dimensions before k-means (none: off)", default_text="64"))
     n_init: int = field(default=4, metadata=opt("k-means restarts"))
     silhouette_sample: int = field(default=5000, metadata=opt(
         "images the silhouette score is computed on (a seeded sample)"))

@@ -52,12 +52,12 @@ class ClassRules(Config):
                                                    choices=MODES, noun="label mode"))
     threshold: float = field(default=0.7, metadata=opt("a tag counts when its probability is at least this"))
     require: list[str] | None = field(default=None, metadata=opt(
-        "tags every kept image must have (default: solo 1girl age_rating_s where the source has them)"))
+        "tags every kept image must have", default_text="solo 1girl age_rating_s where the source has them"))
     exclude: list[str] = field(default_factory=lambda: list(PAPER_EXCLUDE), metadata=opt("tags that drop an image"))
     hair: list[str] = field(default_factory=lambda: list(HAIR_TAGS), metadata=opt(
-        "hair-colour tags to keep (default: the 12 MLDS colours)"))
+        "hair-colour tags to keep", default_text="the 12 MLDS colours"))
     eyes: list[str] = field(default_factory=lambda: list(EYE_TAGS), metadata=opt(
-        "eye-colour tags to keep (default: the 10 MLDS colours)"))
+        "eye-colour tags to keep", default_text="the 10 MLDS colours"))
     aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES), metadata=opt(
         "TAG=KEPT: a tag read as another (grey_hair=gray_hair)"))
     min_per_class: int = field(default=1, metadata=opt("drop classes with fewer images (1: only empty ones)"))

@@ -20,8 +20,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _arch(help: str, key: str, **kw: Any) -> dict[str, Any]:
     """Metadata of a field whose default depends on the architecture (None: ARCH_DEFAULTS)."""
-    by_arch = ", ".join(f"{_fmt(d[key])} {arch}" for arch, d in ARCH_DEFAULTS.items())
-    return opt(f"{help} (default: {by_arch})", **kw)
+    return opt(help, default_text=", ".join(f"{_fmt(d[key])} {arch}" for arch, d in ARCH_DEFAULTS.items()), **kw)
 
 
 def _fmt(value: Any) -> str:
@@ -52,7 +51,7 @@ class TrainConfig(Config):
     channel_max: int = field(default=512, metadata=opt("cap on feature maps per layer"))
     # duration (kimg wins when both are given)
     kimg: float | None = field(default=None, metadata=opt(
-        "training length in thousands of real images shown to D (default: 100 when epochs is not given)"))
+        "training length in thousands of real images shown to D", default_text="100 when epochs is not given"))
     epochs: float | None = field(default=None, metadata=opt(
         "training length in passes over the dataset (when kimg is not given)"))
     # optimisation
@@ -93,7 +92,7 @@ class TrainConfig(Config):
         "NEW=OLD: new class NEW starts from old class OLD (repeatable); same names map by themselves"))
     init_class: str | None = field(default=None, metadata=opt(
         "old class every unmapped new class starts from (a partial name averages every class containing it; for an "
-        "unconditional target, the class folded into it); default: the mean of the old classes", unset=""))
+        "unconditional target, the class folded into it)", default_text="the mean of the old classes", unset=""))
     freeze_d: int = field(default=0, metadata=opt("freeze the first K discriminator blocks (from the input side)"))
 
     def validate(self) -> None:
