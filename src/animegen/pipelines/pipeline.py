@@ -173,7 +173,7 @@ class Param:
 
 
 # The pipeline's parameters, in signature order: PipelineParams' fields (what KFP and `animegen pipeline params` see).
-PARAMETERS: dict[str, Param] = {o.name: Param(o.base, o.default, o.help) for o in options(PipelineParams)}
+PARAMETERS: dict[str, Param] = {o.name: Param(o.base, o.default, o.explained()) for o in options(PipelineParams)}
 
 
 def default_params() -> dict[str, Any]:
