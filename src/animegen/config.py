@@ -205,8 +205,8 @@ class Config:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
-                raise ValueError(f"unknown {f.metadata.get('noun') or f.name}: {f.name}={value!r}; {f.name} must be "
-                                 f"one of these, valid: {', '.join(map(str, choices))}")
+                raise ValueError(f"unknown {f.metadata.get('noun') or f.name} {value!r}: {f.name} must be one of "
+                                 f"these, valid: {', '.join(map(str, choices))}")
 
     def validate(self) -> None:
         """The one validation hook: raise ValueError naming the option and the valid values. Runs on every

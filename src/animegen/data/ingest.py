@@ -57,7 +57,7 @@ class IngestConfig(Config):
         "rgb, grayscale, or lineart (XDoG manga-like black and white)", choices=MODES))
     channels: int | None = field(default=None, metadata=opt(
         "packed channels, 3 or 1; 3 with grayscale/lineart repeats the grey channel, so every layer of an RGB "
-        "model transfers to the set", choices=(1, 3), unset=0,
+        "model transfers to the set", unset=0,
         default_text="the mode's own: 3 for rgb, 1 for grayscale/lineart"))
     fit: str = field(default="center_crop", metadata=opt("how an image becomes square", choices=FITS))
     pad: str = field(default="white", metadata=opt("pad colour for fit=pad", choices=PADS))
@@ -95,6 +95,8 @@ class IngestConfig(Config):
         "archive extraction limit on entries", default_text="the extractor's", unset=0))
 
     def validate(self) -> None:
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"ingest channels={self.channels}: must be 1 or 3 (or unset: the mode's own)")
         if self.channels == 1 and self.mode == "rgb":
             raise ValueError("ingest channels=1 with mode rgb: use mode grayscale (or lineart) for one channel")
         if self.resolution < 4:
