@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import ROOT
 
 from animegen.cli import build_parser, main
 from animegen.config import Config, coerce, coerce_value, option, options
@@ -18,7 +19,6 @@ from animegen.labels.label import LabelConfig
 from animegen.labels.rules import ClassRules
 from animegen.pipelines.pipeline import PARAMETERS, PipelineOptions, PipelineParams, check_params
 from animegen.train.config import TrainConfig
-from conftest import ROOT
 
 CONFIGS = (TrainConfig, IngestConfig, LabelConfig, ClassRules, TaggerTrainConfig, TaggerPredictConfig, ClusterConfig,
            EvalConfig, FidConfig, CompareConfig, PipelineParams, PipelineOptions)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from animegen import __version__
-from animegen.config import Config, Option, coerce_value, load_config_file, options
+from animegen.config import Option, coerce_value, load_config_file, options
 
 
 def add_config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,

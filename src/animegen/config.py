@@ -29,7 +29,8 @@ def opt(help: str, *, choices: tuple | None = None, noun: str | None = None, def
     ``unset``: the value a KFP pipeline parameter passes for "the default" (KFP parameters cannot be None: 0, -1,
     ''), documented in the parameter tables; ``flag``/``metavar``/``parse``: CLI spelling of an option whose flag
     is not the field name (``parse`` turns one flag value into one item of a list or one entry of a dict)."""
-    return {"help": help, "choices": choices, "noun": noun, "default_text": default_text, "unset": unset, "flag": flag, "metavar": metavar, "parse": parse}
+    return {"help": help, "choices": choices, "noun": noun, "default_text": default_text, "unset": unset,
+            "flag": flag, "metavar": metavar, "parse": parse}
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,8 @@ def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ the base
 class Config:
     """Mixin for ``@dataclass`` stage configs. Construction runs :meth:`validate` (which may normalise legacy
-    spellings) and then checks each field's ``choices``; ``from_dict`` coerces plain values (unknown keys refused, naming the valid ones) and
-    rebuilds nested configs, so ``from_dict(to_dict(x)) == x``."""
+    spellings) and then checks each field's ``choices``; ``from_dict`` coerces plain values (:func:`coerce`: unknown
+    keys refused, naming the valid ones; nested configs rebuilt), so ``from_dict(to_dict(x)) == x``."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -231,9 +232,12 @@ def markdown_table(rows: list[tuple[str, str, Any, str]]) -> str:
     def cell(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
+    def shown(default: Any) -> str:
+        if default is dataclasses.MISSING:
+            return "required"
+        return f"`{cell(repr(default) if isinstance(default, str) else json.dumps(default))}`"
+
     lines = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
-    shown = (lambda d: "required" if d is dataclasses.MISSING else
-             f"`{cell(repr(d) if isinstance(d, str) else json.dumps(d))}`")
     lines += [f"| `{cell(n)}` | {cell(t)} | {shown(d)} | {cell(h)} |" for n, t, d, h in rows]
     return "\n".join(lines) + "\n"
 

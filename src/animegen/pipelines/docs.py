@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
+
 from animegen.config import markdown_table, option, options, replace_generated
 from animegen.pipelines.pipeline import PARAMETERS, PipelineParams
 

@@ -462,7 +462,10 @@ class _Dag:
         from kfp import dsl
 
         skip_name = f"skip-{branch.replace('_', '-')}"
-        kind = (lambda key: "dataset" if key.startswith("dataset") else "metrics")
+
+        def kind(key: str) -> str:
+            return "dataset" if key.startswith("dataset") else "metrics"
+
         if self.on is not None:
             if self.on[branch]:
                 return body()
