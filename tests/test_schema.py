@@ -102,6 +102,12 @@ def test_one_coercion_path_kfp_floats_bools_lists_dicts():
 
     assert not hasattr(rt, "coerce")
     assert rt.build_config(EvalConfig, {"grid_n": 2.0}, {"n_fid": 8.0, "batch": None}).grid_n == 2
+    # the schema's "unset" values (what a pipeline parameter passes for the default) leave the Config default
+    cfg = rt.build_config(TrainConfig, {}, {"batch": 0, "r1_gamma": -1.0, "init_class": "", "ema_kimg": 0.0,
+                                            "snapshot_kimg": 0.0, "freeze_d": 0})
+    assert (cfg.batch, cfg.r1_gamma, cfg.init_class, cfg.ema_kimg, cfg.snapshot_kimg) == (None, None, None, 0.0, 50.0)
+    assert cfg.freeze_d == 0  # no unset value: 0 is 0
+    assert rt.build_config(IngestConfig, {}, {"source": "x", "channels": 0, "grow_to": 0}).channels is None
 
 
 def test_validation_runs_on_from_dict_and_construction():

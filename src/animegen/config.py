@@ -59,6 +59,15 @@ class Option:
         t = self.base
         return getattr(t, "__name__", None) if typing.get_origin(t) is None else str(t).replace("typing.", "")
 
+    def is_unset(self, value: Any) -> bool:
+        """Whether a pipeline parameter's ``value`` means "the default" for this option (its ``unset``: 0, '' or
+        -1, where -1 stands for any negative number)."""
+        if self.unset is None or isinstance(value, bool) or value is None:
+            return False
+        if self.unset == -1 and isinstance(value, (int, float)):
+            return value < 0
+        return type(value) in (int, float, str) and value == self.unset
+
     def explained(self) -> str:
         """The help with the allowed values (when the help does not name them all)."""
         text = self.help

@@ -59,10 +59,14 @@ def merge(options: dict | None, explicit: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(cls: type, options: dict | None, explicit: dict[str, Any]) -> Any:
-    """``cls.from_dict`` of :func:`merge`'s values. ``from_dict`` converts them to the fields' types by the one
-    coercion path (``animegen.config.coerce``): a KFP dict parameter arrives as a protobuf Struct, whose numbers are
-    all floats (``{"grid_n": 2}`` comes back as 2.0)."""
-    return cls.from_dict(merge(options, explicit))
+    """``cls.from_dict`` of :func:`merge`'s values, where an explicit value equal to its option's ``unset`` (the
+    schema's "0 / '' / < 0 means the default") leaves the Config default. ``from_dict`` converts the values to the
+    fields' types by the one coercion path (``animegen.config.coerce``): a KFP dict parameter arrives as a protobuf
+    Struct, whose numbers are all floats (``{"grid_n": 2}`` comes back as 2.0)."""
+    from animegen.config import options as schema
+
+    unset = {o.name for o in schema(cls) if o.name in explicit and o.is_unset(explicit[o.name])}
+    return cls.from_dict(merge(options, {k: None if k in unset else v for k, v in explicit.items()}))
 
 
 def check_model_name(name: str) -> str:
