@@ -321,7 +321,7 @@ def profile_child(path: str, device: str, dry: bool) -> int:
 
     steps = 3 if dry else 24
     model = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32, batch=8) if dry else {}
-    batch = TrainConfig(arch="stylegan", **model).resolved().batch
+    batch = TrainConfig(arch="stylegan", **model).with_arch_defaults().batch
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:
         data = "synthetic:?n=2048" if not dry else "synthetic:?n=64&resolution=16"

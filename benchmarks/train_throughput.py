@@ -80,7 +80,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
 
     steps, log_every = schedule(name, device, quick, steps, log_every)
     model = {**CONFIGS[name], **(TINY[CONFIGS[name]["arch"]] if tiny else {})}
-    probe = TrainConfig(**model).resolved()
+    probe = TrainConfig(**model).with_arch_defaults()
     batch = probe.batch
     data, resolution = (TINY_DATA, TINY_RESOLUTION) if tiny else (DATA, RESOLUTION)
     with tempfile.TemporaryDirectory(prefix=f"animegen-bench-{name}-") as tmp:
@@ -111,7 +111,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
         rates.append(r["img_s"])
     img_s = images / seconds
     first_step, last_step = rows[0]["step"], rows[-1]["step"]  # timed steps: indices first_step .. last_step-1
-    resolved = TrainConfig.from_dict(saved_cfg).resolved()
+    resolved = TrainConfig.from_dict(saved_cfg).with_arch_defaults()
     intervals = [resolved.r1_interval] if resolved.r1_gamma > 0 else []  # the loop's lazy regularisers
     if resolved.pl_weight > 0 and resolved.arch == "stylegan":
         intervals.append(resolved.pl_interval)

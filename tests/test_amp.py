@@ -44,14 +44,15 @@ def test_w_avg_update_under_bf16_autocast_stays_float32():
 
 
 def test_amp_modes_resolve_per_device():
-    assert not TrainConfig(amp="auto").resolved().uses_amp("cpu")
-    assert TrainConfig(amp="auto").resolved().uses_amp("cuda")
-    assert TrainConfig(amp="on").resolved().uses_amp("cpu")
-    assert not TrainConfig(amp="off").resolved().uses_amp("cuda")
+    assert not TrainConfig(amp="auto").with_arch_defaults().uses_amp("cpu")
+    assert TrainConfig(amp="auto").with_arch_defaults().uses_amp("cuda")
+    assert TrainConfig(amp="on").with_arch_defaults().uses_amp("cpu")
+    assert not TrainConfig(amp="off").with_arch_defaults().uses_amp("cuda")
     # configs and checkpoints written when amp was a bool
-    assert TrainConfig(amp=True).resolved().amp == "auto" and TrainConfig(amp=False).resolved().amp == "off"
+    assert TrainConfig(amp=True).with_arch_defaults().amp == "auto"
+    assert TrainConfig(amp=False).with_arch_defaults().amp == "off"
     with pytest.raises(ValueError, match="amp must be"):
-        TrainConfig(amp="fp16").resolved()
+        TrainConfig(amp="fp16").with_arch_defaults()
 
 
 def test_amp_on_and_off_in_a_yaml_config_file_are_the_modes(tmp_path):
@@ -60,7 +61,7 @@ def test_amp_on_and_off_in_a_yaml_config_file_are_the_modes(tmp_path):
     (tmp_path / "a.yaml").write_text("amp: on\nxflip: false\nhair: no\n")
     assert load_config_file(tmp_path / "a.yaml") == {"amp": "on", "xflip": False, "hair": "no"}
     (tmp_path / "b.yaml").write_text("amp: off\n")
-    assert TrainConfig(**load_config_file(tmp_path / "b.yaml")).resolved().amp == "off"
+    assert TrainConfig(**load_config_file(tmp_path / "b.yaml")).with_arch_defaults().amp == "off"
 
 
 @pytest.fixture(scope="module")

@@ -64,5 +64,5 @@ def test_latent_command_errors_are_clear(model, tmp_path, capsys):
 def test_shipped_configs_resolve(path):
     from animegen.train.config import TrainConfig, load_config_file
 
-    cfg = TrainConfig.from_dict(load_config_file(path)).resolved()
+    cfg = TrainConfig.from_dict(load_config_file(path)).with_arch_defaults()
     assert cfg.arch in ("dcgan", "stylegan") and cfg.kimg > 0

@@ -36,7 +36,7 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
 
 def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
     """A Model directory holding random, perturbed weights with these classes (no training needed)."""
-    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names)).resolved()
+    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names)).with_arch_defaults()
     torch.manual_seed(seed)
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     perturb_(G, seed)
@@ -52,7 +52,7 @@ def source_model(tmp_path, arch, cond_mode, class_names, seed=1):
 
 
 def transferred(tmp_path, arch, cond_mode, src_dir, class_names, **kw):
-    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names), **kw).resolved()
+    cfg = tiny_config(arch, cond_mode=cond_mode, conditional=bool(class_names), **kw).with_arch_defaults()
     torch.manual_seed(99)  # another initialisation than the source's
     G, D = build_models(arch, **model_kwargs(cfg, len(class_names), 3))
     G_ema = copy.deepcopy(G)

@@ -54,33 +54,14 @@ def merge(options: dict | None, explicit: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(cls: type, options: dict | None, explicit: dict[str, Any]) -> Any:
-    """``cls.from_dict`` of :func:`merge`'s values, numbers coerced to the fields' types: a KFP dict parameter
-    arrives as a protobuf Struct, whose numbers are all floats (``{"grid_n": 2}`` comes back as 2.0)."""
-    return cls.from_dict(coerce(cls, merge(options, explicit)))
+    """``cls.from_dict`` of :func:`merge`'s values, where an explicit value equal to its option's ``unset`` (the
+    schema's "0 / '' / < 0 means the default") leaves the Config default. ``from_dict`` converts the values to the
+    fields' types by the one coercion path (``animegen.config.coerce``): a KFP dict parameter arrives as a protobuf
+    Struct, whose numbers are all floats (``{"grid_n": 2}`` comes back as 2.0)."""
+    from animegen.config import options as schema
 
-
-def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Integral floats -> int where ``cls`` (a Config dataclass) declares an int field; nested Configs too."""
-    import dataclasses
-    import types
-    import typing
-
-    from animegen.config import Config
-
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    out = dict(values)
-    for key, value in values.items():
-        if key not in names:
-            continue  # from_dict names the unknown key
-        hint = hints[key]
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        nested = next((a for a in args if isinstance(a, type) and issubclass(a, Config)), None)
-        if nested is not None and isinstance(value, dict):
-            out[key] = coerce(nested, value)
-        elif int in args and float not in args and isinstance(value, float) and value.is_integer():
-            out[key] = int(value)
-    return out
+    unset = {o.name for o in schema(cls) if o.name in explicit and o.is_unset(explicit[o.name])}
+    return cls.from_dict(merge(options, {k: None if k in unset else v for k, v in explicit.items()}))
 
 
 def check_model_name(name: str) -> str:

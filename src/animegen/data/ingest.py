@@ -18,13 +18,13 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.augment import FILLS, Growth, apply_transform, plan_growth
 from animegen.data.dataset import finish_packed
 from animegen.data.pack import PackWriter
@@ -49,34 +49,49 @@ class IngestConfig(Config):
     """Settings of one ingest run; round-trips through JSON (``to_dict`` / ``from_dict``). The source is not a
     setting: it is run_ingest's input, like every stage's (``animegen ingest SOURCE``)."""
 
-    sha256: str | None = None  # expected sha256 of a downloaded or archive source
-    resolution: int = 64
-    mode: str = "rgb"  # rgb | grayscale | lineart
-    channels: int | None = None  # packed channels: None = the mode's own (3 rgb, 1 grayscale/lineart); 3 with
-    #                              grayscale/lineart repeats the grey channel (so every layer of an RGB model transfers)
-    fit: str = "center_crop"  # center_crop | pad
-    pad: str = "white"  # pad colour for fit=pad: white | edge
-    filter: str = "bilinear"  # bilinear (DCGAN paper) | lanczos | box | bicubic
-    min_side: int = DEFAULT_MIN_SIDE
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    dedupe: bool = True  # drop exact duplicates (sha256 of the file bytes); counted either way
-    holdout: float = 0.1
-    split_block: int = 32
-    split_group: str | None = None  # an index field to split by instead of id blocks
-    seed: int = 0
-    grow_to: int | None = None  # grow the train split to this many images
-    grow_max_angle: float = 10.0
-    grow_max_zoom: float = 1.2
-    grow_fill: str = "reflect"  # reflect | edge
-    lineart_sigma: float = XDoG.sigma
-    lineart_k: float = XDoG.k
-    lineart_p: float = XDoG.p
-    lineart_epsilon: float = XDoG.epsilon
-    lineart_phi: float = XDoG.phi
-    limit: int | None = None  # only the first N candidate files (in sorted path order)
-    cache_dir: str | None = None  # download cache for remote sources
-    max_total_bytes: int | None = None  # archive extraction limits (None: the extractor's defaults)
-    max_entries: int | None = None
+    sha256: str | None = field(default=None, metadata=opt(
+        "expected sha256 of a downloaded or archive source", default_text="not checked", unset=""))
+    resolution: int = field(default=64, metadata=opt("output size in pixels"))
+    mode: str = field(default="rgb", metadata=opt(
+        "rgb, grayscale, or lineart (XDoG manga-like black and white)", choices=MODES))
+    channels: int | None = field(default=None, metadata=opt(
+        "packed channels, 3 or 1; 3 with grayscale/lineart repeats the grey channel, so every layer of an RGB "
+        "model transfers to the set", unset=0,
+        default_text="the mode's own: 3 for rgb, 1 for grayscale/lineart"))
+    fit: str = field(default="center_crop", metadata=opt("how an image becomes square", choices=FITS))
+    pad: str = field(default="white", metadata=opt("pad colour for fit=pad", choices=PADS))
+    filter: str = field(default="bilinear", metadata=opt("resize filter (bilinear: the DCGAN paper's)",
+                                                         choices=FILTERS))
+    min_side: int = field(default=DEFAULT_MIN_SIDE, metadata=opt("skip images whose shorter side is below this"))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt(
+        "skip images with more pixels (decompression-bomb guard)"))
+    dedupe: bool = field(default=True, metadata=opt(
+        "drop exact duplicates (sha256 of the file bytes); counted either way"))
+    holdout: float = field(default=0.1, metadata=opt("fraction of images in the held-out split"))
+    split_block: int = field(default=32, metadata=opt("split by blocks of this many consecutive ids"))
+    split_group: str | None = field(default=None, metadata=opt(
+        "split by this index field instead (whole groups on one side)", unset=""))
+    seed: int = field(default=0, metadata=opt("seed of the split and of the growth"))
+    grow_to: int | None = field(default=None, metadata=opt(
+        "grow a small set's train split to this many images (rotation, zoom, crops)", default_text="no growth",
+        unset=0))
+    grow_max_angle: float = field(default=10.0, metadata=opt("growth: largest rotation in degrees"))
+    grow_max_zoom: float = field(default=1.2, metadata=opt("growth: largest zoom factor"))
+    grow_fill: str = field(default="reflect", metadata=opt("growth: how uncovered corners are filled",
+                                                           choices=FILLS))
+    lineart_sigma: float = field(default=XDoG.sigma, metadata=opt("XDoG: Gaussian sigma"))
+    lineart_k: float = field(default=XDoG.k, metadata=opt("XDoG: ratio of the two Gaussians' sigmas"))
+    lineart_p: float = field(default=XDoG.p, metadata=opt("XDoG: edge sharpening strength"))
+    lineart_epsilon: float = field(default=XDoG.epsilon, metadata=opt("XDoG: threshold"))
+    lineart_phi: float = field(default=XDoG.phi, metadata=opt("XDoG: steepness of the soft threshold"))
+    limit: int | None = field(default=None, metadata=opt(
+        "stop after this many candidate files (in sorted path order)", default_text="all", unset=0))
+    cache_dir: str | None = field(default=None, metadata=opt(
+        "download cache for remote sources", default_text="$ANIMEGEN_CACHE or ~/.cache/animegen", unset=""))
+    max_total_bytes: int | None = field(default=None, metadata=opt(
+        "archive extraction limit on total bytes", default_text="the extractor's", unset=0))
+    max_entries: int | None = field(default=None, metadata=opt(
+        "archive extraction limit on entries", default_text="the extractor's", unset=0))
 
     @classmethod
     def from_dict(cls, values: dict) -> IngestConfig:
@@ -86,11 +101,7 @@ class IngestConfig(Config):
                              "--out DIR`, run_ingest(cfg, source, out_dir), the component's source parameter)")
         return super().from_dict(values)
 
-    def __post_init__(self) -> None:
-        for name, valid in (("mode", MODES), ("fit", FITS), ("pad", PADS), ("filter", FILTERS),
-                            ("grow_fill", FILLS)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"ingest {name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
+    def validate(self) -> None:
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"ingest channels={self.channels}: must be 1 or 3 (or unset: the mode's own)")
         if self.channels == 1 and self.mode == "rgb":
@@ -107,7 +118,8 @@ class IngestConfig(Config):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"ingest {name}={value}: must be >= 1 (or unset)")
-        self.growth()  # validates the growth ranges
+        if self.grow_fill in FILLS:
+            self.growth()  # validates the growth ranges
 
     def xdog(self) -> XDoG:
         return XDoG(self.lineart_sigma, self.lineart_k, self.lineart_p, self.lineart_epsilon, self.lineart_phi)

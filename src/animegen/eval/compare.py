@@ -52,11 +52,11 @@ import io
 import json
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.eval.html import Figure, esc, figure_html, fmt, html_page, html_table
 from animegen.utils import atomic_write_bytes, atomic_write_text, write_json
 
@@ -72,7 +72,8 @@ PIVOT_METRICS = (("fid", "FID", "num"), ("kid", "KID", "num"), ("both_accuracy",
 
 @dataclass
 class CompareConfig(Config):
-    strict: bool = False  # refuse (ValueError) instead of flagging rows computed with another feature extractor
+    strict: bool = field(default=False, metadata=opt(
+        "refuse evaluations computed with another feature extractor instead of flagging them"))
 
 
 # --------------------------------------------------------------------------------------------- discovery

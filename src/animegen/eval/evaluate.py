@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from animegen import __version__
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.dataset import ImageSet, open_dataset
 from animegen.data.splits import HELDOUT, TRAIN
 from animegen.eval import fid as fidlib
@@ -54,48 +54,66 @@ ACCURACY_KEYS = ("hair_accuracy", "eye_accuracy", "both_accuracy")
 GEN_BATCH = 64  # generator batch of the accuracy and picture steps when cfg.batch is None
 
 
+DEVICES = ("auto", "cpu", "cuda")
+EXTRACTORS = ("auto", "pytorch-fid", "torchscript")
+
+
 @dataclass
 class EvalConfig(Config):
-    n_fid: int = 10000                  # generated images per FID / KID
-    psi: float = 0.6                    # truncation ψ reported beside ψ = 1 (the second paper's value)
-    k_per_class: int = 100              # generated images per class for the accuracy table
-    tagger: str | None = None           # colour tagger (colour_tagger.pt or its folder); None: accuracy skipped
-    inception_weights: str | None = None  # explicit Inception weights path/URI (else the usual resolution order)
-    inception_backend: str = "auto"     # feature extractor back-end: auto | pytorch-fid | torchscript
-    reference_split: str = "all"        # reference images: all | train | heldout
-    max_reference: int | None = None    # at most this many reference images (None: every image of the split)
-    batch: int | None = None            # images per batch (None: the extractor's default, 16 on CPU, 200 on CUDA)
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True               # progress (a bar on a terminal, else lines) of features and sampling
-    snapshots: bool = False             # FID of every snapshots/G_ema-*.pt: fid_over_kimg
-    n_fid_snapshots: int | None = None  # generated images per snapshot FID (None: n_fid)
-    grids: bool = True                  # sample / truncation / mixing grids and the interpolation GIF
-    grid_n: int = 8                     # images per class in the sample grids; rows of the truncation grid
-    truncation_psis: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
-    interp_method: str = "circular"     # linear | slerp | circular
-    interp_steps: int = 8               # frames per segment (per quarter turn for circular)
+    n_fid: int = field(default=10000, metadata=opt("generated images per FID / KID (papers: 10000 or more)"))
+    psi: float = field(default=0.6, metadata=opt(
+        "truncation psi of the second FID and accuracy, reported beside psi 1 (1 = none)"))
+    k_per_class: int = field(default=100, metadata=opt("generated images per class for the per-class accuracy"))
+    tagger: str | None = field(default=None, metadata=opt(
+        "colour tagger (colour_tagger.pt or its folder)", default_text="none: accuracy skipped"))
+    inception_weights: str | None = field(default=None, metadata=opt(
+        "Inception weights path or URI", default_text="the usual resolution order"))
+    inception_backend: str = field(default="auto", metadata=opt("Inception feature extractor back-end",
+                                                                choices=EXTRACTORS))
+    reference_split: str = field(default="all", metadata=opt("which reference images", choices=SPLITS))
+    max_reference: int | None = field(default=None, metadata=opt(
+        "reference images per FID", default_text="every image of the split", unset=0))
+    batch: int | None = field(default=None, metadata=opt(
+        "images per batch", default_text="16 on CPU, 200 on CUDA", unset=0))
+    device: str = field(default="auto", metadata=opt("device", choices=DEVICES))
+    seed: int = field(default=0, metadata=opt("seed of the generated images"))
+    progress: bool = field(default=True, metadata=opt(
+        "progress of features and sampling (a bar on a terminal, else a line per phase)"))
+    snapshots: bool = field(default=False, metadata=opt(
+        "also the FID of every snapshots/G_ema-*.pt (FID over kimg curves)"))
+    n_fid_snapshots: int | None = field(default=None, metadata=opt(
+        "generated images per snapshot FID", default_text="n_fid", unset=0))
+    grids: bool = field(default=True, metadata=opt(
+        "sample, truncation, mixing grids and the interpolation GIF in the report"))
+    grid_n: int = field(default=8, metadata=opt("images per class in the sample grids; rows of the truncation grid"))
+    truncation_psis: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+                                         metadata=opt("the columns of the truncation grid"))
+    interp_method: str = field(default="circular", metadata=opt("interpolation path",
+                                                                choices=("linear", "slerp", "circular")))
+    interp_steps: int = field(default=8, metadata=opt("frames per segment (per quarter turn for circular)"))
 
-    def validated(self) -> EvalConfig:
-        if self.reference_split not in SPLITS:
-            raise ValueError(f"reference_split={self.reference_split!r}; choose one of {', '.join(SPLITS)}")
+    def validate(self) -> None:
         if self.n_fid < 2 or (self.n_fid_snapshots is not None and self.n_fid_snapshots < 2):
             raise ValueError("n_fid (and n_fid_snapshots) must be >= 2: FID needs a covariance")
         if self.k_per_class < 1 or self.grid_n < 1 or (self.batch is not None and self.batch < 1):
             raise ValueError("k_per_class, batch and grid_n must be >= 1")
-        return self
 
 
 @dataclass
 class FidConfig(Config):
-    max_images: int | None = None       # at most this many images of each side (a seeded subset; None: all)
-    split: str = "all"                  # all | train | heldout (of a Dataset directory with splits)
-    inception_weights: str | None = None
-    inception_backend: str = "auto"     # auto | pytorch-fid | torchscript
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    device: str = "auto"
-    progress: bool = True               # progress (a bar on a terminal, else lines) of the feature extraction
+    max_images: int | None = field(default=None, metadata=opt(
+        "at most this many images of each side (a seeded subset)", default_text="all", unset=0))
+    split: str = field(default="all", metadata=opt("which images of a Dataset directory with splits",
+                                                   choices=SPLITS))
+    inception_weights: str | None = field(default=None, metadata=opt(
+        "Inception weights path or URI", default_text="the usual resolution order"))
+    inception_backend: str = field(default="auto", metadata=opt("Inception feature extractor back-end",
+                                                                choices=EXTRACTORS))
+    kid_subsets: int = field(default=100, metadata=opt("KID: subsets averaged"))
+    kid_subset_size: int = field(default=1000, metadata=opt("KID: images per subset (fewer when a side is smaller)"))
+    device: str = field(default="auto", metadata=opt("device", choices=DEVICES))
+    progress: bool = field(default=True, metadata=opt(
+        "progress of the feature extraction (a bar on a terminal, else a line per phase)"))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -238,7 +256,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     from animegen.train.checkpoint import load_checkpoint, load_generator
 
     t0 = time.perf_counter()
-    cfg = cfg.validated()
+    cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # metrics.json is written last: gone until then

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.dataset import ImageSet, begin_packed, index_rows, open_dataset, read_packed, write_packed
 from animegen.image_files import save_grid
 from animegen.labels.colour import colour_features, load_colour_tagger
@@ -54,31 +54,33 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ClusterConfig(Config):
     """Options of `animegen cluster` (round-trips through JSON)."""
 
-    embedder: str = "auto"            # auto | resnet50 | colour (see the module docstring)
-    weights: str | None = None        # resnet50: state dict path / https / s3 URI (Danbooru tagger or torchvision)
-    sha256: str | None = None         # expected sha256 of the weights file
-    tagger: str | None = None         # colour: colour_tagger.pt or its directory
-    k_min: int = 3
-    k_max: int = 9
-    k: int | None = None              # use this K instead of the best silhouette (must be in k_min..k_max)
-    pca: int | None = 64              # reduce wider embeddings to this many dimensions before k-means (None: off)
-    n_init: int = 4                   # k-means restarts
-    silhouette_sample: int = 5000     # images the silhouette score is computed on (seeded sample)
-    grid_k: int = 16                  # images per cluster grid
-    input_size: int = 224             # resnet50 input size (images are resized to it)
-    batch: int = 64
-    seed: int = 0
-    device: str = "auto"
+    embedder: str = field(default="auto", metadata=opt(
+        "what embeds the images: resnet50 (the weights given), colour (the colour tagger's features), auto "
+        "(resnet50 when weights are given, else colour)", choices=EMBEDDERS))
+    weights: str | None = field(default=None, metadata=opt(
+        "resnet50 weights: a state dict path, https:// or s3:// URI (Danbooru tagger or torchvision)"))
+    sha256: str | None = field(default=None, metadata=opt("expected sha256 of the weights file"))
+    tagger: str | None = field(default=None, metadata=opt("colour embedder: colour_tagger.pt or its directory"))
+    k_min: int = field(default=3, metadata=opt("smallest K tried"))
+    k_max: int = field(default=9, metadata=opt("largest K tried"))
+    k: int | None = field(default=None, metadata=opt(
+        "use this K instead of the best silhouette (within k_min..k_max)"))
+    pca: int | None = field(default=64, metadata=opt(
+        "reduce wider embeddings to this many dimensions before k-means (none: off)", default_text="64"))
+    n_init: int = field(default=4, metadata=opt("k-means restarts"))
+    silhouette_sample: int = field(default=5000, metadata=opt(
+        "images the silhouette score is computed on (a seeded sample)"))
+    grid_k: int = field(default=16, metadata=opt("images per cluster grid"))
+    input_size: int = field(default=224, metadata=opt("resnet50 input size (images are resized to it)"))
+    batch: int = field(default=64, metadata=opt("embedding batch size"))
+    seed: int = field(default=0, metadata=opt("seed of k-means and of the samples"))
+    device: str = field(default="auto", metadata=opt("device", choices=("auto", "cpu", "cuda")))
 
-    def validate(self) -> ClusterConfig:
-        if self.embedder not in EMBEDDERS:
-            raise ValueError(f"cluster embedder={self.embedder!r}; valid: {', '.join(EMBEDDERS)}")
+    def validate(self) -> None:
         if not 2 <= self.k_min <= self.k_max:
             raise ValueError(f"cluster K range {self.k_min}..{self.k_max}: need 2 <= k_min <= k_max")
         if self.k is not None and not self.k_min <= self.k <= self.k_max:
             raise ValueError(f"cluster k={self.k} is outside k_min..k_max = {self.k_min}..{self.k_max}")
-        return self
-
 
 
 # ------------------------------------------------------------------------------------------------- embedders

@@ -11,7 +11,7 @@ multi-hot columns "<c> hair" / "<c> eyes", or hair-only / eye-only classes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.dataset import index_rows
 from animegen.labels.tags import JOIN_KEYS, TagTable, row_key, write_prob_table
 from animegen.utils import resolve_device, write_json
@@ -205,10 +205,10 @@ def colour_tag_names(model: ColourTagger) -> list[str]:
 class TaggerPredictConfig(Config):
     """Options of `animegen tagger predict` (round-trips through JSON)."""
 
-    batch: int = 256
-    device: str = "auto"
-    key: str = "stem"  # what names the table's rows: stem | id | source | row (the label stage's join keys)
-
+    batch: int = field(default=256, metadata=opt("batch size"))
+    device: str = field(default="auto", metadata=opt("device", choices=("auto", "cpu", "cuda")))
+    key: str = field(default="stem", metadata=opt("what names the table's rows (the label stage's join keys)",
+                                                  choices=JOIN_KEYS))
 
 
 def _row_keys(rows: list[dict], key: str) -> tuple[str, list[str]]:

@@ -12,7 +12,7 @@ import dataclasses
 import io
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.dataset import index_rows
 from animegen.data.splits import HELDOUT, TRAIN, assign_splits
 from animegen.labels.colour import FORMAT, ColourTagger, hair_eye_targets, predict_colours, to_model_input
@@ -54,19 +54,20 @@ def holdout_mask(imageset, holdout: float, block: int, seed: int) -> tuple[np.nd
 class TaggerTrainConfig(Config):
     """Options of `animegen tagger train` (round-trips through JSON)."""
 
-    epochs: int = 10
-    batch: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    width: int = 32
-    resolution: int = 64
-    max_shift: int = 4          # random shifts of up to this many pixels (edges repeated), plus flips
-    label_smoothing: float = 0.05
-    holdout: float = 0.1        # held-out share of blocks when the index has no split field
-    block: int = 32             # consecutive ids per block
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = False      # one line per epoch on stderr
+    epochs: int = field(default=10, metadata=opt("passes over the train split"))
+    batch: int = field(default=128, metadata=opt("batch size"))
+    lr: float = field(default=3e-3, metadata=opt("AdamW learning rate"))
+    weight_decay: float = field(default=5e-4, metadata=opt("AdamW weight decay"))
+    width: int = field(default=32, metadata=opt("feature maps of the first layer (32: about 250k parameters)"))
+    resolution: int = field(default=64, metadata=opt("input size in pixels (images are resized to it)"))
+    max_shift: int = field(default=4, metadata=opt(
+        "random shifts of up to this many pixels (edges repeated), plus horizontal flips"))
+    label_smoothing: float = field(default=0.05, metadata=opt("label smoothing of the cross-entropy"))
+    holdout: float = field(default=0.1, metadata=opt("held-out share of blocks when the index has no split"))
+    block: int = field(default=32, metadata=opt("consecutive ids per held-out block"))
+    seed: int = field(default=0, metadata=opt("seed of initialisation, data order and augmentation"))
+    device: str = field(default="auto", metadata=opt("device", choices=("auto", "cpu", "cuda")))
+    progress: bool = field(default=False, metadata=opt("one line per epoch on stderr"))
 
 
 

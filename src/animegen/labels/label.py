@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from animegen.config import Config
+from animegen.config import Config, opt
 from animegen.data.dataset import begin_packed, finish_packed, read_packed, write_images, write_labels
 from animegen.data.sources import fetch_file
 from animegen.image_files import grid_array
@@ -35,15 +35,16 @@ TAG_SOURCES = "auto | csv:PATH | tagfile:[NAME] | table:PATH | index | danbooru:
 
 @dataclass
 class LabelConfig(Config):
-    tags: str = "auto"            # TAG_SOURCES; auto: the one file in <dataset>/tags/, else the index's tags
-    join: str = "stem"            # stem | id | source | row (position): what a tag file's ids match
-    sha256: str | None = None     # expected sha256 of the danbooru: weights
-    device: str = "auto"          # tagger device: auto | cpu | cuda
-    batch: int = 64               # tagger batch size
-    input_size: int = 360         # tagger input size (upstream: 360)
+    tags: str = field(default="auto", metadata=opt(
+        f"tag source: {TAG_SOURCES} (auto: the one file in <dataset>/tags/, else the index's tags)"))
+    join: str = field(default="stem", metadata=opt("what a tag file's ids match in the index", choices=JOIN_KEYS))
+    sha256: str | None = field(default=None, metadata=opt("expected sha256 of the danbooru: weights", unset=""))
+    device: str = field(default="auto", metadata=opt("tagger device", choices=("auto", "cpu", "cuda")))
+    batch: int = field(default=64, metadata=opt("tagger batch size"))
+    input_size: int = field(default=360, metadata=opt("tagger input size (upstream: 360)"))
     rules: ClassRules = field(default_factory=ClassRules)
-    grid_k: int = 8               # images per class in verification_grid.png
-    seed: int = 0                 # which images the grid shows
+    grid_k: int = field(default=8, metadata=opt("images per class in verification_grid.png"))
+    seed: int = field(default=0, metadata=opt("which images the verification grid shows"))
 
 
 def run_label(cfg: LabelConfig, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from animegen.config import Config
+from animegen.config import Config, opt
+
 from animegen.labels.tags import TagTable
 
 MODES = ("pair", "hair", "eye", "multi_hot")
@@ -47,20 +48,25 @@ BELOW_MIN = "class below min_per_class"
 
 @dataclass
 class ClassRules(Config):
-    mode: str = "pair"                 # pair | hair | eye | multi_hot
-    threshold: float = 0.7             # a tag is present when its probability is >= threshold
-    require: list[str] | None = None   # None: the paper's solo, 1girl, age_rating_s where the source has them
-    exclude: list[str] = field(default_factory=lambda: list(PAPER_EXCLUDE))
-    hair: list[str] = field(default_factory=lambda: list(HAIR_TAGS))
-    eyes: list[str] = field(default_factory=lambda: list(EYE_TAGS))
-    aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
-    min_per_class: int = 1             # classes with fewer images are dropped (1: drop only empty ones)
+    mode: str = field(default="pair", metadata=opt("classes: pair ((hair, eye) pairs), hair, eye or multi_hot",
+                                                   choices=MODES, noun="label mode"))
+    threshold: float = field(default=0.7, metadata=opt("a tag counts when its probability is at least this"))
+    require: list[str] | None = field(default=None, metadata=opt(
+        "tags every kept image must have", default_text="solo 1girl age_rating_s where the source has them"))
+    exclude: list[str] = field(default_factory=lambda: list(PAPER_EXCLUDE), metadata=opt("tags that drop an image"))
+    hair: list[str] = field(default_factory=lambda: list(HAIR_TAGS), metadata=opt(
+        "hair-colour tags to keep", default_text="the 12 MLDS colours"))
+    eyes: list[str] = field(default_factory=lambda: list(EYE_TAGS), metadata=opt(
+        "eye-colour tags to keep", default_text="the 10 MLDS colours"))
+    aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES), metadata=opt(
+        "TAG=KEPT: a tag read as another (grey_hair=gray_hair)"))
+    min_per_class: int = field(default=1, metadata=opt("drop classes with fewer images (1: only empty ones)"))
 
-    def validate(self) -> ClassRules:
+    def validate(self) -> None:
         if self.mode == "eyes":
             self.mode = "eye"
         if self.mode not in MODES:
-            raise ValueError(f"unknown label mode {self.mode!r}; choose one of {', '.join(MODES)}")
+            return  # the choices check names the valid modes
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.min_per_class < 0:
@@ -74,7 +80,6 @@ class ClassRules(Config):
         both = set(self.hair) & set(self.eyes)
         if both:
             raise ValueError(f"tags {sorted(both)} are listed as both hair and eye colours")
-        return self
 
     def kept_tags(self) -> list[str]:
         """The tags that classes are made of, in class order."""

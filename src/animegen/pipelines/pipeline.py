@@ -32,6 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from animegen.run_layout import CROSS_FID, MODELS, TAGGER, CrossSpec, ModelSpec, branches  # noqa: F401  (re-exported)
+from animegen.config import Config, opt, option, options
+from animegen.data.ingest import IngestConfig
+from animegen.eval.evaluate import EvalConfig, FidConfig
+from animegen.labels.colour_train import TaggerTrainConfig
+from animegen.labels.label import LabelConfig
+from animegen.train.config import ARCH_DEFAULTS, TrainConfig
 
 PIPELINE_NAME = "animegen"
 COMPILED = Path(__file__).with_name("animegen_pipeline.yaml")
@@ -39,6 +45,127 @@ STAGES = ("ingest", "label", "tagger", "train", "transfer", "evaluate", "report"
 
 
 # ------------------------------------------------------------------------------------------------ parameters
+def _own(default: Any, help: str, **kw: Any) -> Any:
+    """A pipeline parameter of its own (not a stage option)."""
+    return field(default=default, metadata=opt(help, **kw)) if not isinstance(default, dict) else field(
+        default_factory=lambda: dict(default), metadata=opt(help, **kw))
+
+
+def _stage(cls: type, name: str, default: Any, *, what: str = "", unset_means: Any = None,
+           help: str | None = None) -> Any:
+    """A pipeline parameter that sets the stage option ``cls.name``: its help and allowed values are the option's
+    (``what`` prefixes the help; ``help`` replaces it); the option's ``unset`` value (0, -1, '': KFP parameters
+    cannot be None) is documented as ``(0 = unset_means)``, by default the option's own default."""
+    o = option(cls, name)
+    text = what + (help or o.explained())
+    if o.unset is not None:
+        means = unset_means if unset_means is not None else (o.default_text or o.default)
+        text += f" ({'< 0' if o.unset == -1 else repr(o.unset) if o.unset == '' else o.unset} = {means})"
+    choices = o.choices + (o.unset,) if o.choices and o.unset is not None else o.choices
+    return field(default=default, metadata=opt(text, choices=choices, unset=o.unset))
+
+
+def _csv_help(cls: type, name: str) -> str:
+    """The help of a list option set by a comma-separated string parameter."""
+    o = option(cls, name)
+    return f"{o.help}, comma-separated ('' = {o.default_text})"
+
+
+_SG, _DC = ARCH_DEFAULTS["stylegan"], ARCH_DEFAULTS["dcgan"]
+
+
+# Every user-tunable value. The defaults are TINY settings on synthetic: sources (32 px, narrow networks, a few
+# hundred images shown per model, FID on 48 images): the whole DAG runs on a laptop CPU in minutes, and its FIDs
+# are meaningless. configs/pipeline/mlds.yaml holds the settings of a real run.
+@dataclass
+class PipelineParams(Config):
+    # the main set (conditional StyleGAN, DCGANs) and its labels
+    main_source: str = _stage(IngestConfig, "source", what="main set: ",
+                              default="synthetic:?n=384&hair=blonde,black,blue&eyes=red,blue,green")
+    main_sha256: str = _stage(IngestConfig, "sha256", "", what="main set: ")
+    label_tags: str = _stage(LabelConfig, "tags", "auto")
+    label_mode: str = _stage(LabelConfig, "rules.mode", "pair")
+    label_threshold: float = _stage(LabelConfig, "rules.threshold", 0.7)
+    label_min_per_class: int = _stage(LabelConfig, "rules.min_per_class", 1)
+    label_hair: str = _stage(LabelConfig, "rules.hair", "", help=_csv_help(LabelConfig, "rules.hair"))
+    label_eyes: str = _stage(LabelConfig, "rules.eyes", "", help=_csv_help(LabelConfig, "rules.eyes"))
+    # the monochrome (manga) transfer set
+    manga_source: str = _own("synthetic:?n=256&seed=7&labels=none", "monochrome transfer set (any source URI)")
+    manga_sha256: str = _stage(IngestConfig, "sha256", "", what="monochrome set: ")
+    manga_mode: str = _own("lineart", "how the monochrome set is made: lineart (XDoG) or grayscale",
+                           choices=("lineart", "grayscale"))
+    manga_channels: int = _stage(IngestConfig, "channels", 3, what="monochrome set: ")
+    manga_init_class: str = _stage(TrainConfig, "init_class", "black hair",
+                                   what="monochrome transfer, source class: ")
+    # the single-character transfer set
+    character_source: str = _own("synthetic:?n=55&seed=23&hair=blonde&eyes=blue&labels=none",
+                                 "single-character transfer set (any source URI)")
+    character_sha256: str = _stage(IngestConfig, "sha256", "", what="character set: ")
+    character_grow_to: int = _stage(IngestConfig, "grow_to", 128, what="character set: ")
+    character_init_class: str = _stage(TrainConfig, "init_class", "blonde hair",
+                                       what="character transfer, source class: ")
+    # shared data and training settings
+    resolution: int = _own(32, "image size of every set and model (a power of two)")
+    holdout: float = _stage(IngestConfig, "holdout", 0.1, what="every set: ")
+    seed: int = _own(0, "seed of splits, initialisation, data order, latents")
+    device: str = _own("auto", "device of training and evaluation", choices=("auto", "cpu", "cuda"))
+    snapshot_kimg: float = _stage(TrainConfig, "snapshot_kimg", 0.0)
+    freeze_d: int = _stage(TrainConfig, "freeze_d", 0, what="transfers: ")
+    # StyleGAN
+    kimg_conditional: float = _own(0.3, "training length of the conditional StyleGAN (thousands of images)")
+    kimg_manga: float = _own(0.2, "training length of the monochrome transfer and of its from-scratch baseline")
+    kimg_character: float = _own(0.2, "training length of the character transfer and of its from-scratch "
+                                      "baseline")
+    sg_batch: int = _stage(TrainConfig, "batch", 16, what="StyleGAN ", unset_means=_SG["batch"])
+    sg_z_dim: int = _stage(TrainConfig, "z_dim", 32, what="StyleGAN ", unset_means=_SG["z_dim"])
+    sg_w_dim: int = _stage(TrainConfig, "w_dim", 32)
+    sg_mapping_layers: int = _stage(TrainConfig, "mapping_layers", 2)
+    sg_channel_base: int = _stage(TrainConfig, "channel_base", 256, what="StyleGAN ",
+                                  unset_means=_SG["channel_base"])
+    sg_channel_max: int = _stage(TrainConfig, "channel_max", 64, what="StyleGAN ")
+    sg_cond_mode: str = _stage(TrainConfig, "cond_mode", "concat", what="conditional StyleGAN ")
+    sg_r1_gamma: float = _stage(TrainConfig, "r1_gamma", -1.0, what="StyleGAN ", unset_means=_SG["r1_gamma"])
+    # DCGAN
+    kimg_dcgan: float = _own(0.3, "training length of the DCGAN")
+    kimg_dcgan_conditional: float = _own(0.3, "training length of the conditional DCGAN")
+    dcgan_batch: int = _stage(TrainConfig, "batch", 32, what="DCGAN ", unset_means=_DC["batch"])
+    dcgan_z_dim: int = _stage(TrainConfig, "z_dim", 32, what="DCGAN ", unset_means=_DC["z_dim"])
+    dcgan_channel_base: int = _stage(TrainConfig, "channel_base", 256, what="DCGAN ",
+                                     unset_means=_DC["channel_base"])
+    dcgan_channel_max: int = _stage(TrainConfig, "channel_max", 64, what="DCGAN ")
+    # colour tagger
+    tagger_epochs: int = _stage(TaggerTrainConfig, "epochs", 4, what="colour tagger: ")
+    tagger_width: int = _stage(TaggerTrainConfig, "width", 16, what="colour tagger: ")
+    tagger_resolution: int = _stage(TaggerTrainConfig, "resolution", 32, what="colour tagger: ")
+    tagger_batch: int = _stage(TaggerTrainConfig, "batch", 32, what="colour tagger: ")
+    # evaluation
+    n_fid: int = _stage(EvalConfig, "n_fid", 48)
+    psi: float = _stage(EvalConfig, "psi", 0.6)
+    k_per_class: int = _stage(EvalConfig, "k_per_class", 16)
+    max_reference: int = _stage(EvalConfig, "max_reference", 0)
+    eval_snapshots: bool = _stage(EvalConfig, "snapshots", False)
+    eval_grids: bool = _stage(EvalConfig, "grids", True)
+    eval_batch: int = _stage(EvalConfig, "batch", 0, what="evaluation: ")
+    cross_fid_max_images: int = _stage(FidConfig, "max_images", 0, what="cross-dataset FID: ")
+    # branches
+    run_manga: bool = _own(True, "monochrome transfer branch")
+    run_character: bool = _own(True, "single-character transfer branch")
+    run_baselines: bool = _own(True, "from-scratch baselines of the transfers (same budget)")
+    run_dcgan: bool = _own(True, "DCGAN and conditional DCGAN on the main set")
+    # object store and registry
+    registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
+    s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
+                                "secret), e.g. http://minio-service.kubeflow:9000")
+    s3_region: str = _own("", "S3 region ('' = us-east-1)")
+    # anything else, per stage: other fields of the stage's Config
+    ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
+    label_options: dict = _own({}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})")
+    tagger_options: dict = _own({}, "other TaggerTrainConfig fields")
+    train_options: dict = _own({}, "other TrainConfig fields for every training and transfer (e.g. lr_g)")
+    eval_options: dict = _own({}, "other EvalConfig fields for every evaluation (e.g. inception_weights)")
+
+
+
 @dataclass(frozen=True)
 class Param:
     type: type
@@ -46,116 +173,21 @@ class Param:
     help: str
 
 
-def _p(type_: type, default: Any, help_: str) -> Param:
-    return Param(type_, default, help_)
-
-
-# Every user-tunable value. The defaults are TINY settings on synthetic: sources (32 px, narrow networks, a few hundred
-# images shown per model, FID on 48 images): the whole DAG runs on a laptop CPU in minutes, and its FIDs are
-# meaningless. configs/pipeline/mlds.yaml holds the settings of a real run.
-PARAMETERS: dict[str, Param] = {
-    # the main set (conditional StyleGAN, DCGANs) and its labels
-    "main_source": _p(str, "synthetic:?n=384&hair=blonde,black,blue&eyes=red,blue,green",
-                      "main set: folder, .zip/.tar, https://, s3://, kaggle:OWNER/DATASET or synthetic:"),
-    "main_sha256": _p(str, "", "expected sha256 of a downloaded main_source ('' = not checked)"),
-    "label_tags": _p(str, "auto", "tag source: auto | csv:PATH | tagfile:[NAME] | table:PATH | index | "
-                                  "danbooru:WEIGHTS_URI"),
-    "label_mode": _p(str, "pair", "classes: pair ((hair, eye) pairs), hair, eye or multi_hot"),
-    "label_threshold": _p(float, 0.7, "a tag counts when its probability is at least this"),
-    "label_min_per_class": _p(int, 1, "drop classes with fewer images"),
-    "label_hair": _p(str, "", "hair-colour tags to keep, comma-separated ('' = the paper's)"),
-    "label_eyes": _p(str, "", "eye-colour tags to keep, comma-separated ('' = the paper's)"),
-    # the monochrome (manga) transfer set
-    "manga_source": _p(str, "synthetic:?n=256&seed=7&labels=none", "monochrome transfer set (any source URI)"),
-    "manga_sha256": _p(str, "", "expected sha256 of a downloaded manga_source"),
-    "manga_mode": _p(str, "lineart", "how the monochrome set is made: lineart (XDoG) or grayscale"),
-    "manga_channels": _p(int, 3, "channels of the monochrome set: 3 repeats grey so every layer of the RGB model "
-                                 "transfers; 1 skips the RGB input/output layers"),
-    "manga_init_class": _p(str, "black hair", "source class the monochrome model starts from (a partial name "
-                                              "averages every class containing it)"),
-    # the single-character transfer set
-    "character_source": _p(str, "synthetic:?n=55&seed=23&hair=blonde&eyes=blue&labels=none",
-                           "single-character transfer set (any source URI)"),
-    "character_sha256": _p(str, "", "expected sha256 of a downloaded character_source"),
-    "character_grow_to": _p(int, 128, "grow the character set's train split to this many images (0 = no growth)"),
-    "character_init_class": _p(str, "blonde hair", "source class the character model starts from"),
-    # shared data and training settings
-    "resolution": _p(int, 32, "image size of every set and model (power of two)"),
-    "holdout": _p(float, 0.1, "held-out share of each set"),
-    "seed": _p(int, 0, "seed of splits, initialisation, data order, latents"),
-    "device": _p(str, "auto", "auto, cpu or cuda (training and evaluation)"),
-    "snapshot_kimg": _p(float, 0.0, "checkpoint and sample grid every N kimg (0 = the default, 50)"),
-    "freeze_d": _p(int, 0, "discriminator blocks frozen while transferring"),
-    # StyleGAN
-    "kimg_conditional": _p(float, 0.3, "training length of the conditional StyleGAN (thousands of images)"),
-    "kimg_manga": _p(float, 0.2, "training length of the monochrome transfer and of its from-scratch baseline"),
-    "kimg_character": _p(float, 0.2, "training length of the character transfer and of its from-scratch baseline"),
-    "sg_batch": _p(int, 16, "StyleGAN batch size (0 = 64)"),
-    "sg_z_dim": _p(int, 32, "StyleGAN z size (0 = 512)"),
-    "sg_w_dim": _p(int, 32, "StyleGAN w size"),
-    "sg_mapping_layers": _p(int, 2, "StyleGAN mapping network depth"),
-    "sg_channel_base": _p(int, 256, "StyleGAN feature maps: min(channel_max, channel_base / r) (0 = 4096)"),
-    "sg_channel_max": _p(int, 64, "StyleGAN feature-map cap per layer"),
-    "sg_cond_mode": _p(str, "concat", "conditioning of the conditional StyleGAN: concat or projection"),
-    "sg_r1_gamma": _p(float, -1.0, "StyleGAN R1 weight (< 0 = the default, 10)"),
-    # DCGAN
-    "kimg_dcgan": _p(float, 0.3, "training length of the DCGAN"),
-    "kimg_dcgan_conditional": _p(float, 0.3, "training length of the conditional DCGAN"),
-    "dcgan_batch": _p(int, 32, "DCGAN batch size (0 = 128)"),
-    "dcgan_z_dim": _p(int, 32, "DCGAN z size (0 = 100)"),
-    "dcgan_channel_base": _p(int, 256, "DCGAN feature maps: min(channel_max, channel_base / r) (0 = 2048)"),
-    "dcgan_channel_max": _p(int, 64, "DCGAN feature-map cap per layer"),
-    # colour tagger
-    "tagger_epochs": _p(int, 4, "colour tagger epochs"),
-    "tagger_width": _p(int, 16, "colour tagger width (32 = ~250k parameters)"),
-    "tagger_resolution": _p(int, 32, "colour tagger input size"),
-    "tagger_batch": _p(int, 32, "colour tagger batch size"),
-    # evaluation
-    "n_fid": _p(int, 48, "generated images per FID / KID (papers: 10000 or more)"),
-    "psi": _p(float, 0.6, "truncation psi of the second FID and accuracy (1 = none)"),
-    "k_per_class": _p(int, 16, "generated images per class for the per-class accuracy"),
-    "max_reference": _p(int, 0, "reference images per FID (0 = the whole set)"),
-    "eval_snapshots": _p(bool, False, "also FID of every snapshot (FID over kimg curves)"),
-    "eval_grids": _p(bool, True, "sample, truncation, mixing grids and interpolation GIF in each report"),
-    "eval_batch": _p(int, 0, "evaluation batch size (0 = 16 on CPU, 200 on CUDA)"),
-    "cross_fid_max_images": _p(int, 0, "images per side of the cross-dataset FID (0 = all)"),
-    # branches
-    "run_manga": _p(bool, True, "monochrome transfer branch"),
-    "run_character": _p(bool, True, "single-character transfer branch"),
-    "run_baselines": _p(bool, True, "from-scratch baselines of the transfers (same budget)"),
-    "run_dcgan": _p(bool, True, "DCGAN and conditional DCGAN on the main set"),
-    # object store and registry
-    "registry_uri": _p(str, "", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)"),
-    "s3_endpoint": _p(str, "", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
-                               "secret), e.g. http://minio-service.kubeflow:9000"),
-    "s3_region": _p(str, "", "S3 region ('' = us-east-1)"),
-    # anything else, per stage: other fields of the stage's Config
-    "ingest_options": _p(dict, {}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})"),
-    "label_options": _p(dict, {}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})"),
-    "tagger_options": _p(dict, {}, "other TaggerTrainConfig fields"),
-    "train_options": _p(dict, {}, "other TrainConfig fields for every training and transfer (e.g. lr_g)"),
-    "eval_options": _p(dict, {}, "other EvalConfig fields for every evaluation (e.g. inception_weights)"),
-}
+# The pipeline's parameters, in signature order: PipelineParams' fields (what KFP and `animegen pipeline params` see).
+PARAMETERS: dict[str, Param] = {o.name: Param(o.base, o.default, o.explained()) for o in options(PipelineParams)}
 
 
 def default_params() -> dict[str, Any]:
-    return {k: (dict(p.default) if isinstance(p.default, dict) else p.default) for k, p in PARAMETERS.items()}
+    return PipelineParams().to_dict()
 
 
 def check_params(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` checked against PARAMETERS (unknown names refused, numbers converted); returns a full dict."""
+    """``values`` checked against PipelineParams (unknown names refused, types coerced as everywhere:
+    :func:`animegen.config.coerce`, allowed values checked); returns the full dict of parameters."""
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise ValueError(f"unknown pipeline parameter(s) {', '.join(unknown)}; see `animegen pipeline params`")
-    out = default_params()
-    for key, value in values.items():
-        want = PARAMETERS[key].type
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"pipeline parameter {key}={value!r}: expected {want.__name__}")
-        out[key] = value
-    return out
+    return PipelineParams.from_dict(values).to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ the task graph
@@ -227,25 +259,49 @@ def select(only: Iterable[str]) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------------ options
+def _selector(text: str) -> tuple[str, str] | None:
+    """``KEY=VALUE`` -> a node selector entry; 'none' -> None (no selector)."""
+    if text.lower() == "none":
+        return None
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise ValueError(f"--gpu-node-selector {text!r}: expected KEY=VALUE (or none)")
+    return key, value
+
+
 @dataclass
-class PipelineOptions:
+class PipelineOptions(Config):
     """Compile-time options: how the GPU tasks (train, transfer) are placed and sized, CPU task sizes, the secret
     holding the object-store keys, retries. Defaults suit GKE; see pipelines/README.md for EKS and AKS."""
 
-    accelerator: str = "nvidia.com/gpu"
-    gpus: int = 1
+    accelerator: str = field(default="nvidia.com/gpu", metadata=opt("accelerator resource type"))
+    gpus: int = field(default=1, metadata=opt("GPUs per training task"))
     gpu_node_selector: dict[str, str] = field(
-        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"})
+        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"}, metadata=opt(
+            "node label of the GPU pool (repeatable; EKS e.g. eks.amazonaws.com/nodegroup=gpu; AKS e.g. "
+            "agentpool=gpu; 'none' for no selector)", default_text="cloud.google.com/gke-accelerator=nvidia-l4",
+            metavar="KEY=VALUE", parse=_selector))
     gpu_tolerations: list[dict[str, str]] = field(
-        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    gpu_cpu: str = "8"
-    gpu_memory: str = "32G"
-    cpu_cpu: str = "2"
-    cpu_memory: str = "8G"
-    cpu_memory_limit: str = "16G"
-    object_store_secret: str = "mlpipeline-minio-artifact"
-    kaggle_secret: str = ""  # a secret with keys username / key, for kaggle: sources ("" = none)
-    retries: int = 2
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        metadata=opt("taint the GPU nodes carry (repeatable; GKE and EKS GPU node groups set nvidia.com/gpu; AKS "
+                     "e.g. sku=gpu:NoSchedule; 'none' for no toleration)", default_text="nvidia.com/gpu:NoSchedule",
+                     flag="gpu-toleration", metavar="KEY[=VALUE]:EFFECT",
+                     parse=lambda t: None if t.lower() == "none" else parse_toleration(t)))
+    gpu_cpu: str = field(default="8", metadata=opt("CPU request and limit of a training task"))
+    gpu_memory: str = field(default="32G", metadata=opt("memory request and limit of a training task"))
+    cpu_cpu: str = field(default="2", metadata=opt("CPU request of the other stages"))
+    cpu_memory: str = field(default="8G", metadata=opt("memory request of the other stages"))
+    cpu_memory_limit: str = field(default="16G", metadata=opt("memory limit of the other stages"))
+    object_store_secret: str = field(default="mlpipeline-minio-artifact", metadata=opt(
+        "secret with keys accesskey / secretkey for ingest and report"))
+    kaggle_secret: str = field(default="", metadata=opt(
+        "secret with keys username / key for kaggle: sources, set as KAGGLE_USERNAME / KAGGLE_KEY in the ingest "
+        "tasks", default_text="none"))
+    retries: int = field(default=2, metadata=opt("retries of a failed training task"))
+
+    def validate(self) -> None:
+        if self.gpus < 1:
+            raise ValueError("--gpus must be >= 1")
 
 
 def parse_toleration(text: str) -> dict[str, str]:
@@ -370,7 +426,10 @@ class _Dag:
         from kfp import dsl
 
         skip_name = f"skip-{branch.replace('_', '-')}"
-        kind = (lambda key: "dataset" if key.startswith("dataset") else "metrics")
+
+        def kind(key: str) -> str:
+            return "dataset" if key.startswith("dataset") else "metrics"
+
         if self.on is not None:
             if self.on[branch]:
                 return body()

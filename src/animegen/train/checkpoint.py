@@ -220,7 +220,7 @@ def _validated(obj: Any, p: Path) -> dict[str, Any]:
     if not isinstance(obj["config"], dict):
         raise CheckpointError(p, DAMAGED, f"config is {type(obj['config']).__name__}, not a mapping of options")
     try:
-        TrainConfig.from_dict(obj["config"]).resolved()
+        TrainConfig.from_dict(obj["config"]).with_arch_defaults()
     except (ValueError, TypeError) as e:
         raise CheckpointError(p, FOREIGN, f"its config is not one this animegen reads: {e}") from e
     if "G" in obj:
@@ -257,7 +257,7 @@ def model_kwargs(cfg: TrainConfig, c_dim: int, img_channels: int) -> dict[str, A
 
 def models_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, nn.Module, TrainConfig]:
     """(G, D, G_ema, config) rebuilt from a checkpoint's own description, weights loaded."""
-    cfg = TrainConfig.from_dict(state["config"]).resolved()
+    cfg = TrainConfig.from_dict(state["config"]).with_arch_defaults()
     G, D = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
     load_weights(G, state, "G")
     load_weights(D, state, "D")
@@ -270,7 +270,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     """The sampling generator (G_ema) of a Model directory, its checkpoint.pt, or a snapshots/G_ema-*.pt file,
     in eval mode, and the metadata (config, class_names, images_seen)."""
     state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"]).resolved()
+    cfg = TrainConfig.from_dict(state["config"]).with_arch_defaults()
     G_ema, _ = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
     load_weights(G_ema, state, "G_ema")
     G_ema.eval().requires_grad_(False)

@@ -5,14 +5,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from animegen.config import Config, load_config_file  # noqa: F401  (re-exported for callers)
+from animegen.config import Config, load_config_file, opt  # noqa: F401  (load_config_file: re-exported)
 
 AMP_MODES = ("auto", "on", "off")
 # What older config.json files and checkpoints hold beside the options: the run's data, output and init model, now
 # the arguments of run_train / run_transfer (and the CLI's --data, --out, --init-from).
 RUN_KEYS = ("data", "out", "init_from")
 
-# Defaults that differ by architecture; a field left at None takes these (see TrainConfig.resolved).
+# Defaults that differ by architecture; a field left at None takes these (see TrainConfig.with_arch_defaults).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dcgan": dict(z_dim=100, channel_base=2048, batch=128, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999],
                   real_label=[0.9, 1.0], r1_gamma=0.0, pl_weight=0.0, style_mixing=0.0, ema_kimg=0.0),
@@ -21,49 +21,76 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _arch(help: str, key: str, **kw: Any) -> dict[str, Any]:
+    """Metadata of a field whose default depends on the architecture (None: ARCH_DEFAULTS)."""
+    return opt(help, default_text=", ".join(f"{_fmt(d[key])} {arch}" for arch, d in ARCH_DEFAULTS.items()), **kw)
+
+
+def _fmt(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 @dataclass
 class TrainConfig(Config):
     # data
-    resolution: int = 64
-    conditional: bool = False
+    resolution: int = field(default=64, metadata=opt("image size in pixels (a power of two: 32, 64, 128, 256)"))
+    conditional: bool = field(default=False, metadata=opt(
+        "condition G and D on the dataset's classes (one-hot or multi-hot)"))
     # model
-    arch: str = "dcgan"
-    cond_mode: str = "concat"          # concat | projection (learned class embedding + projection term in D)
-    z_dim: int | None = None
-    w_dim: int = 512
-    mapping_layers: int = 8
-    channel_base: int | None = None    # feature maps at resolution r: min(channel_max, channel_base / r)
-    channel_max: int = 512
+    arch: str = field(default="dcgan", metadata=opt("architecture", choices=tuple(ARCH_DEFAULTS),
+                                                    noun="architecture"))
+    cond_mode: str = field(default="concat", metadata=opt(
+        "conditioning: concat (class vector into G's input and D's input channels) or projection (learned class "
+        "embedding in G, projection term in D)", choices=("concat", "projection")))
+    z_dim: int | None = field(default=None, metadata=_arch("latent size", "z_dim", unset=0))
+    w_dim: int = field(default=512, metadata=opt("StyleGAN w size"))
+    mapping_layers: int = field(default=8, metadata=opt("StyleGAN mapping network depth"))
+    channel_base: int | None = field(default=None, metadata=_arch(
+        "feature maps at resolution r: min(channel_max, channel_base / r)", "channel_base", unset=0))
+    channel_max: int = field(default=512, metadata=opt("cap on feature maps per layer"))
     # duration (kimg wins when both are given)
-    kimg: float | None = None
-    epochs: float | None = None
+    kimg: float | None = field(default=None, metadata=opt(
+        "training length in thousands of real images shown to D", default_text="100 when epochs is not given"))
+    epochs: float | None = field(default=None, metadata=opt(
+        "training length in passes over the dataset (when kimg is not given)"))
     # optimisation
-    batch: int | None = None
-    lr_g: float | None = None
-    lr_d: float | None = None
-    betas: list[float] | None = None
-    loss: str = "bce"                  # bce (non-saturating logistic) | hinge
-    real_label: list[float] | None = None  # real targets drawn from U[lo, hi] (label smoothing); [1, 1] = none
-    r1_gamma: float | None = None
-    r1_interval: int = 16
-    pl_weight: float | None = None
-    pl_interval: int = 16
-    pl_decay: float = 0.01
-    style_mixing: float | None = None
-    ema_kimg: float | None = None      # half-life of the G_ema average in kimg; 0 = G_ema is a copy of G
-    xflip: bool = True
+    batch: int | None = field(default=None, metadata=_arch("batch size", "batch", unset=0))
+    lr_g: float | None = field(default=None, metadata=_arch("generator learning rate", "lr_g", unset=0))
+    lr_d: float | None = field(default=None, metadata=_arch("discriminator learning rate", "lr_d", unset=0))
+    betas: list[float] | None = field(default=None, metadata=_arch("Adam betas", "betas"))
+    loss: str = field(default="bce", metadata=opt("bce (non-saturating logistic) or hinge", choices=("bce", "hinge")))
+    real_label: list[float] | None = field(default=None, metadata=_arch(
+        "real targets drawn from U[LO, HI] (label smoothing; 1 1 = none)", "real_label"))
+    r1_gamma: float | None = field(default=None, metadata=_arch("R1 penalty weight (0 turns it off)", "r1_gamma",
+                                                                 unset=-1))
+    r1_interval: int = field(default=16, metadata=opt("apply R1 every N steps (lazy regularisation)"))
+    pl_weight: float | None = field(default=None, metadata=_arch(
+        "path-length regularisation weight (stylegan; 0 turns it off)", "pl_weight", unset=-1))
+    pl_interval: int = field(default=16, metadata=opt("apply path-length regularisation every N steps"))
+    pl_decay: float = field(default=0.01, metadata=opt("decay of the path-length running mean"))
+    style_mixing: float | None = field(default=None, metadata=_arch(
+        "probability of style-mixing regularisation (stylegan)", "style_mixing", unset=-1))
+    ema_kimg: float | None = field(default=None, metadata=_arch(
+        "half-life of G_ema in kimg (0: G_ema is a copy of G)", "ema_kimg", unset=-1))
+    xflip: bool = field(default=True, metadata=opt("random horizontal flips (p 0.5) of the real images"))
     # bookkeeping
-    seed: int = 0
-    device: str = "auto"               # auto | cpu | cuda
-    amp: str = "auto"                  # auto: bf16 autocast on CUDA only | on: bf16 + channels_last anywhere | off
-    snapshot_kimg: float = 50.0
-    log_every: int = 50                # steps between log lines
-    grid_size: int = 8                 # samples per row (and rows when unconditional) of the snapshot grids
-    progress: bool = True
+    seed: int = field(default=0, metadata=opt("seed for initialisation, data order and latents"))
+    device: str = field(default="auto", metadata=opt("device", choices=("auto", "cpu", "cuda")))
+    amp: str = field(default="auto", metadata=opt(
+        "mixed precision: auto (bf16 autocast and channels_last on CUDA only), on (on any device, CPU included), "
+        "off (float32 everywhere)", choices=AMP_MODES))
+    snapshot_kimg: float = field(default=50.0, metadata=opt("write a checkpoint and a sample grid every N kimg",
+                                                            unset=0))
+    log_every: int = field(default=50, metadata=opt("steps between train_log.jsonl lines"))
+    grid_size: int = field(default=8, metadata=opt("columns of the sample grids (and rows when unconditional)"))
+    progress: bool = field(default=True, metadata=opt("show a progress bar"))
     # transfer (run_transfer)
-    class_map: dict[str, str] = field(default_factory=dict)  # new class -> old class, for the init model
-    init_class: str | None = None      # old class every unmapped new class starts from
-    freeze_d: int = 0                  # freeze the first K discriminator blocks (from the input side)
+    class_map: dict[str, str] = field(default_factory=dict, metadata=opt(
+        "NEW=OLD: new class NEW starts from old class OLD (repeatable); same names map by themselves"))
+    init_class: str | None = field(default=None, metadata=opt(
+        "old class every unmapped new class starts from (a partial name averages every class containing it; for an "
+        "unconditional target, the class folded into it)", default_text="the mean of the old classes", unset=""))
+    freeze_d: int = field(default=0, metadata=opt("freeze the first K discriminator blocks (from the input side)"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -71,28 +98,21 @@ class TrainConfig(Config):
         they became run_train's arguments hold (RUN_KEYS) are dropped."""
         return super().from_dict({k: v for k, v in values.items() if k not in RUN_KEYS})
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every architecture default filled in, validated."""
-        if self.arch not in ARCH_DEFAULTS:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
+    def validate(self) -> None:
+        if isinstance(self.amp, bool):  # configs and checkpoints written when amp was a bool (true: on CUDA)
+            self.amp = "auto" if self.amp else "off"
+        if self.batch is not None and self.batch < 1:
+            raise ValueError("batch must be >= 1")
+
+    def with_arch_defaults(self) -> "TrainConfig":
+        """A copy with every architecture default (ARCH_DEFAULTS) filled in, and kimg 100 when no length is set."""
         values = dataclasses.asdict(self)
         for key, default in ARCH_DEFAULTS[self.arch].items():
             if values[key] is None:
                 values[key] = default
-        cfg = TrainConfig(**values)
-        if cfg.kimg is None and cfg.epochs is None:
-            cfg.kimg = 100.0
-        if cfg.loss not in ("bce", "hinge"):
-            raise ValueError(f"unknown loss {cfg.loss!r}; choose bce or hinge")
-        if cfg.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda (got {cfg.device!r})")
-        if cfg.batch < 1:
-            raise ValueError("batch must be >= 1")
-        if isinstance(cfg.amp, bool):  # configs and checkpoints written when amp was a bool (true: on CUDA)
-            cfg.amp = "auto" if cfg.amp else "off"
-        if cfg.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)} (got {cfg.amp!r})")
-        return cfg
+        if values["kimg"] is None and values["epochs"] is None:
+            values["kimg"] = 100.0
+        return TrainConfig(**values)
 
     def uses_amp(self, device_type: str) -> bool:
         """Whether training on ``device_type`` runs in bf16 autocast (with channels_last)."""

@@ -70,10 +70,10 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
     """run_train / run_transfer: set up (or restore) the run, train it, write summary.json."""
-    cfg = cfg.resolved()
+    cfg = cfg.with_arch_defaults()
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     if ckpt is not None:
-        cfg = _resume_config(cfg, ckpt["config"]).resolved()
+        cfg = _resume_config(cfg, ckpt["config"]).with_arch_defaults()
     for folder in (out, out / "samples", out / "snapshots"):
         folder.mkdir(parents=True, exist_ok=True)
     _record_inputs(out, data_uri, init_model, ckpt)
