@@ -37,7 +37,7 @@ def add_config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         elif origin is dict:
             parser.add_argument(flag, type=_key_value, action="append", metavar=o.metavar or "KEY=VALUE", **kw)
         else:
-            parser.add_argument(flag, type=_flag_type(t, o), metavar=o.metavar, **kw)
+            parser.add_argument(flag, type=_flag_type(t, o), metavar=o.metavar or name.upper(), **kw)
 
 
 def _flag_type(t: type, o: Option):

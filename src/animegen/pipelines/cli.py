@@ -1,7 +1,7 @@
 """`animegen pipeline run|compile|submit|params`: the pipeline's commands, beside the pipeline.
 
 The parameters (``--param``, ``--params``) are PipelineParams' fields and the placement flags of compile and submit
-are PipelineOptions' fields (``animegen.pipelines.pipeline``), both converted by the one coercion path."""
+are PipelineOptions' fields (``animegen.pipelines.params``), both converted by the one coercion path."""
 from __future__ import annotations
 
 import argparse

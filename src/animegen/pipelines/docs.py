@@ -12,7 +12,7 @@ import inspect
 from pathlib import Path
 
 from animegen.config import markdown_table, option, options, replace_generated
-from animegen.pipelines.pipeline import PARAMETERS, PipelineParams
+from animegen.pipelines.params import PARAMETERS, PipelineParams
 
 MARKER = "parameters"
 PACKAGE = Path(__file__).resolve().parents[1]
