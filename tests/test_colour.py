@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from animegen.data import ImageSet, open_dataset, write_packed
+from animegen.data import ImageSet, open_dataset, read_packed, write_packed
 from animegen.labels.cluster import ClusterConfig, run_cluster
 from animegen.labels.colour import (
     ColourTagger,
@@ -208,7 +208,11 @@ def test_clustering_finds_three_hair_colours(tmp_path):
     assert (out / "silhouette.png").is_file() and np.load(out / "embeddings.npy").shape[0] == 180
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "cluster" and manifest["parent"]["content_hash"]
+    assert manifest["stage"] == "cluster"
+    assert manifest["parent"]["content_hash"] == json.loads((dataset / "manifest.json").read_text())["content_hash"]
+    packed = read_packed(out)  # the one Dataset reader: index rows carry each image's cluster
+    assert [r["label"] for r in packed.rows] == [f"cluster {j}" for j in packed.labels]
+    assert [r["hair"] for r in packed.rows] == [m["hair"] for m in s.meta]
     labelled = open_dataset(str(out))  # the Labelled Dataset layout: clusters as classes
     assert labelled.class_names == ["cluster 0", "cluster 1", "cluster 2"]
     hair = np.array([m["hair"] for m in s.meta])

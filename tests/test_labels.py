@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, tiny_config
 from torch.nn import functional as F
 
-from animegen.data import ImageSet, open_dataset, synthetic_faces, write_packed
+from animegen.data import ImageSet, open_dataset, read_packed, synthetic_faces, write_packed
 from animegen.labels.danbooru import DanbooruResNet50, load_tagger, predict_tags, tag_names
 from animegen.labels.label import LabelConfig, run_label
 from animegen.labels.rules import BELOW_MIN, EYE_TAGS, HAIR_TAGS, ClassRules, apply_rules
@@ -291,6 +291,12 @@ def test_run_label_from_index_tags_trains_conditionally(tmp_path):
     assert classes["counts"] == np.bincount(ds.labels).tolist() and sum(classes["counts"]) == n - 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == n - 2 and manifest["parent"]["count"] == n
+    # written by the one Dataset writer, read back by the one reader: the facts agree with the files
+    packed = read_packed(out)
+    assert packed.manifest == manifest and packed.rows == index and packed.classes["label_kind"] == "class"
+    assert manifest["content_hash"] == hashlib.sha256((out / "images.npy").read_bytes()).hexdigest()
+    assert manifest["resolution"] == 16 and manifest["channels"] == 3 and manifest["stage"] == "label"
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert LabelConfig.from_dict(json.loads(json.dumps(manifest["label_config"]))) == LabelConfig(grid_k=4)
 
     from animegen.train import run_train
