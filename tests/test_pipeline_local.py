@@ -278,3 +278,35 @@ def test_a_failed_run_is_recorded_and_says_how_to_go_on(env, tmp_path, capsys):
     assert len(out.splitlines()) <= 30
     record = json.loads((run_dir / RECORD).read_text())
     assert record["status"] == "failed" and record["tasks"] == {} and record["report"] is None
+
+
+def test_task_reporter_prints_a_line_per_task_and_keeps_its_log_beside_it(tmp_path):
+    """What `pipeline run --local` does with each kfp.local task subprocess (without running a pipeline)."""
+    import io
+    import sys
+
+    from kfp.local import subprocess_task_handler as handler
+
+    from animegen.pipelines.local import TaskReporter
+
+    def command(task: str, code: int) -> list[str]:
+        executor = json.dumps({"outputs": {"outputFile": str(tmp_path / "run" / task / "executor_output.json")}})
+        script = (f"import os, sys; print('hello from {task}', os.environ.get('STAGE_VAR')); "
+                  f"print('boom', file=sys.stderr); sys.exit({code})")
+        return [sys.executable, "-c", script, "--executor_input", executor]
+
+    out = io.StringIO()
+    original = handler.run_local_subprocess
+    with TaskReporter(out, total=2).installed():
+        print("kfp's own chatter")
+        assert handler.run_local_subprocess(full_command=command("a", 0), env_vars={"STAGE_VAR": "x"}) == 0
+        assert handler.run_local_subprocess(full_command=command("b", 3)) == 3
+    assert handler.run_local_subprocess is original
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert re.fullmatch(r"\[1/2\] a +ok +\d+\.\d s", lines[0]) and re.fullmatch(r"\[2/2\] b +FAILED +\d+\.\d s",
+                                                                                 lines[1])
+    log = tmp_path / "run" / "b" / "log.txt"
+    assert lines[-1] == f"--- full log: {log}" and "hello from b None" in text and "boom" in text
+    assert sorted((tmp_path / "run" / "a" / "log.txt").read_text().splitlines()) == ["boom", "hello from a x"]
+    assert "chatter" not in text and len(lines) == 6  # 2 task lines, the failure's header, 2 log lines, its path
