@@ -55,8 +55,6 @@ def test_cli_flags_and_help_come_from_the_schema(path):
     cls = COMMANDS[path]
     actions = {a.dest: a for a in _subparser(path)._actions}
     for o in options(cls):
-        if path == ("ingest",) and o.name == "source":
-            continue  # the positional SOURCE
         assert o.name in actions, f"animegen {' '.join(path)}: no flag for {o.name}"
         assert actions[o.name].help == o.describe().replace("%", "%%")
         assert not re.fullmatch(r"default: .*", actions[o.name].help)
@@ -108,7 +106,7 @@ def test_one_coercion_path_kfp_floats_bools_lists_dicts():
                                             "snapshot_kimg": 0.0, "freeze_d": 0})
     assert (cfg.batch, cfg.r1_gamma, cfg.init_class, cfg.ema_kimg, cfg.snapshot_kimg) == (None, None, None, 0.0, 50.0)
     assert cfg.freeze_d == 0  # no unset value: 0 is 0
-    assert rt.build_config(IngestConfig, {}, {"source": "x", "channels": 0, "grow_to": 0}).channels is None
+    assert rt.build_config(IngestConfig, {}, {"channels": 0, "grow_to": 0}).channels is None
 
 
 def test_validation_runs_on_from_dict_and_construction():

@@ -331,7 +331,7 @@ def _pack(items: list[_Item], skipped: list[dict], cfg: IngestConfig, out: Path,
     duplicates: list[dict] = []
     first_seen: dict[str, str] = {}
     with PackWriter(out, len(items) + (cfg.grow_to or 0), cfg.resolution, channels) as writer:
-        for item in track(items, f"ingest {redact_uri(cfg.source)}: decode, check, preprocess", len(items), "files",
+        for item in track(items, f"ingest {source}: decode, check, preprocess", len(items), "files",
                           progress, size=lambda _: 1):
             digest, token = item.prepare()
             if digest in first_seen:

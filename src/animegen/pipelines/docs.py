@@ -17,6 +17,7 @@ from animegen.pipelines.params import PARAMETERS, PipelineParams
 MARKER = "parameters"
 PACKAGE = Path(__file__).resolve().parents[1]
 GLUE = {
+    "source": "the images to ingest: folder, .zip/.tar, https://, s3://, kaggle:OWNER/DATASET or synthetic:?...",
     "model_name": "the model's name in the report and in KFP metric names (fid_<name>, acc_both_<name>)",
     "name": "the comparison's name in the report",
     "job_name": "the KFP run's name (set by the pipeline), recorded in the run registry",
