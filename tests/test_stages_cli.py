@@ -30,7 +30,8 @@ def test_ingest_label_train_chain_on_synthetic(tmp_path):
     assert main(["train", "--data", str(lab), "--out", str(model), "--conditional", "--resolution", "16",
                  "--kimg", "0.032", "--batch", "8", "--z-dim", "8", "--channel-base", "64", "--no-progress"]) == 0
     cfg = json.loads((model / "config.json").read_text())
-    assert cfg["conditional"] and cfg["data"] == str(lab)
+    assert cfg["conditional"] and cfg["resolution"] == 16 and "data" not in cfg  # the options; the inputs beside
+    assert json.loads((model / "inputs.json").read_text()) == {"data": str(lab), "init_model": None}
 
 
 def test_cli_config_file_and_list_flags(tmp_path):
