@@ -313,7 +313,7 @@ def test_compare_lists_each_evaluation_once_as_a_pivot_of_models_by_run(evaluati
                                 "both", "✓", "animegen-2", "(Δ", "animegen-1)"]
     row = lines[1].split()
     assert row[0] == "manga" and len([ln for ln in lines if ln.startswith("manga")]) == 1
-    assert float(row[1]) == pytest.approx(base["fid"], abs=0.01) and row[3] == "(+2.5)"
+    assert float(row[1]) == pytest.approx(base["fid"], abs=0.01) and row[3] == "(+2.50)"
     assert float(row[2]) == pytest.approx(base["fid"] + 2.5, abs=0.01)
     pivot = json.loads((out / "compare.json").read_text())["pivot"]
     assert pivot["runs"] == ["animegen-1", "animegen-2"] and pivot["models"] == ["manga"]

@@ -254,7 +254,7 @@ def _cell(p: Pivot, model: str, run: str, key: str, kind: str) -> str:
     row = p.cells[model].get(run)
     text = fmt(value, kind)
     if delta is not None:
-        text += f" ({100 * delta:+.1f})" if kind == "pct" else f" ({delta:+.4g})"
+        text += f" ({100 * delta:+.1f})" if kind == "pct" else f" ({delta:+.{2 if key == 'fid' else 4}f})"
     return text + (" !" if row is not None and not row["comparable"] and key != "both_accuracy" else "")
 
 

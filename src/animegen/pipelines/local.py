@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -306,7 +307,8 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
         status, error = "failed", f"{type(e).__name__}: {e}"
         new = sorted(p for p in root.glob(f"{PIPELINE_NAME}-*") if p.name not in before and p.is_dir())
         if isinstance(e, RuntimeError) and new:
-            raise RuntimeError(f"{e}\nThe artifacts so far are in {new[-1]}; once fixed, rerun from the failed "
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # kfp colours its message for a terminal
+            raise RuntimeError(f"{plain}\nThe artifacts so far are in {new[-1]}; once fixed, rerun from the failed "
                                f"stage with: animegen pipeline run --local --pipeline-root {root} --only STAGE "
                                f"--from-run {new[-1].name}") from None
         raise
