@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the real training loop (``animegen.train.train``).
+"""Training throughput and peak memory of the real training loop (``animegen.train.run_train``).
 
 Configs: DCGAN (batch 128) and StyleGAN (batch 64) at 64 px with their default widths (TrainConfig /
 ARCH_DEFAULTS), unconditional and conditional (synthetic hair x eye pair classes, 120 of them), on the CPU and,

@@ -80,8 +80,8 @@ def assert_same_function(src, dst, c_src, c_dst, arch):
 def test_conditional_to_fewer_classes_by_name_map_and_partial_name(tmp_path, arch, cond_mode):
     src_dir, src = source_model(tmp_path, arch, cond_mode, PAIRS)
     new = ["blonde hair red eyes", "red hair red eyes", "red hair green eyes", "pink hair green eyes"]
-    dst, report = transferred(tmp_path, arch, cond_mode, src_dir, new, init_class="blue hair",
-                              class_map={"red hair red eyes": "black hair red eyes", "pink hair green eyes": "green eyes"})
+    class_map = {"red hair red eyes": "black hair red eyes", "pink hair green eyes": "green eyes"}
+    dst, report = transferred(tmp_path, arch, cond_mode, src_dir, new, init_class="blue hair", class_map=class_map)
     assert report["class_init"]["red hair green eyes"] == "mean of 2 classes: blue hair green eyes, blue hair red eyes"
     # the soft source class vector each new class must reproduce, written out by hand
     expect = torch.zeros(4, 6)
