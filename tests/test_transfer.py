@@ -12,7 +12,8 @@ import torch
 from animegen.models import build_models
 from animegen.train import run_train
 from animegen.train.checkpoint import load_checkpoint, model_kwargs, save_checkpoint
-from animegen.train.transfer import ARCH_FIELDS, init_from
+from animegen.train.config import TrainConfig
+from animegen.train.transfer import ARCH_FIELDS, inherit_architecture, init_from
 from conftest import SYN, tiny_config
 
 PAIRS = ["black hair green eyes", "black hair red eyes", "blonde hair green eyes", "blonde hair red eyes",
@@ -194,3 +195,22 @@ def test_the_same_transfer_from_the_cli_and_from_the_component_gives_the_same_mo
     assert main(["train", "--init-from", str(src), "--print-config", *flags]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert {k: printed[k] for k in ARCH_FIELDS} == {k: source[k] for k in ARCH_FIELDS}
+
+
+def test_an_architecture_option_given_explicitly_is_kept_even_at_its_default(tmp_path, capsys):
+    """Inheritance fills only what the user left out: `--resolution 64` (the default) on a 16 px source stays 64,
+    and `--arch dcgan` (the default) on a StyleGAN source is refused as a mismatch instead of silently becoming a
+    StyleGAN; the same for a component's ``options``."""
+    from animegen.cli import main
+
+    src, _ = source_model(tmp_path, "stylegan", "concat", ["a", "b"])
+    assert main(["train", "--init-from", str(src), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["resolution"] == 16  # inherited
+    assert main(["train", "--init-from", str(src), "--resolution", "64", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["resolution"] == 64 and printed["arch"] == "stylegan"
+    assert main(["train", "--init-from", str(src), "--arch", "dcgan", "--data", SYN,
+                 "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "a stylegan model cannot initialise a dcgan" in capsys.readouterr().err
+    cfg = inherit_architecture(TrainConfig(arch="dcgan"), src, keep={"arch"})
+    assert cfg.arch == "dcgan" and cfg.resolution == 16

@@ -118,12 +118,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from animegen.train.transfer import inherit_architecture
 
     cfg, data, out, init_model = _train_config(args)
+    given = set(_given(args)) | set(load_config_file(args.config) if args.config else {})  # kept over the source's
     if args.print_config:
-        cfg = inherit_architecture(cfg, init_model) if init_model else cfg
+        cfg = inherit_architecture(cfg, init_model, keep=given) if init_model else cfg
         print(json.dumps(cfg.with_arch_defaults().to_dict(), indent=2))
         return 0
     if init_model:
-        run_transfer(cfg, init_model, data, out, resume=args.resume)
+        run_transfer(cfg, init_model, data, out, resume=args.resume, keep=given)
     else:
         run_train(cfg, data, out, resume=args.resume)
     return 0

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,13 @@ def run_train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, resume: b
 
 
 def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out_dir: str | Path,
-                 resume: bool = False) -> TrainResult:
+                 resume: bool = False, *, keep: Iterable[str] = ()) -> TrainResult:
     """Fine-tune the Model ``init_model`` (a Model directory or a checkpoint file) on ``data`` into ``out_dir``:
-    the architecture options ``cfg`` leaves at their defaults are the source's (``inherit_architecture``), and
+    the architecture options ``cfg`` leaves at their defaults are the source's (``inherit_architecture``; ``keep``
+    names options the user gave explicitly, which stay as given even at their default value), and
     the weights start as the source's, classes remapped (``init_from``; the report in ``out_dir/init_report.json``).
     The same call from the CLI (``animegen train --init-from``) and from the pipeline's transfer task."""
-    cfg = inherit_architecture(cfg, init_model)
+    cfg = inherit_architecture(cfg, init_model, keep)
     return _run(cfg, str(data), Path(out_dir), resume, init_model=str(init_model))
 
 

@@ -13,6 +13,7 @@ layer's gains. Class-dependent tensors are the ones a model's ``class_layout()``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -207,13 +208,15 @@ ARCH_FIELDS = ("arch", "cond_mode", "resolution", "z_dim", "w_dim", "mapping_lay
                "loss")
 
 
-def inherit_architecture(cfg: TrainConfig, init_model: str | Path) -> TrainConfig:
-    """``cfg`` with each architecture option (ARCH_FIELDS) it leaves at its default taken from the source model's
-    config (the one its checkpoint holds); an option ``cfg`` sets stays as set (e.g. another resolution, whose
-    incompatible layers ``init_from`` then skips)."""
+def inherit_architecture(cfg: TrainConfig, init_model: str | Path, keep: Iterable[str] = ()) -> TrainConfig:
+    """``cfg`` with each architecture option (ARCH_FIELDS) taken from the source model's config (the one its
+    checkpoint holds), except the options named in ``keep`` (those the user gave: they stay as set, even at their
+    default value, e.g. another resolution, whose incompatible layers ``init_from`` then skips) and those ``cfg``
+    sets to a non-default value."""
     source = TrainConfig.from_dict(load_checkpoint(init_model, mmap=True)["config"])
-    defaults = TrainConfig()
-    inherited = {k: getattr(source, k) for k in ARCH_FIELDS if getattr(cfg, k) == getattr(defaults, k)}
+    defaults, keep = TrainConfig(), set(keep)
+    inherited = {k: getattr(source, k) for k in ARCH_FIELDS
+                 if k not in keep and getattr(cfg, k) == getattr(defaults, k)}
     return dataclasses.replace(cfg, **inherited)
 
 
