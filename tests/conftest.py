@@ -1,31 +1,20 @@
+"""Fixtures for every test module: tests run against the working tree; the S3 server fixture is registered here,
+once (``s3_server``: a real SeaweedFS S3 server per module, see s3server.py). Helpers live in helpers.py."""
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # tests run against the working tree even without an install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the working tree even without an install
 torch.set_num_threads(1)  # tiny models: one thread is fastest and does not fight parallel jobs
 
-TINY = {
-    "dcgan": dict(z_dim=16, channel_base=128, channel_max=64),
-    "stylegan": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32),
-}
-SYN = "synthetic:?n=128&resolution=16&hair=blonde,blue,black&eyes=red,green"
-
-
-def tiny_config(arch="dcgan", **kw):
-    """A TrainConfig for a model small enough to train hundreds of steps on a CPU in seconds (train it with
-    ``run_train(cfg, SYN, out_dir)``)."""
-    from animegen.train import TrainConfig
-
-    values = dict(resolution=16, arch=arch, batch=8, kimg=0.4, snapshot_kimg=0.2, log_every=10, progress=False,
-                  **TINY[arch])
-    values.update(kw)
-    return TrainConfig(**values)
+from s3server import s3_server  # noqa: E402, F401  (the fixture, registered for every module)
 
 
 @pytest.fixture
 def tiny():
+    """helpers.tiny_config, as a fixture."""
+    from helpers import tiny_config
+
     return tiny_config

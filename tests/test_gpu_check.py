@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from test_imports import blocked_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

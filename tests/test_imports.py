@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 BLOCKED = ("kfp", "minio", "kaggle", "pytorch_fid")  # kfp covers kfp.kubernetes, kfp.dsl, kfp.local, ...
 SITECUSTOMIZE = f"""

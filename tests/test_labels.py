@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 from torch.nn import functional as F
 
 from animegen.data import ImageSet, open_dataset, read_packed, synthetic_faces, write_packed

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from animegen.cli import build_parser, main
 from animegen.config import Config, coerce, coerce_value, option, options

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from s3server import s3_server, use_server_env  # noqa: F401 (s3_server: a fixture)
+from s3server import use_server_env
 
 from animegen.data.extract import ArchiveError, ExtractionLimitError, safe_extract
 from animegen.data.sources import (

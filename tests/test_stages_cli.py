@@ -10,7 +10,7 @@ import pytest
 
 from animegen.cli import main
 from animegen.data import open_dataset
-from conftest import ROOT
+from helpers import ROOT
 
 MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 

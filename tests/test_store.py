@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import s3_server, use_server_env  # noqa: F401 (s3_server: a fixture)
+from s3server import use_server_env
 
 from animegen.store import ChecksumError
 from animegen.store.artifacts import (
