@@ -28,7 +28,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from common import MLDS, RESULTS, environment, mlds_jpegs, write_result
 
 SPLIT_BLOCK = 32

@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import MLDS, RESULTS, ROOT, environment, print_table, write_result, write_seeded_inception
 from fid_floor import disjoint_halves, mlds_images  # the same disjoint halves
 
@@ -256,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             proc, wall, cpu = timed(cmd, env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
             if proc.returncode != 0 or not lines:
-                print(f"animegen {backend} FAILED (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}",
+                print(f"animegen {backend} FAILED (exit {proc.returncode}):\n"
+                      f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}",
                       file=sys.stderr)
                 return 1
             r = json.loads(lines[-1][len(MARK):])
@@ -319,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{distance['animegen_frechet_distance_s']:.1f} s; FIDs differ by {distance['abs_diff']:.1e}")
     print(f"float32 roofline: {floor['inception_gflop_per_image']:.2f} GFLOP per Inception forward, "
           f"{floor['fp32_gemm_gflops']:.0f} GFLOP/s float32 GEMM -> at least {floor['fp32_forward_floor_s']:.0f} s "
-          f"for {floor['images']} forwards" + (f" (pytorch-fid's whole run is {base['wall_s'] / floor['fp32_forward_floor_s']:.2f}x that)" if base else ""))
+          f"for {floor['images']} forwards"
+          + (f" (pytorch-fid's whole run is {base['wall_s'] / floor['fp32_forward_floor_s']:.2f}x that)"
+             if base else ""))
     print(f"background load: {args.background_load} busy process(es); load average {load0[0]:.2f} before, "
           f"{load1[0]:.2f} after" + ("" if ok else "; VALUES DISAGREE"))
 
-    suffix = ("" if args.n == 2000 else f"-n{args.n}") + (f"-load{args.background_load}" if args.background_load else "")
+    suffix = ("" if args.n == 2000 else f"-n{args.n}") \
+        + (f"-load{args.background_load}" if args.background_load else "")
     suffix += "-seeded" if seeded else ""
     doc = {
         "benchmark": "fid_speed",

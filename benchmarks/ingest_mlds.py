@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from common import MLDS, RESULTS, environment, print_table, write_result
+
 from animegen.utils import human_bytes, peak_rss_bytes
 
 MARK = "INGEST_MLDS_RESULT "
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(head, [row])
     if mix:
         print(f"\nclass mix, train vs held-out (TV distance, 0 = same): "
-              f"(hair, eye) pairs {mix['pair_tv_block_split']:.3f} with blocks of {args.split_block} vs {mix['pair_tv_id_range_split']:.3f} for two id ranges; "
+              f"(hair, eye) pairs {mix['pair_tv_block_split']:.3f} with blocks of {args.split_block} "
+              f"vs {mix['pair_tv_id_range_split']:.3f} for two id ranges; "
               f"hair {mix['hair_tv_block_split']:.3f} vs {mix['hair_tv_id_range_split']:.3f}")
 
     doc = {

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, environment, print_table, write_result
+
 from animegen.utils import human_bytes
 
 DATA = "synthetic:?n=2048"  # labels=pair (the default): 12 hair x 10 eye colours = 120 classes

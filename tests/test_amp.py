@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SYN, TINY, tiny_config
 
 from animegen.latent import interpolate, mix, sample, truncate
 from animegen.models import build_models
 from animegen.train import TrainConfig, run_train
 from animegen.train import losses as losses_mod
 from animegen.train.checkpoint import load_checkpoint, load_generator
-from helpers import SYN, TINY, tiny_config
 
 # lazy regularisers every 2 steps, so a 6-step run crosses R1 and path-length steps (and style mixing, EMA)
 AMP = dict(amp="on", r1_interval=2, pl_interval=2, kimg=0.048, snapshot_kimg=0.024, log_every=2, ema_kimg=0.01)

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT, SYN, TINY, tiny_config
 
 from animegen.cli import main
 from animegen.train import run_train
 from animegen.train.checkpoint import CheckpointError, load_checkpoint, load_generator, models_from_checkpoint
-from helpers import ROOT, SYN, TINY, tiny_config
 
 TINY_DC = ["--arch", "dcgan", "--resolution", "16", "--z-dim", str(TINY["dcgan"]["z_dim"]), "--channel-base",
            str(TINY["dcgan"]["channel_base"]), "--channel-max", str(TINY["dcgan"]["channel_max"]), "--batch", "8",

@@ -3,10 +3,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT, SYN
 from PIL import Image
 
 from animegen.cli import build_parser, main
-from helpers import ROOT, SYN
 
 TINY_SG = ["--arch", "stylegan", "--resolution", "16", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2",
            "--channel-base", "128", "--channel-max", "32", "--batch", "8", "--no-progress"]

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import ROOT, SYN
 
 pytestmark = [pytest.mark.cuda,

@@ -255,10 +255,10 @@ def test_dockerfile_base_version_pin_kfp_and_user(kind):
 
 
 def test_dockerignore_keeps_everything_but_the_wheel_out():
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     assert lines[0] == "*" and "!dist/animegen-*.whl" in lines
-    assert all(l.startswith("!dist") for l in lines[1:]), lines
+    assert all(line.startswith("!dist") for line in lines[1:]), lines
 
 
 def test_image_names_agree_with_the_components():

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import ROOT
 from test_imports import blocked_env
 

@@ -9,8 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from animegen.latent import (circle, conditions_for, interpolate, lerp, map_z, mix, path, render_ws, sample, slerp,
-                             style_ranges, to_uint8, truncate)
+from animegen.latent import (
+    circle,
+    conditions_for,
+    interpolate,
+    lerp,
+    map_z,
+    mix,
+    path,
+    render_ws,
+    sample,
+    slerp,
+    style_ranges,
+    to_uint8,
+    truncate,
+)
 from animegen.models import build_models
 
 RES = 16

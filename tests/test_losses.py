@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from animegen.train.losses import BCELoss, HingeLoss, PathLength, R1, Regularizer, ema_beta, make_loss, style_mix
+from animegen.train.losses import R1, BCELoss, HingeLoss, PathLength, Regularizer, ema_beta, make_loss, style_mix
 
 
 # ------------------------------------------------------------------------------------------------------------ R1

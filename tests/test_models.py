@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from animegen.models import (DCGANDiscriminator, DCGANGenerator, StyleGANDiscriminator, StyleGANGenerator,
-                             build_models)
+from animegen.models import DCGANDiscriminator, DCGANGenerator, StyleGANDiscriminator, StyleGANGenerator, build_models
 from animegen.models.layers import minibatch_stddev
 
 
@@ -78,9 +77,9 @@ def test_conditional_dcgan_class_input():
 def test_stylegan_shapes_and_parameter_count():
     G, D = StyleGANGenerator(), StyleGANDiscriminator()
     assert G.num_ws == 10 and G.w_dim == 512
-    chans = [l.adain.channels for l in G.layers]
+    chans = [layer.adain.channels for layer in G.layers]
     assert chans == [512, 512, 512, 512, 256, 256, 128, 128, 64, 64]  # 4, 8, 16, 32, 64 px, two layers each
-    assert [l.up for l in G.layers] == [False, False, True, False] * 1 + [False] * 0 + [True, False] * 3
+    assert [layer.up for layer in G.layers] == [False, False, True, False] * 1 + [False] * 0 + [True, False] * 3
     assert G.layers[0].conv is None  # 4x4: learned constant, no conv before the first AdaIN
     mapping = 8 * (512 * 512 + 512)
     assert count(G.mapping_net) == mapping
@@ -112,14 +111,14 @@ def test_stylegan_equalised_lr_initialisation():
     fc = G.mapping_net.layers[0]
     assert fc.weight.std().item() == pytest.approx(100.0, rel=0.02)  # N(0, 1/lr_mul), lr_mul 0.01
     assert fc.weight_gain == pytest.approx(0.01 / math.sqrt(512))
-    assert all(torch.all(l.noise.weight == 0) for l in G.layers)  # noise strengths start at 0
+    assert all(torch.all(layer.noise.weight == 0) for layer in G.layers)  # noise strengths start at 0
     assert torch.all(G.layers[0].adain.affine.bias[:512] == 1)  # AdaIN scale starts at 1
 
 
 def test_stylegan_noise_injection_changes_output():
     G = StyleGANGenerator(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32)
-    for l in G.layers:
-        torch.nn.init.ones_(l.noise.weight)
+    for layer in G.layers:
+        torch.nn.init.ones_(layer.noise.weight)
     ws = G.mapping(torch.randn(1, 32))
     a, b = G.synthesis(ws, noise_mode="random"), G.synthesis(ws, noise_mode="random")
     assert not torch.allclose(a, b)

@@ -124,8 +124,14 @@ def test_control_components(tmp_path):
 
 
 def test_runtime_helpers():
-    assert rt.opt(0) is None and rt.opt("") is None and rt.opt(-1.0) is None and rt.opt(3) == 3
-    assert rt.opt(False) is False
+    # a parameter's "unset" value (the schema's: 0, '' or < 0; KFP parameters cannot be None) means the default
+    from animegen.data.ingest import IngestConfig
+    from animegen.eval.evaluate import FidConfig
+
+    ing = rt.build_config(IngestConfig, {}, {"channels": 0, "sha256": "", "grow_to": 0, "limit": 0, "seed": 0})
+    assert (ing.channels, ing.sha256, ing.grow_to, ing.limit, ing.seed) == (None, None, None, None, 0)
+    assert rt.build_config(FidConfig, {}, {"max_images": 0}).max_images is None
+    assert rt.build_config(FidConfig, {}, {"max_images": 5}).max_images == 5
     assert rt.csv_list(" a, b ,,c") == ["a", "b", "c"] and rt.csv_list("") is None
     from animegen.eval.evaluate import EvalConfig
     from animegen.labels.label import LabelConfig

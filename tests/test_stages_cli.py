@@ -7,10 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from animegen.cli import main
 from animegen.data import open_dataset
-from helpers import ROOT
 
 MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, SYN, tiny_config
 
 from animegen.cli import main as cli_main
 from animegen.train import TrainingDiverged, run_train, run_transfer
 from animegen.train.checkpoint import load_checkpoint, load_generator
 from animegen.train.transfer import class_index_map
-from helpers import ROOT, SYN, tiny_config
 
 
 def log_rows(out):

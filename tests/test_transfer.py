@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from helpers import SYN, tiny_config
 
 from animegen.models import build_models
 from animegen.train import run_train
 from animegen.train.checkpoint import load_checkpoint, model_kwargs, save_checkpoint
 from animegen.train.config import TrainConfig
 from animegen.train.transfer import ARCH_FIELDS, inherit_architecture, init_from
-from helpers import SYN, tiny_config
 
 PAIRS = ["black hair green eyes", "black hair red eyes", "blonde hair green eyes", "blonde hair red eyes",
          "blue hair green eyes", "blue hair red eyes"]

@@ -31,14 +31,6 @@ def out_dir(artifact: Any) -> Path:
     return path
 
 
-def opt(value: Any) -> Any:
-    """A pipeline parameter's "unset": 0, "" and negative numbers become None (KFP parameters cannot be None)."""
-    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                        and value <= 0):
-        return None
-    return value
-
-
 def csv_list(text: str) -> list[str] | None:
     """'a, b,c' -> ['a', 'b', 'c']; '' -> None (the stage's default)."""
     items = [t.strip() for t in str(text or "").split(",") if t.strip()]

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from animegen.config import Config, opt
-
 from animegen.labels.tags import TagTable
 
 MODES = ("pair", "hair", "eye", "multi_hot")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import write_json
 from animegen.image_files import grid_array, save_gif, save_grid, save_images, to_uint8
-from .ops import PATH_METHODS, ClassSpec, condition_labels, conditions_for, path
+from animegen.latent.ops import PATH_METHODS, ClassSpec, condition_labels, conditions_for, path
+from animegen.utils import write_json
 
 NOISE_MODE = "const"
 GRID_MAX_COLS = 16       # widest grid a tool writes

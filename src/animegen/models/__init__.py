@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .dcgan import DCGANDiscriminator, DCGANGenerator
-from .stylegan import StyleGANDiscriminator, StyleGANGenerator
+from animegen.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from animegen.models.stylegan import StyleGANDiscriminator, StyleGANGenerator
 
 ARCHS = ("dcgan", "stylegan")
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassInput, ClassLayout, ClassProjection, channels_for, check_resolution
+from animegen.models.layers import ClassInput, ClassLayout, ClassProjection, channels_for, check_resolution
 
 
 def dcgan_init_(module: nn.Module) -> None:

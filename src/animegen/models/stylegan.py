@@ -12,8 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (LRELU_GAIN, AdaIN, ClassInput, ClassLayout, ClassProjection, EqualConv2d, EqualLinear,
-                     NoiseInjection, channels_for, check_resolution, minibatch_stddev, pixel_norm)
+from animegen.models.layers import (
+    LRELU_GAIN,
+    AdaIN,
+    ClassInput,
+    ClassLayout,
+    ClassProjection,
+    EqualConv2d,
+    EqualLinear,
+    NoiseInjection,
+    channels_for,
+    check_resolution,
+    minibatch_stddev,
+    pixel_norm,
+)
 
 
 def lrelu(x: torch.Tensor, gain: float = LRELU_GAIN) -> torch.Tensor:

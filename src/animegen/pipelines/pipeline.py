@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from animegen.run_layout import CROSS_FID, MODELS, TAGGER, CrossSpec, ModelSpec, branches  # noqa: F401  (re-exported)
 from animegen.pipelines.params import (  # noqa: F401  (the pipeline's schemas, re-exported)
     PARAMETERS,
     Param,
@@ -41,17 +40,11 @@ from animegen.pipelines.params import (  # noqa: F401  (the pipeline's schemas, 
     default_params,
     parse_toleration,
 )
+from animegen.run_layout import CROSS_FID, MODELS, TAGGER, CrossSpec, ModelSpec, branches  # noqa: F401  (re-exported)
 
 PIPELINE_NAME = "animegen"
 COMPILED = Path(__file__).with_name("animegen_pipeline.yaml")
 STAGES = ("ingest", "label", "tagger", "train", "transfer", "evaluate", "report")
-
-
-def branches(run_manga: bool, run_character: bool, run_baselines: bool, run_dcgan: bool) -> dict[str, bool]:
-    """Which optional branches run (the ``plan`` component returns exactly this)."""
-    return {"manga": bool(run_manga), "manga_scratch": bool(run_manga and run_baselines),
-            "character": bool(run_character), "character_scratch": bool(run_character and run_baselines),
-            "cross_fid": bool(run_manga and run_character), "dcgan": bool(run_dcgan)}
 
 
 # ------------------------------------------------------------------------------------------------ the task graph

@@ -43,8 +43,8 @@ def evaluate(
 
     rt.check_model_name(model_name)
     cfg = rt.build_config(EvalConfig, options, {
-        "n_fid": n_fid, "psi": psi, "k_per_class": k_per_class, "max_reference": rt.opt(max_reference),
-        "snapshots": snapshots, "grids": grids, "batch": rt.opt(batch), "seed": seed, "device": device,
+        "n_fid": n_fid, "psi": psi, "k_per_class": k_per_class, "max_reference": max_reference,
+        "snapshots": snapshots, "grids": grids, "batch": batch, "seed": seed, "device": device,
         "tagger": tagger.path})
     out = run_evaluate(cfg, model.path, dataset.path, rt.out_dir(evaluation))
     doc = json.loads((out / "metrics.json").read_text())
@@ -85,7 +85,7 @@ def cross_fid(
     from animegen.eval.evaluate import FidConfig, run_fid
 
     rt.check_model_name(name)
-    cfg = rt.build_config(FidConfig, options, {"max_images": rt.opt(max_images), "device": device})
+    cfg = rt.build_config(FidConfig, options, {"max_images": max_images, "device": device})
     with tempfile.TemporaryDirectory(prefix="animegen-fid-") as tmp:
         doc = json.loads(Path(run_fid(cfg, a.path, b.path, tmp)).read_text())
     doc.update(name=name, artifacts={"a": a.uri, "b": b.uri, "metrics": metrics.uri})

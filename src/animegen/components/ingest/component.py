@@ -31,8 +31,8 @@ def ingest(
 
     rt.set_object_store_env(s3_endpoint)
     cfg = rt.build_config(IngestConfig, options, {
-        "resolution": resolution, "mode": mode, "channels": rt.opt(channels), "sha256": rt.opt(sha256),
-        "holdout": holdout, "grow_to": rt.opt(grow_to), "limit": rt.opt(limit), "seed": seed})
+        "resolution": resolution, "mode": mode, "channels": channels, "sha256": sha256,
+        "holdout": holdout, "grow_to": grow_to, "limit": limit, "seed": seed})
     packed = read_packed(run_ingest(cfg, source, rt.out_dir(dataset), overwrite=True))
     manifest = packed.manifest
     dataset.metadata.update({k: manifest.get(k) for k in ("count", "resolution", "channels", "mode", "source",

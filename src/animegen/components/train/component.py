@@ -37,10 +37,10 @@ def train(
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
         "arch": arch, "conditional": conditional, "resolution": resolution,
-        "kimg": kimg, "batch": rt.opt(batch), "z_dim": rt.opt(z_dim), "w_dim": w_dim,
-        "mapping_layers": mapping_layers, "channel_base": rt.opt(channel_base), "channel_max": channel_max,
-        "cond_mode": cond_mode, "r1_gamma": None if r1_gamma < 0 else r1_gamma,
-        "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
+        "kimg": kimg, "batch": batch, "z_dim": z_dim, "w_dim": w_dim,
+        "mapping_layers": mapping_layers, "channel_base": channel_base, "channel_max": channel_max,
+        "cond_mode": cond_mode, "r1_gamma": r1_gamma,
+        "snapshot_kimg": snapshot_kimg, "seed": seed, "device": device, "progress": False})
     result = run_train(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file())
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "img_per_s": result.img_per_s, "device": result.device})

@@ -34,9 +34,10 @@ def transfer(
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
-        "init_class": rt.opt(init_class), "class_map": dict(class_map), "freeze_d": freeze_d,
-        "conditional": conditional, "kimg": kimg, "batch": rt.opt(batch),
-        "r1_gamma": None if r1_gamma < 0 else r1_gamma, "snapshot_kimg": rt.opt(snapshot_kimg), "seed": seed, "device": device, "progress": False})
+        "init_class": init_class, "class_map": dict(class_map), "freeze_d": freeze_d,
+        "conditional": conditional, "kimg": kimg, "batch": batch,
+        "r1_gamma": r1_gamma, "snapshot_kimg": snapshot_kimg, "seed": seed,
+        "device": device, "progress": False})
     result = run_transfer(cfg, init_model.path, dataset.path, out, resume=(out / "checkpoint.pt").is_file(),
                           keep=options)
     arch = rt.read_json(out / "config.json")["arch"]  # the source's, unless options set another
