@@ -59,42 +59,88 @@ def test_every_dag_task_is_in_the_yaml_under_its_name(compiled):
         "skip-cross-fid"}
 
 
-def test_gpu_accelerator_node_selector_and_toleration_on_train_and_transfer_only(compiled):
+def _param(value: str) -> str:
+    """The run parameter a ``{{$.inputs.parameters['pipelinechannel--NAME']}}`` placeholder names."""
+    m = re.fullmatch(r"\{\{\$\.inputs\.parameters\['pipelinechannel--(\w+)'\]\}\}", str(value))
+    assert m, f"{value!r} is not a run-parameter placeholder"
+    return m.group(1)
+
+
+def _json_param(entry: dict) -> str:
+    """The run parameter a kfp-kubernetes *Json entry (nodeSelectorJson, tolerationJson) reads: the root's own
+    input, or a condition sub-DAG's pipelinechannel-- copy of it."""
+    return entry["componentInputParameter"].removeprefix("pipelinechannel--")
+
+
+def test_placement_and_images_are_run_parameters_per_stage(compiled):
+    """Every executor's image, CPU / memory requests and limits, accelerator type and count, node selector and
+    tolerations name a run parameter (the KFP 2.17 driver resolves them per task), never a compiled-in value:
+    GPU tasks the gpu_* ones, evaluations the eval_* ones, every other task the cpu_* ones and no accelerator."""
     _, spec, platform = compiled
     executors = spec["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    tasks = all_tasks(spec)
-    for name, task in tasks.items():
+    seen = set()
+    for name, task in all_tasks(spec).items():
         if "componentRef" not in task or "executorLabel" not in spec["components"][task["componentRef"]["name"]]:
             continue
         label = executor(spec, task)
-        resources = executors[label]["container"].get("resources", {})
-        kube = k8s.get(label, {})
-        if name in GPU_TASKS:
-            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
-            assert int(resources["accelerator"]["resourceCount"]) == 1, name
-            assert resources["resourceCpuRequest"] == "8" and resources["resourceMemoryLimit"] == "32G", name
-            assert kube["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}, name
-            assert kube["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        else:
-            assert "accelerator" not in resources, name
+        container = executors[label]["container"]
+        res, kube = container.get("resources", {}), k8s.get(label, {})
+        if name not in TASKS:  # plan and skip-*: tiny control tasks on the cpu image, anywhere
+            assert _param(container["image"]) == "cpu_image" and "accelerator" not in res, name
             assert "nodeSelector" not in kube and "tolerations" not in kube, name
-    assert {n for n in tasks if n in GPU_TASKS} == GPU_TASKS == {
-        "train-conditional", "transfer-manga", "train-manga-scratch", "transfer-character",
-        "train-character-scratch", "train-dcgan", "train-dcgan-conditional"}
-
-
-def test_images_per_stage(compiled):
-    _, spec, _ = compiled
-    executors = spec["deploymentSpec"]["executors"]
-    for name, task in all_tasks(spec).items():
-        comp = spec["components"].get(task.get("componentRef", {}).get("name", ""), {})
-        if "executorLabel" not in comp:
             continue
-        image = executors[comp["executorLabel"]]["container"]["image"]
-        assert image == (GPU_IMAGE if name in GPU_TASKS else CPU_IMAGE), name
-        command = " ".join(executors[comp["executorLabel"]]["container"]["command"])
-        assert "pip install" not in command, f"{name}: install_kfp_package=False (the images carry kfp)"
+        stage = TASKS[name].stage
+        kind = "gpu" if name in GPU_TASKS else "cpu"
+        image = "gpu_image" if kind == "gpu" else "eval_image" if stage == "evaluate" else "cpu_image"
+        assert _param(container["image"]) == image, name
+        assert {k: _param(v) for k, v in res.items() if k != "accelerator"} == {
+            "resourceCpuRequest": f"{kind}_cpu_request", "resourceCpuLimit": f"{kind}_cpu_limit",
+            "resourceMemoryRequest": f"{kind}_memory_request", "resourceMemoryLimit": f"{kind}_memory_limit"}, name
+        if kind == "gpu" or stage == "evaluate":
+            prefix = "gpu" if kind == "gpu" else "eval"
+            assert _param(res["accelerator"]["resourceType"]) == "gpu_accelerator", name
+            assert _param(res["accelerator"]["resourceCount"]) == ("gpus" if kind == "gpu" else "eval_gpus"), name
+            assert _json_param(kube["nodeSelector"]["nodeSelectorJson"]) == f"{prefix}_node_selector", name
+            assert "labels" not in kube["nodeSelector"], name
+            (tol,) = kube["tolerations"]
+            assert set(tol) == {"tolerationJson"} and _json_param(tol["tolerationJson"]) == f"{prefix}_tolerations"
+        else:
+            assert "accelerator" not in res, name
+            assert "nodeSelector" not in kube and "tolerations" not in kube, name
+        seen.add(name)
+    assert seen == set(TASKS)
+    assert GPU_TASKS == {"train-conditional", "transfer-manga", "train-manga-scratch", "transfer-character",
+                         "train-character-scratch", "train-dcgan", "train-dcgan-conditional"}
+
+
+def test_placement_defaults_in_the_yaml(compiled):
+    """The defaults a UI user sees: the images of this version, one GPU of nvidia.com/gpu on the GKE L4 pool with
+    the nvidia.com/gpu taint tolerated, evaluations on the CPU image anywhere; GPU counts are strings (the driver
+    reads resource placeholders with GetStringValue: a NUMBER parameter would give no GPU at all)."""
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_image"]["defaultValue"] == GPU_IMAGE and params["cpu_image"]["defaultValue"] == CPU_IMAGE
+    assert params["eval_image"]["defaultValue"] == CPU_IMAGE
+    assert params["gpu_accelerator"]["defaultValue"] == "nvidia.com/gpu"
+    for name in ("gpus", "eval_gpus", "gpu_cpu_request", "gpu_cpu_limit", "gpu_memory_request", "gpu_memory_limit",
+                 "cpu_cpu_request", "cpu_cpu_limit", "cpu_memory_request", "cpu_memory_limit", "gpu_image",
+                 "cpu_image", "eval_image", "gpu_accelerator"):
+        assert params[name]["parameterType"] == "STRING", name
+    assert params["gpus"]["defaultValue"] == "1" and params["eval_gpus"]["defaultValue"] == "0"
+    assert params["gpu_node_selector"]["parameterType"] == "STRUCT"
+    assert params["gpu_node_selector"]["defaultValue"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert params["gpu_tolerations"]["parameterType"] == "LIST"
+    assert params["gpu_tolerations"]["defaultValue"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                          "effect": "NoSchedule"}]
+    assert params["eval_node_selector"]["defaultValue"] == {} and params["eval_tolerations"]["defaultValue"] == []
+
+
+def test_no_pip_install_in_any_task(compiled):
+    _, spec, _ = compiled
+    for label, ex in spec["deploymentSpec"]["executors"].items():
+        command = " ".join(ex["container"]["command"])
+        assert "pip install" not in command, f"{label}: install_kfp_package=False (the images carry kfp)"
 
 
 def test_caching_and_retries(compiled):
@@ -168,7 +214,16 @@ def test_object_store_secret_and_no_credential_value(compiled):
     assert not re.search(r"AKIA[0-9A-Z]{12,}", text)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     with_secret = {label for label, cfg in k8s.items() if "secretAsEnv" in cfg}
-    assert with_secret == {"exec-ingest-main", "exec-ingest-manga", "exec-ingest-character", "exec-report"}
+    store_tasks = {n for n, t in TASKS.items() if t.stage != "tagger"}  # everything but the colour tagger
+    assert with_secret == {f"exec-{n}" for n in store_tasks}
+    assert store_tasks >= {"ingest-main", "label", "train-conditional", "transfer-manga", "evaluate-conditional",
+                           "fid-manga-character", "report"} and "tagger" not in store_tasks
+    tasks = all_tasks(spec)
+    for name in store_tasks - {n for n in TASKS if n.startswith("ingest")} - {"report"}:
+        ins = tasks[name]["inputs"]["parameters"]  # the endpoint, region and ANIMEGEN_STORE prefix reach it
+        assert {k: v.get("componentInputParameter", "").removeprefix("pipelinechannel--") for k, v in ins.items()
+                if k in ("s3_endpoint", "s3_region", "store_uri")} == {
+            "s3_endpoint": "s3_endpoint", "s3_region": "s3_region", "store_uri": "store_uri"}, name
     for label in with_secret:
         (entry,) = k8s[label]["secretAsEnv"]
         assert entry["secretName"] == "mlpipeline-minio-artifact"
@@ -176,30 +231,35 @@ def test_object_store_secret_and_no_credential_value(compiled):
             ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
 
 
-def test_compile_cli_options_for_other_clouds(tmp_path, capsys):
+def test_compile_sets_placement_defaults_for_other_clouds(tmp_path, capsys):
+    """Placement is a run parameter; `compile --param` bakes another cloud's values in as defaults (EKS here), and
+    values the driver or Kubernetes would refuse are refused at compile time."""
     out = tmp_path / "eks.yaml"
-    assert main(["pipeline", "compile", "--out", str(out), "--gpu-node-selector", "eks.amazonaws.com/nodegroup=gpu",
-                 "--gpu-toleration", "nvidia.com/gpu=true:NoSchedule", "--gpus", "2", "--accelerator",
-                 "nvidia.com/gpu", "--param", "n_fid=5000", "--param", "run_dcgan=false"]) == 0
+    assert main(["pipeline", "compile", "--out", str(out), "--param",
+                 'gpu_node_selector={"eks.amazonaws.com/nodegroup": "gpu"}', "--param",
+                 'gpu_tolerations=[{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", '
+                 '"effect": "NoSchedule"}]', "--param", "gpus=2", "--param", "gpu_image=reg.example/a-gpu:1",
+                 "--param", "n_fid=5000", "--param", "run_dcgan=false"]) == 0
     spec, platform = yaml.safe_load_all(out.read_text())
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-transfer-manga"]
-    assert k8s["nodeSelector"]["labels"] == {"eks.amazonaws.com/nodegroup": "gpu"}
-    assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true",
-                                   "effect": "NoSchedule"}]
-    acc = spec["deploymentSpec"]["executors"]["exec-train-conditional"]["container"]["resources"]["accelerator"]
-    assert int(acc["resourceCount"]) == 2
     params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_node_selector"]["defaultValue"] == {"eks.amazonaws.com/nodegroup": "gpu"}
+    assert params["gpu_tolerations"]["defaultValue"] == [{"key": "nvidia.com/gpu", "operator": "Equal",
+                                                          "value": "true", "effect": "NoSchedule"}]
+    assert params["gpus"]["defaultValue"] == "2" and params["gpu_image"]["defaultValue"] == "reg.example/a-gpu:1"
     assert params["n_fid"]["defaultValue"] == 5000 and params["run_dcgan"]["defaultValue"] is False
-    aks = tmp_path / "aks.yaml"
-    assert main(["pipeline", "compile", "--out", str(aks), "--gpu-node-selector", "none", "--gpu-toleration",
-                 "sku=gpu:NoSchedule"]) == 0
-    k8s = list(yaml.safe_load_all(aks.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert "nodeSelector" not in k8s["exec-train-dcgan"]
-    assert k8s["exec-train-dcgan"]["tolerations"][0]["key"] == "sku"
-    assert main(["pipeline", "compile", "--out", str(aks), "--gpu-toleration", "nvidia.com/gpu"]) == 2
-    assert "KEY[=VALUE]:EFFECT" in capsys.readouterr().err
-    assert main(["pipeline", "compile", "--out", str(aks), "--param", "n_fid=many"]) == 2
-    assert main(["pipeline", "compile", "--out", str(aks), "--param", "nfid=5"]) == 2
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-transfer-manga"]
+    assert _json_param(k8s["nodeSelector"]["nodeSelectorJson"]) == "gpu_node_selector"
+    for bad, why in (("gpus=0", "gpus"), ("gpus=1.5", "gpus"), ("gpu_cpu_request=lots", "CPU quantity"),
+                     ("gpu_memory_request=64Gi", "exceeds gpu_memory_limit"), ("eval_gpus=-1", "eval_gpus"),
+                     ('gpu_tolerations=[{"key": "k", "effect": "Sometimes"}]', "not a Kubernetes toleration"),
+                     ("cpu_memory_limit=", "memory quantity")):
+        assert main(["pipeline", "compile", "--out", str(tmp_path / "bad.yaml"), "--param", bad]) == 2, bad
+        assert why in capsys.readouterr().err, bad
+    with pytest.raises(SystemExit) as exc:  # the compile-time placement flags are gone: run parameters now
+        main(["pipeline", "compile", "--out", str(out), "--gpu-node-selector", "agentpool=gpu"])
+    assert exc.value.code == 2 and "unrecognized arguments: --gpu-node-selector" in capsys.readouterr().err
+    assert main(["pipeline", "compile", "--out", str(out), "--param", "n_fid=many"]) == 2
+    assert main(["pipeline", "compile", "--out", str(out), "--param", "nfid=5"]) == 2
     assert "no such pipeline parameter" in capsys.readouterr().err
 
 

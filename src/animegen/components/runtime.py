@@ -63,14 +63,51 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def set_object_store_env(endpoint: str = "", region: str = "") -> None:
-    """Point the S3 client at ``endpoint`` (and ``region``) when given. KFP's ``set_env_variable`` cannot take a
-    pipeline parameter, so the endpoint arrives as a component parameter and is set here; the keys come from the
+def set_object_store_env(endpoint: str = "", region: str = "", store: str = "") -> None:
+    """Point the S3 client at ``endpoint`` (and ``region``) and set ``ANIMEGEN_STORE`` to ``store`` (the prefix
+    where FID reference statistics are cached across runs) when given. KFP's ``set_env_variable`` cannot take a
+    pipeline parameter, so these arrive as component parameters and are set here; the keys come from the
     environment (on the cluster: ``use_secret_as_env`` with the object-store secret)."""
     if endpoint:
         os.environ["S3_ENDPOINT_URL"] = endpoint
     if region:
         os.environ["AWS_REGION"] = region
+    if store:
+        os.environ["ANIMEGEN_STORE"] = store
+
+
+GPUS_ENV = "ANIMEGEN_GPUS"
+
+
+def launch_gpus(gpus: str | int, device: str = "auto") -> str:
+    """The training launcher's view of the GPU count, read at run time (a run parameter, ``gpus``, the same value
+    the pod's accelerator limit was given). It is exported as ``ANIMEGEN_GPUS`` for the training code and checked
+    against what the container sees. Training uses one GPU today (data-parallel training is a later issue): with
+    more, a warning says the others stay idle, and training goes on on the first. Returns the device to train on
+    (``device`` unchanged, except ``auto`` with no GPU visible while GPUs were requested: a warning, then
+    ``auto``, which falls back to the CPU)."""
+    text = str(gpus).strip()
+    if not text.isdigit():
+        raise ValueError(f"gpus {gpus!r}: expected a whole number, e.g. \"1\"")
+    count = int(text)
+    os.environ[GPUS_ENV] = str(count)
+    visible = 0
+    if count:
+        try:
+            import torch
+
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except ImportError:  # pragma: no cover - the images carry torch
+            visible = 0
+    if count > 1:
+        print(f"warning: gpus={count}, but training uses one GPU (data-parallel training is not there yet); "
+              f"{count - 1} GPU(s) of this pod stay idle: set gpus=1", file=sys.stderr, flush=True)
+    if count and device in ("auto", "cuda") and visible < count:
+        print(f"warning: gpus={count} requested but {visible} GPU(s) visible in this container"
+              + (" (training on the CPU)" if not visible and device == "auto" else ""), file=sys.stderr, flush=True)
+    where = "one GPU" if visible and device != "cpu" else device
+    print(f"launcher: gpus={count} requested, {visible} visible, training on {where}", flush=True)
+    return device
 
 
 def log_scalars(metrics: Any, scalars: dict[str, float]) -> None:

@@ -7,9 +7,12 @@ the README table show) is read off ``PipelineParams``; the compile and submit fl
 """
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from animegen.components.container_images import CPU_IMAGE, GPU_IMAGE
 from animegen.config import Config, opt, option, options
 from animegen.data.ingest import IngestConfig
 from animegen.eval.evaluate import EvalConfig, FidConfig
@@ -21,8 +24,9 @@ from animegen.train.config import ARCH_DEFAULTS, TrainConfig
 # ------------------------------------------------------------------------------------------------ parameters
 def _own(default: Any, help: str, **kw: Any) -> Any:
     """A pipeline parameter of its own (not a stage option)."""
-    return field(default=default, metadata=opt(help, **kw)) if not isinstance(default, dict) else field(
-        default_factory=lambda: dict(default), metadata=opt(help, **kw))
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=opt(help, **kw))
+    return field(default=default, metadata=opt(help, **kw))
 
 
 def _stage(cls: type, name: str, default: Any, *, what: str = "", unset_means: Any = None,
@@ -126,11 +130,41 @@ class PipelineParams(Config):
     run_character: bool = _own(True, "single-character transfer branch")
     run_baselines: bool = _own(True, "from-scratch baselines of the transfers (same budget)")
     run_dcgan: bool = _own(True, "DCGAN and conditional DCGAN on the main set")
+    # placement, sizes and images: run parameters, resolved per task by the KFP >= 2.17 driver (pipelines/README.md,
+    # "Placement"). Defaults fit every documented GPU node type (tests/test_placement.py holds their allocatable).
+    cpu_image: str = _own(CPU_IMAGE, "container image of ingest, label, tagger and report")
+    gpu_image: str = _own(GPU_IMAGE, "container image of train and transfer (CUDA)")
+    gpu_accelerator: str = _own("nvidia.com/gpu", "accelerator resource of the GPU tasks (and of evaluate when "
+                                                  "eval_gpus > 0)")
+    gpus: str = _own("1", "GPUs per train / transfer task, a whole number >= 1 (text: the KFP driver reads resource "
+                          "counts only from string parameters); the training launcher reads it at run time")
+    gpu_node_selector: dict = _own({"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                                   "node labels of the GPU pool ({} = none; EKS e.g. {\"eks.amazonaws.com/nodegroup\": "
+                                   "\"gpu\"}; AKS e.g. {\"agentpool\": \"gpu\"})")
+    gpu_tolerations: list = _own([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                                 "Kubernetes tolerations of the GPU tasks ([] = none; AKS e.g. [{\"key\": \"sku\", "
+                                 "\"operator\": \"Equal\", \"value\": \"gpu\", \"effect\": \"NoSchedule\"}])")
+    gpu_cpu_request: str = _own("3", "CPU request of a GPU task (fits 4-vCPU GPU nodes)")
+    gpu_cpu_limit: str = _own("4", "CPU limit of a GPU task")
+    gpu_memory_request: str = _own("10Gi", "memory request of a GPU task (fits 16 GiB GPU nodes)")
+    gpu_memory_limit: str = _own("12Gi", "memory limit of a GPU task")
+    cpu_cpu_request: str = _own("1", "CPU request of the other tasks")
+    cpu_cpu_limit: str = _own("2", "CPU limit of the other tasks")
+    cpu_memory_request: str = _own("4Gi", "memory request of the other tasks")
+    cpu_memory_limit: str = _own("8Gi", "memory limit of the other tasks")
+    eval_image: str = _own(CPU_IMAGE, "container image of the evaluations (the gpu_image, with eval_gpus 1 and "
+                                      "eval_node_selector / eval_tolerations of the GPU pool: FID on a GPU)")
+    eval_gpus: str = _own("0", "GPUs per evaluation, a whole number (0 = CPU only)")
+    eval_node_selector: dict = _own({}, "node labels for the evaluations ({} = any node)")
+    eval_tolerations: list = _own([], "Kubernetes tolerations of the evaluations ([] = none)")
     # object store and registry
     registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
     s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
                                 "secret), e.g. http://minio-service.kubeflow:9000")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
+    store_uri: str = _own("", "object-store prefix s3://BUCKET/PREFIX, set as ANIMEGEN_STORE in every task that uses "
+                              "the store: evaluations cache FID reference statistics there across runs ('' = none; "
+                              "multi-user: under an allowed prefix of the namespace)")
     # anything else, per stage: other fields of the stage's Config
     ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
     label_options: dict = _own({}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})")
@@ -138,6 +172,63 @@ class PipelineParams(Config):
     train_options: dict = _own({}, "other TrainConfig fields for every training and transfer (e.g. lr_g)")
     eval_options: dict = _own({}, "other EvalConfig fields for every evaluation (e.g. inception_weights)")
 
+    def validate(self) -> None:
+        check_placement(self)
+
+
+
+_CPU_RE = re.compile(r"^([0-9]*[.])?[0-9]+m?$")  # kfp's own check of a CPU quantity (PipelineTask.set_cpu_limit)
+_MEMORY_RE = re.compile(r"^([0-9]*[.])?[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki|k)?$")
+_UNITS = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def cpu_cores(text: str) -> float:
+    """A Kubernetes CPU quantity ('3', '0.5', '500m') in cores."""
+    if not _CPU_RE.match(str(text)):
+        raise ValueError(f"CPU quantity {text!r}: expected e.g. 3, 0.5 or 500m")
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def memory_bytes(text: str) -> float:
+    """A Kubernetes memory quantity ('12Gi', '8G', '512Mi') in bytes."""
+    m = _MEMORY_RE.match(str(text))
+    if not m:
+        raise ValueError(f"memory quantity {text!r}: expected e.g. 12Gi, 8G or 512Mi")
+    unit = m.group(2) or ""
+    return float(text[:len(text) - len(unit)]) * _UNITS[unit]
+
+
+def check_placement(p: PipelineParams) -> None:
+    """The placement parameters must be values the KFP driver can turn into a pod: it parses each quantity with
+    Kubernetes' ParseQuantity and fails the task on an empty or malformed one, so they are checked here, before a
+    run is submitted (and requests must not exceed limits: Kubernetes refuses such a pod)."""
+    for kind in ("gpu", "cpu"):
+        req, lim = getattr(p, f"{kind}_cpu_request"), getattr(p, f"{kind}_cpu_limit")
+        if cpu_cores(req) > cpu_cores(lim):
+            raise ValueError(f"{kind}_cpu_request {req} exceeds {kind}_cpu_limit {lim}")
+        req, lim = getattr(p, f"{kind}_memory_request"), getattr(p, f"{kind}_memory_limit")
+        if memory_bytes(req) > memory_bytes(lim):
+            raise ValueError(f"{kind}_memory_request {req} exceeds {kind}_memory_limit {lim}")
+    for name, low in (("gpus", 1), ("eval_gpus", 0)):
+        value = str(getattr(p, name))
+        if not value.isdigit() or int(value) < low:
+            raise ValueError(f"{name} {value!r}: expected a whole number >= {low} (as text, e.g. \"1\")")
+    for name in ("cpu_image", "gpu_image", "eval_image", "gpu_accelerator"):
+        if not str(getattr(p, name)).strip():
+            raise ValueError(f"{name} must not be empty")
+    for name in ("gpu_node_selector", "eval_node_selector"):
+        bad = {k: v for k, v in getattr(p, name).items() if not isinstance(v, str) or not k}
+        if bad:
+            raise ValueError(f"{name}: label values must be strings, got {bad}")
+    for name in ("gpu_tolerations", "eval_tolerations"):
+        for tol in getattr(p, name):
+            if not isinstance(tol, dict) or not set(tol) <= _TOLERATION_KEYS or \
+                    tol.get("operator", "Equal") not in ("Equal", "Exists") or \
+                    tol.get("effect", "NoSchedule") not in ("NoSchedule", "PreferNoSchedule", "NoExecute", ""):
+                raise ValueError(f"{name}: {tol!r} is not a Kubernetes toleration ({{\"key\": ..., \"operator\": "
+                                 f"Equal|Exists, \"value\": ..., \"effect\": NoSchedule|PreferNoSchedule|NoExecute}})")
 
 
 @dataclass(frozen=True)
@@ -165,49 +256,19 @@ def check_params(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ options
-def _selector(text: str) -> tuple[str, str] | None:
-    """``KEY=VALUE`` -> a node selector entry; 'none' -> None (no selector)."""
-    if text.lower() == "none":
-        return None
-    key, eq, value = text.partition("=")
-    if not eq or not key:
-        raise ValueError(f"--gpu-node-selector {text!r}: expected KEY=VALUE (or none)")
-    return key, value
-
-
 @dataclass
 class PipelineOptions(Config):
-    """Compile-time options: how the GPU tasks (train, transfer) are placed and sized, CPU task sizes, the secret
-    holding the object-store keys, retries. Defaults suit GKE; see pipelines/README.md for EKS and AKS."""
+    """Compile-time options: what cannot be a run parameter. Placement, sizes and images are run parameters
+    (PipelineParams); the retry count stays here (``set_retry`` takes a number, not a pipeline parameter), and so
+    do the names of the secrets (one per install, not per run)."""
 
-    accelerator: str = field(default="nvidia.com/gpu", metadata=opt("accelerator resource type"))
-    gpus: int = field(default=1, metadata=opt("GPUs per training task"))
-    gpu_node_selector: dict[str, str] = field(
-        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"}, metadata=opt(
-            "node label of the GPU pool (repeatable; EKS e.g. eks.amazonaws.com/nodegroup=gpu; AKS e.g. "
-            "agentpool=gpu; 'none' for no selector)", default_text="cloud.google.com/gke-accelerator=nvidia-l4",
-            metavar="KEY=VALUE", parse=_selector))
-    gpu_tolerations: list[dict[str, str]] = field(
-        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        metadata=opt("taint the GPU nodes carry (repeatable; GKE and EKS GPU node groups set nvidia.com/gpu; AKS "
-                     "e.g. sku=gpu:NoSchedule; 'none' for no toleration)", default_text="nvidia.com/gpu:NoSchedule",
-                     flag="gpu-toleration", metavar="KEY[=VALUE]:EFFECT",
-                     parse=lambda t: None if t.lower() == "none" else parse_toleration(t)))
-    gpu_cpu: str = field(default="8", metadata=opt("CPU request and limit of a training task"))
-    gpu_memory: str = field(default="32G", metadata=opt("memory request and limit of a training task"))
-    cpu_cpu: str = field(default="2", metadata=opt("CPU request of the other stages"))
-    cpu_memory: str = field(default="8G", metadata=opt("memory request of the other stages"))
-    cpu_memory_limit: str = field(default="16G", metadata=opt("memory limit of the other stages"))
     object_store_secret: str = field(default="mlpipeline-minio-artifact", metadata=opt(
-        "secret with keys accesskey / secretkey for ingest and report"))
+        "secret with keys accesskey / secretkey, set as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in every task that "
+        "reads or writes the object store (ingest, label, train, transfer, evaluate, report)"))
     kaggle_secret: str = field(default="", metadata=opt(
         "secret with keys username / key for kaggle: sources, set as KAGGLE_USERNAME / KAGGLE_KEY in the ingest "
         "tasks", default_text="none"))
     retries: int = field(default=2, metadata=opt("retries of a failed training task"))
-
-    def validate(self) -> None:
-        if self.gpus < 1:
-            raise ValueError("--gpus must be >= 1")
 
 
 def parse_toleration(text: str) -> dict[str, str]:

@@ -86,6 +86,9 @@ TASKS: dict[str, Task] = {
                                       "evaluate-dcgan-conditional", "fid-manga-character")),
 }
 GPU_STAGES = ("train", "transfer")
+# components that read or write the object store (s3:// sources and weights, checkpoints, FID statistics cache,
+# the registry): they get the object-store secret as env, and the endpoint, region and ANIMEGEN_STORE as parameters
+STORE_COMPONENTS = ("ingest", "label", "train", "transfer", "evaluate", "cross_fid", "report")
 CACHED_STAGES = ("ingest", "label", "tagger", "train", "transfer")  # evaluate and report always run
 
 
@@ -154,6 +157,7 @@ class _Dag:
                  reuse: dict[str, dict[str, str]] | None, rerun: set[str] | None, source: str):
         self.options, self.static, self.reuse, self.rerun, self.source = options, static, reuse or {}, rerun, source
         self.comp = _components()
+        self.p: dict[str, Any] = {}  # the pipeline's parameters (channels), set by _build
         self.created: dict[str, Any] = {}
         self.imported: dict[tuple[str, str], Any] = {}
         self.on = branches(**{k: static[k] for k in ("run_manga", "run_character", "run_baselines", "run_dcgan")}
@@ -194,24 +198,39 @@ class _Dag:
         return lambda output: _Ref(name, output) if name in TASKS else self.created[name].outputs[output]
 
     def _configure(self, name: str, component: str, t: Any) -> None:
+        """Caching, retries, placement, image and secrets of task ``t``. Placement, sizes and images come from the
+        run parameters (``self.p``): in the YAML they are ``{{$.inputs.parameters['pipelinechannel--NAME']}}``
+        placeholders (resources, image) or componentInputParameter references (nodeSelectorJson, tolerationJson),
+        which the KFP >= 2.17 driver resolves per task (backend/src/v2/driver: initPodSpecPatch resolves the
+        image, CPU/memory and accelerator placeholders with resolvePodSpecInputRuntimeParameter, which reads only
+        a parameter's *string* value, hence gpus / eval_gpus are text; extendPodSpecPatch resolves
+        nodeSelectorJson and tolerationJson, skipping empty ones)."""
         from kfp import kubernetes
 
-        o = self.options
+        o, p = self.options, self.p
         stage = TASKS[name].stage if name in TASKS else "control"
         t.set_caching_options(stage in CACHED_STAGES or stage == "control")
         if stage in GPU_STAGES:
-            t.set_accelerator_type(o.accelerator).set_accelerator_limit(o.gpus)
-            t.set_cpu_request(o.gpu_cpu).set_cpu_limit(o.gpu_cpu)
-            t.set_memory_request(o.gpu_memory).set_memory_limit(o.gpu_memory)
-            for key, value in o.gpu_node_selector.items():
-                kubernetes.add_node_selector(t, label_key=key, label_value=value)
-            for tol in o.gpu_tolerations:
-                kubernetes.add_toleration(t, key=tol.get("key"), operator=tol.get("operator", "Equal"),
-                                          value=tol.get("value"), effect=tol.get("effect"))
+            t.set_container_image(p["gpu_image"])
+            t.set_accelerator_type(p["gpu_accelerator"]).set_accelerator_limit(p["gpus"])
+            t.set_cpu_request(p["gpu_cpu_request"]).set_cpu_limit(p["gpu_cpu_limit"])
+            t.set_memory_request(p["gpu_memory_request"]).set_memory_limit(p["gpu_memory_limit"])
+            kubernetes.add_node_selector_json(t, p["gpu_node_selector"])
+            kubernetes.add_toleration_json(t, p["gpu_tolerations"])
             t.set_retry(num_retries=o.retries, backoff_duration="60s", backoff_factor=2.0)
         elif stage != "control":
-            t.set_cpu_request(o.cpu_cpu).set_memory_request(o.cpu_memory).set_memory_limit(o.cpu_memory_limit)
-        if component in ("ingest", "report"):  # they read s3:// sources / write the registry
+            t.set_cpu_request(p["cpu_cpu_request"]).set_cpu_limit(p["cpu_cpu_limit"])
+            t.set_memory_request(p["cpu_memory_request"]).set_memory_limit(p["cpu_memory_limit"])
+            if stage == "evaluate":
+                t.set_container_image(p["eval_image"])
+                t.set_accelerator_type(p["gpu_accelerator"]).set_accelerator_limit(p["eval_gpus"])
+                kubernetes.add_node_selector_json(t, p["eval_node_selector"])
+                kubernetes.add_toleration_json(t, p["eval_tolerations"])
+            else:
+                t.set_container_image(p["cpu_image"])
+        else:  # plan, skip-*: tiny, no resources asked; the CPU image a user points elsewhere must serve them too
+            t.set_container_image(p["cpu_image"])
+        if component in STORE_COMPONENTS:
             kubernetes.use_secret_as_env(t, secret_name=o.object_store_secret,
                                          secret_key_to_env={"accesskey": "AWS_ACCESS_KEY_ID",
                                                             "secretkey": "AWS_SECRET_ACCESS_KEY"})
@@ -250,25 +269,28 @@ def _body_keys(branch: str) -> tuple[str, ...]:
 
 def _build(p: dict[str, Any], dag: _Dag) -> Any:
     """The DAG. ``p``: the pipeline's parameters (channels)."""
+    dag.p = p
     seed, device, res = p["seed"], p["device"], p["resolution"]
+    store = dict(s3_endpoint=p["s3_endpoint"], s3_region=p["s3_region"], store_uri=p["store_uri"])
     ingest_common = dict(resolution=res, holdout=p["holdout"], seed=seed, s3_endpoint=p["s3_endpoint"],
                          options=p["ingest_options"])
     sg_shape = dict(arch="stylegan", resolution=res, z_dim=p["sg_z_dim"], w_dim=p["sg_w_dim"],
                     mapping_layers=p["sg_mapping_layers"], channel_base=p["sg_channel_base"],
                     channel_max=p["sg_channel_max"], cond_mode=p["sg_cond_mode"], batch=p["sg_batch"],
                     r1_gamma=p["sg_r1_gamma"])
-    run_common = dict(snapshot_kimg=p["snapshot_kimg"], seed=seed, device=device, options=p["train_options"])
+    run_common = dict(snapshot_kimg=p["snapshot_kimg"], seed=seed, device=device, options=p["train_options"],
+                      gpus=p["gpus"], **store)
     transfer_common = dict(batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
                            conditional=False, **run_common)
     eval_common = dict(n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"],
                        max_reference=p["max_reference"], snapshots=p["eval_snapshots"], grids=p["eval_grids"],
-                       batch=p["eval_batch"], seed=seed, device=device, options=p["eval_options"])
+                       batch=p["eval_batch"], seed=seed, device=device, options=p["eval_options"], **store)
 
     main = dag.task("ingest-main", "ingest", source=p["main_source"], sha256=p["main_sha256"], mode="rgb",
                     **ingest_common)
     labelled = dag.task("label", "label", dataset=main("dataset"), tags=p["label_tags"], mode=p["label_mode"],
                         threshold=p["label_threshold"], min_per_class=p["label_min_per_class"],
-                        hair=p["label_hair"], eyes=p["label_eyes"], options=p["label_options"])("labelled")
+                        hair=p["label_hair"], eyes=p["label_eyes"], options=p["label_options"], **store)("labelled")
     tagger = dag.task("tagger", "tagger", dataset=labelled, epochs=p["tagger_epochs"], width=p["tagger_width"],
                       resolution=p["tagger_resolution"], batch=p["tagger_batch"], seed=seed, device=device,
                       options=p["tagger_options"])("tagger")
@@ -330,7 +352,7 @@ def _build(p: dict[str, Any], dag: _Dag) -> Any:
     def cross() -> dict[str, Any]:
         return {"metrics": dag.task(CROSS_FID.task, "cross_fid", a=manga["dataset"], b=character["dataset"],
                                     name=CROSS_FID.name, max_images=p["cross_fid_max_images"],
-                                    device=device)("metrics")}
+                                    device=device, **store)("metrics")}
 
     cross_fid = dag.optional("cross_fid", lambda: plan.outputs["cross_fid"] == True, cross,  # noqa: E712
                              "run_manga or run_character is false")
@@ -395,4 +417,29 @@ def compile_pipeline(path: str | Path, options: PipelineOptions | None = None, *
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(make_pipeline(options, **variant), str(path))
+    _stable_header(path)
     return path
+
+
+def _stable_header(path: Path) -> None:
+    """The compiler's ``# Inputs:`` header prints dict and list defaults through protobuf Structs, whose key order
+    changes from process to process (a list of tolerations came out in a different order each compile): print
+    those defaults as sorted JSON instead, so the same pipeline always compiles to the same bytes. Comments only:
+    the spec itself is untouched."""
+    import json
+    import re
+
+    import yaml
+
+    text = path.read_text()
+    spec = next(yaml.safe_load_all(text))
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"].get("inputDefinitions", {})
+                .get("parameters", {}).items()}
+
+    def fix(m: re.Match) -> str:
+        name = m.group(1)
+        return f"{m.group(0).split(' [Default: ')[0]} [Default: {json.dumps(defaults[name], sort_keys=True)}]"
+
+    head, sep, body = text.partition("\ncomponents:")
+    head = re.sub(r"^#    (\w+): (?:dict|list) \[Default: .*\]$", fix, head, flags=re.M)
+    path.write_text(head + sep + body)

@@ -27,6 +27,9 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     options: dict = {},
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    store_uri: str = "",
 ):
     """FID / KID against ``dataset`` (at psi 1 and ``psi``), per-class accuracy scored by ``tagger`` (conditional
     models), grids and report.html into ``evaluation``. ``metrics``: the scalars under stable names ending in
@@ -40,6 +43,8 @@ def evaluate(
 
     from animegen.components import runtime as rt
     from animegen.eval.evaluate import EvalConfig, run_evaluate
+
+    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
 
     rt.check_model_name(model_name)
     cfg = rt.build_config(EvalConfig, options, {
@@ -73,6 +78,9 @@ def cross_fid(
     max_images: int = 0,
     device: str = "auto",
     options: dict = {},
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    store_uri: str = "",
 ):
     """FID / KID between the Datasets ``a`` and ``b`` (e.g. the monochrome and the single-character sets: how far
     apart the two transfer targets are). ``metrics``: ``fid_<name>``, ``kid_<name>`` and fid.json as its file.
@@ -83,6 +91,8 @@ def cross_fid(
 
     from animegen.components import runtime as rt
     from animegen.eval.evaluate import FidConfig, run_fid
+
+    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
 
     rt.check_model_name(name)
     cfg = rt.build_config(FidConfig, options, {"max_images": max_images, "device": device})

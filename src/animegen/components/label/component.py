@@ -17,6 +17,9 @@ def label(
     hair: str = "",
     eyes: str = "",
     options: dict = {},
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    store_uri: str = "",
 ):
     """Label ``dataset`` with the class rules of the conditional StyleGAN paper; ``summary`` shows the class
     histogram and the verification grid. ``hair`` / ``eyes``: comma-separated tags to keep ("" = the paper's);
@@ -24,6 +27,8 @@ def label(
     from animegen.components import runtime as rt
     from animegen.data.dataset import read_packed
     from animegen.labels.label import LabelConfig, run_label
+
+    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
 
     options = dict(options)
     rules = rt.merge(options.pop("rules", {}), {"mode": mode, "threshold": threshold, "min_per_class": min_per_class,

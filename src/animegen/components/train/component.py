@@ -26,6 +26,10 @@ def train(
     seed: int = 0,
     device: str = "auto",
     options: dict = {},
+    gpus: str = "1",
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    store_uri: str = "",
 ):
     """Train ``arch`` (dcgan | stylegan, ``conditional`` on the dataset's classes) on ``dataset`` for ``kimg``
     thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
@@ -33,6 +37,9 @@ def train(
     A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume)."""
     from animegen.components import runtime as rt
     from animegen.train import TrainConfig, run_train
+
+    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
+    device = rt.launch_gpus(gpus, device)  # the GPU count is a run parameter: read it now, not at compile time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {

@@ -22,6 +22,10 @@ def transfer(
     seed: int = 0,
     device: str = "auto",
     options: dict = {},
+    gpus: str = "1",
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    store_uri: str = "",
 ):
     """Start from ``init_model``'s weights (its architecture, widths and resolution are the source's unless
     ``options`` set them: ``animegen.train.run_transfer``) and train on ``dataset`` for ``kimg``. ``init_class``:
@@ -31,6 +35,9 @@ def transfer(
     remapped and skipped."""
     from animegen.components import runtime as rt
     from animegen.train import TrainConfig, run_transfer
+
+    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
+    device = rt.launch_gpus(gpus, device)  # the GPU count is a run parameter: read it now, not at compile time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
