@@ -205,22 +205,29 @@ def test_kustomize_builds(tmp_path, overlay):
 def test_gpu_node_pool_notes_cover_the_clouds_and_the_compile_options():
     text = (MANIFESTS / "gpu-node-pools.md").read_text()
     for needle in ("cloud.google.com/gke-accelerator=nvidia-tesla-t4", "cloud.google.com/gke-accelerator=nvidia-l4",
-                   "nvidia.com/gpu=present:NoSchedule", "EKS", "AKS", "--gpu-node-selector", "--gpu-toleration",
-                   "animegen pipeline compile"):
+                   "nvidia.com/gpu=present:NoSchedule", "EKS", "AKS", "gpu_node_selector", "gpu_tolerations",
+                   "run parameters", "eval_gpus", "animegen pipeline compile"):
         assert needle in text, needle
 
 
 def test_gpu_node_pool_notes_state_the_pipelines_own_defaults():
-    from animegen.pipelines.pipeline import PipelineOptions
+    """The notes' default row and compile example are the pipeline's own run-parameter defaults, in the short form
+    of the tables and as the exact JSON a user passes (placement became run parameters: PipelineParams)."""
+    import json
 
-    options = PipelineOptions()
-    (key, value), = options.gpu_node_selector.items()
-    (tol,) = options.gpu_tolerations
+    from animegen.pipelines.pipeline import PipelineParams
+
+    params = PipelineParams()
+    (key, value), = params.gpu_node_selector.items()
+    (tol,) = params.gpu_tolerations
     flag = f"{tol['key']}={tol['value']}:{tol['effect']}" if tol.get("value") else f"{tol['key']}:{tol['effect']}"
     text = (MANIFESTS / "gpu-node-pools.md").read_text()
     (row,) = [line for line in text.splitlines() if "(default)" in line]
     assert f"`{key}={value}`" in row and f"`{flag}`" in row, row
-    assert f"--gpu-node-selector {key}={value}" in text and f"--gpu-toleration {flag}" in text
+    assert f"--param 'gpu_node_selector={json.dumps(params.gpu_node_selector)}'" in text
+    (line,) = [line for line in text.splitlines() if "--param 'gpu_tolerations=" in line]
+    given = json.loads(line.split("gpu_tolerations=", 1)[1].rsplit("'", 1)[0])
+    assert given == params.gpu_tolerations
 
 
 # ------------------------------------------------------------------------------------------------ docker

@@ -77,7 +77,7 @@ def test_quantities():
     ({"gpus": "two"}, "gpus 'two'"),
     ({"eval_gpus": ""}, "eval_gpus ''"),
     ({"gpu_cpu_request": "5", "gpu_cpu_limit": "4"}, "gpu_cpu_request 5 exceeds gpu_cpu_limit 4"),
-    ({"cpu_memory_request": "9Gi"}, "cpu_memory_request 9Gi exceeds cpu_memory_limit 8Gi"),
+    ({"cpu_memory_request": "13Gi"}, "cpu_memory_request 13Gi exceeds cpu_memory_limit 12Gi"),
     ({"gpu_memory_limit": ""}, "memory quantity ''"),
     ({"gpu_image": " "}, "gpu_image must not be empty"),
     ({"gpu_node_selector": {"pool": 1}}, "label values must be strings"),

@@ -152,7 +152,14 @@ def test_compile_flags_come_from_pipeline_options():
     actions = {a.dest: a for a in _subparser(("pipeline", "compile"))._actions}
     for o in options(PipelineOptions):
         assert o.name in actions and actions[o.name].help == o.describe().replace("%", "%%")
-    assert "--gpu-toleration" in actions["gpu_tolerations"].option_strings
+    assert "--retries" in actions["retries"].option_strings
+    # placement is a run parameter now (PipelineParams), never also a compile flag: one schema per option
+    from animegen.pipelines.params import PipelineParams
+
+    both = {o.name for o in options(PipelineOptions)} & {o.name for o in options(PipelineParams)}
+    assert not both, both
+    for gone in ("gpu_tolerations", "gpu_node_selector", "gpus", "accelerator", "gpu_cpu", "gpu_memory"):
+        assert gone not in actions, gone
 
 
 def test_readme_parameter_tables_are_current():

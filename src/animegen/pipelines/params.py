@@ -150,8 +150,8 @@ class PipelineParams(Config):
     gpu_memory_limit: str = _own("12Gi", "memory limit of a GPU task")
     cpu_cpu_request: str = _own("1", "CPU request of the other tasks")
     cpu_cpu_limit: str = _own("2", "CPU limit of the other tasks")
-    cpu_memory_request: str = _own("4Gi", "memory request of the other tasks")
-    cpu_memory_limit: str = _own("8Gi", "memory limit of the other tasks")
+    cpu_memory_request: str = _own("6Gi", "memory request of the other tasks")
+    cpu_memory_limit: str = _own("12Gi", "memory limit of the other tasks")
     eval_image: str = _own(CPU_IMAGE, "container image of the evaluations (the gpu_image, with eval_gpus 1 and "
                                       "eval_node_selector / eval_tolerations of the GPU pool: FID on a GPU)")
     eval_gpus: str = _own("0", "GPUs per evaluation, a whole number (0 = CPU only)")
