@@ -310,7 +310,8 @@ def test_submit_sends_the_compiled_pipeline_and_parameters(capsys):
     try:
         assert main(["pipeline", "submit", "--host", host, "--experiment", "papers", "--run-name", "try-1",
                      "--param", "n_fid=5000", "--param", "run_dcgan=false", "--param",
-                     'eval_options={"grid_n": 4}', "--gpu-node-selector", "agentpool=gpu"]) == 0
+                     'eval_options={"grid_n": 4}', "--param", 'gpu_node_selector={"agentpool": "gpu"}', "--param",
+                     "gpus=1"]) == 0
     finally:
         server.shutdown()
     out = capsys.readouterr().out
@@ -320,11 +321,15 @@ def test_submit_sends_the_compiled_pipeline_and_parameters(capsys):
     run = posts["/apis/v2beta1/runs"]
     assert run["display_name"] == "try-1" and run["experiment_id"] == "exp-1"
     assert run["runtime_config"]["parameters"] == {"n_fid": 5000, "run_dcgan": False,
-                                                   "eval_options": {"grid_n": 4}}
+                                                   "eval_options": {"grid_n": 4},
+                                                   "gpu_node_selector": {"agentpool": "gpu"}, "gpus": "1"}
     spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
     assert spec["pipelineInfo"]["name"] == "animegen" and "comp-evaluate-manga" in spec["components"]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors["exec-train-conditional"]["nodeSelector"]["labels"] == {"agentpool": "gpu"}
+    # placement travels as a run parameter (the run's value above), which the platform spec names
+    assert executors["exec-train-conditional"]["nodeSelector"] == {
+        "nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}}
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpu_node_selector"]["parameterType"] == "STRUCT"
 
 
 def test_submit_refused_connection_is_a_clear_error(capsys):

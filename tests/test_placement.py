@@ -137,6 +137,11 @@ def test_launcher_warns_when_the_pod_sees_fewer_gpus(monkeypatch, capsys):
     from animegen.components import runtime as rt
 
     _no_cuda(monkeypatch)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert rt.launch_gpus("1", "auto") == "auto"  # a local run (kfp.local): no pod asked for a GPU, no warning
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "gpus=1 requested, 0 visible, training on auto" in captured.out
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # in a pod given one GPU
     assert rt.launch_gpus("1", "auto") == "auto"
     assert "gpus=1 requested but 0 GPU(s) visible in this container (training on the CPU)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="whole number"):

@@ -83,9 +83,9 @@ def launch_gpus(gpus: str | int, device: str = "auto") -> str:
     """The training launcher's view of the GPU count, read at run time (a run parameter, ``gpus``, the same value
     the pod's accelerator limit was given). It is exported as ``ANIMEGEN_GPUS`` for the training code and checked
     against what the container sees. Training uses one GPU today (data-parallel training is a later issue): with
-    more, a warning says the others stay idle, and training goes on on the first. Returns the device to train on
-    (``device`` unchanged, except ``auto`` with no GPU visible while GPUs were requested: a warning, then
-    ``auto``, which falls back to the CPU)."""
+    more, a warning says the others stay idle, and training goes on on the first. In a pod (or with device
+    ``cuda``), fewer visible GPUs than requested is warned about (``auto`` then falls back to the CPU); a local
+    run (kfp.local, no pod) just logs the count. Returns the device to train on (``device``, unchanged)."""
     text = str(gpus).strip()
     if not text.isdigit():
         raise ValueError(f"gpus {gpus!r}: expected a whole number, e.g. \"1\"")
@@ -102,7 +102,8 @@ def launch_gpus(gpus: str | int, device: str = "auto") -> str:
     if count > 1:
         print(f"warning: gpus={count}, but training uses one GPU (data-parallel training is not there yet); "
               f"{count - 1} GPU(s) of this pod stay idle: set gpus=1", file=sys.stderr, flush=True)
-    if count and device in ("auto", "cuda") and visible < count:
+    in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))  # on a cluster the pod was given `count` GPUs
+    if count and device in ("auto", "cuda") and visible < count and (in_pod or device == "cuda"):
         print(f"warning: gpus={count} requested but {visible} GPU(s) visible in this container"
               + (" (training on the CPU)" if not visible and device == "auto" else ""), file=sys.stderr, flush=True)
     where = "one GPU" if visible and device != "cpu" else device
