@@ -272,3 +272,37 @@ def test_kaggle_secret_option(tmp_path):
         assert {(m["secretKey"], m["envVar"]) for m in secrets["kaggle-credentials"]} == {
             ("username", "KAGGLE_USERNAME"), ("key", "KAGGLE_KEY")}
     assert all(e["secretName"] != "kaggle-credentials" for e in k8s["exec-report"]["secretAsEnv"])
+
+
+def test_placement_references_resolve_where_the_driver_looks(compiled):
+    """The backend's rules, as the 2.17 driver reads them: a resource or image placeholder
+    ``{{$.inputs.parameters['pipelinechannel--X']}}`` is looked up in the task's own executor input, so X must be
+    an input parameter of the task (else "executorInput did not contain container Image input parameter"); a
+    nodeSelectorJson / tolerationJson componentInputParameter is resolved against the DAG that holds the task, so
+    it must be an input of that DAG (the root's parameter, or the condition sub-DAG's pipelinechannel-- copy)."""
+    _, spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    dags = {"root": spec["root"], **{n: c for n, c in spec["components"].items() if "dag" in c}}
+    checked = 0
+    for dag_name, dag in dags.items():
+        dag_inputs = set((dag.get("inputDefinitions") or {}).get("parameters", {}))
+        for name, task in dag["dag"]["tasks"].items():
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "executorLabel" not in comp:
+                continue
+            label = comp["executorLabel"]
+            container = executors[label]["container"]
+            task_inputs = set(task.get("inputs", {}).get("parameters", {}))
+            res = container.get("resources", {})
+            values = [container["image"], *[v for k, v in res.items() if k != "accelerator"],
+                      *res.get("accelerator", {}).values()]
+            for value in values:
+                assert f"pipelinechannel--{_param(value)}" in task_inputs, (dag_name, name, value)
+            kube = k8s.get(label, {})
+            refs = [kube["nodeSelector"]["nodeSelectorJson"]] if "nodeSelector" in kube else []
+            refs += [t["tolerationJson"] for t in kube.get("tolerations", [])]
+            for ref in refs:
+                assert ref["componentInputParameter"] in dag_inputs, (dag_name, name, ref)
+            checked += 1
+    assert checked >= len(TASKS)
