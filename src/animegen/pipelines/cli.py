@@ -1,7 +1,8 @@
 """`animegen pipeline run|compile|submit|params`: the pipeline's commands, beside the pipeline.
 
-The parameters (``--param``, ``--params``) are PipelineParams' fields and the placement flags of compile and submit
-are PipelineOptions' fields (``animegen.pipelines.params``), both converted by the one coercion path."""
+The parameters (``--param``, ``--params``; placement, sizes and images included) are PipelineParams' fields and the
+compile-time flags of compile and submit (retries, secret names) are PipelineOptions' fields
+(``animegen.pipelines.params``), both converted by the one coercion path."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
                          "--host URL` (or upload the YAML of `animegen pipeline compile`)")
     from animegen.pipelines.local import run_local, summary_lines
 
-    given = _pipeline_params(args)  # (placement options mean nothing to kfp.local: compile and submit take them)
+    given = _pipeline_params(args)  # (placement parameters mean nothing to kfp.local: it ignores them)
     run = run_local(given, args.pipeline_root, only=args.only, from_run=args.from_run, registry=args.registry,
                     threads=args.threads, verbose=args.verbose)
     rec = run.record
@@ -130,8 +131,8 @@ def add_pipeline_parser(sub) -> None:
                        "(e.g. configs/pipeline/mlds.yaml); --param wins")
 
     def gpu_args(q) -> None:
-        add_config_options(q.add_argument_group("placement and secrets (GPU node pool of the train and transfer "
-                                                "tasks: defaults for GKE)"), PipelineOptions)
+        add_config_options(q.add_argument_group("compile-time options (placement, sizes and images are run "
+                                                "parameters: --param gpu_node_selector=... etc.)"), PipelineOptions)
 
     def rerun_args(q, local: bool) -> None:
         q.add_argument("--only", action="append", metavar="STAGE",
@@ -160,9 +161,9 @@ def add_pipeline_parser(sub) -> None:
     q.set_defaults(func=cmd_pipeline_run)
 
     q = psub.add_parser("compile", help="write the pipeline YAML to upload in the KFP UI",
-                        description="Compile the pipeline to the YAML users upload (Pipelines > Upload). GPU "
-                                    "placement comes from the options below; --params/--param become the YAML's "
-                                    "parameter defaults.")
+                        description="Compile the pipeline to the YAML users upload (Pipelines > Upload). "
+                                    "--params/--param become the YAML's parameter defaults (placement, sizes and "
+                                    "images included: a UI user can still change them per run).")
     q.add_argument("--out", default="animegen_pipeline.yaml", help="output file (default animegen_pipeline.yaml)")
     params_args(q)
     rerun_args(q, local=False)
