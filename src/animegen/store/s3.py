@@ -132,6 +132,11 @@ def _status(e: Exception) -> int:
     return 0
 
 
+def _uri_in(what: str) -> str:
+    """The s3:// URI named in an s3_errors ``what`` (the whole text when none)."""
+    return next((w for w in what.split() if w.startswith("s3://")), what)
+
+
 @contextlib.contextmanager
 def s3_errors(client: Minio, what: str) -> Iterator[None]:
     """Turn minio/urllib3 failures while doing ``what`` into errors that say what to fix.
@@ -142,6 +147,13 @@ def s3_errors(client: Minio, what: str) -> Iterator[None]:
     try:
         yield
     except S3Error as e:
+        if e.code == "AccessDenied" and ("upload" in what or "deleting" in what):
+            from animegen.store.namespaces import access_denied_hint
+
+            raise S3AccessError(
+                f"S3 at {endpoint} refused the write: AccessDenied while {what}. The key may not write there: "
+                f"{access_denied_hint(_uri_in(what))}"
+            ) from None
         if e.code in CREDENTIAL_CODES:
             raise S3AccessError(
                 f"S3 refused the credentials for {endpoint}: {e.code} while {what}; check "
