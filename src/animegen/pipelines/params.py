@@ -128,8 +128,9 @@ class PipelineParams(Config):
     run_dcgan: bool = _own(True, "DCGAN and conditional DCGAN on the main set")
     # object store and registry
     registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
-    s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
-                                "secret), e.g. http://minio-service.kubeflow:9000")
+    s3_endpoint: str = _own("http://seaweedfs.kubeflow:9000", "S3 endpoint URL for s3:// sources, the registry and "
+                            "caches (keys: the object-store secret): KFP >= 2.16's SeaweedFS by default; a MinIO or "
+                            "other S3 by its URL ('' = the task's S3_ENDPOINT_URL, else AWS)")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
     # anything else, per stage: other fields of the stage's Config
     ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
