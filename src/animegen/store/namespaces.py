@@ -113,3 +113,16 @@ def access_denied_hint(uri: str) -> str:
     return (f"in a multi-user Kubeflow install each namespace's key may write only under "
             f"s3://{BUCKET}/{{artifacts, private-artifacts/<ns>, private/<ns>, shared}}/; write under {where}/ "
             f"instead of {uri}")
+
+
+AUTO = "auto"  # a store URI setting that means "this namespace's own prefix", resolved in the task at run time
+KINDS = {"runs": registry_uri, "cache": fid_cache_uri, "checkpoints": checkpoints_uri}
+
+
+def resolve(uri: str | None, kind: str) -> str | None:
+    """A store URI setting as given, except ``auto``: the ``kind`` URI ("runs", "cache" or "checkpoints") under
+    :func:`namespace_prefix` of :func:`current_namespace` (the namespace is known only inside the task's pod, not
+    when the pipeline is compiled, so settings such as ``ANIMEGEN_STORE=auto`` are resolved here)."""
+    if uri is None or uri.strip().lower() != AUTO:
+        return uri
+    return KINDS[kind](current_namespace())
