@@ -2,7 +2,7 @@
 
 Requirement: KFP backend (API server) >= 2.17.0, single-user or multi-user. The report's ``dsl.OneOf`` over
 artifacts is resolved correctly only from 2.17.0 (kubeflow/pipelines#13436, fixed by #13437); 2.16.x takes the last
-selector (the skip branch) and the report fails. 2.15 and older also send ``minio://`` roots to ``minio-service``,
+selector (the skip branch) and the report fails. 2.15 and older also send ``minio://`` roots to a MinIO Service
 which the 2.17 manifests no longer have.
 
 The version comes from the API server's healthz endpoint. In kubeflow/pipelines 2.17.0
