@@ -206,7 +206,7 @@ def test_the_limited_identity_really_is_limited(as_namespace):
 
 
 def test_registry_fid_cache_and_checkpoints_land_in_the_namespace_prefix(as_namespace, tmp_path):
-    from animegen.eval.fid import StatsCache, Stats
+    from animegen.eval.fid import Stats, StatsCache
     from animegen.store.artifacts import put_dir
     from animegen.store.registry import list_runs, read_run, write_run
 
@@ -257,7 +257,7 @@ def test_a_write_outside_is_refused_with_a_clear_error(as_namespace, target):
 
 
 def test_fid_cache_outside_the_prefix_is_refused_not_silently_skipped(as_namespace):
-    from animegen.eval.fid import StatsCache, Stats
+    from animegen.eval.fid import Stats, StatsCache
     from animegen.store.s3 import S3AccessError
 
     cache = StatsCache(None, "s3://mlpipeline/animegen/cache")
