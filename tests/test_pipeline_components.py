@@ -286,7 +286,8 @@ class _FakeKfp(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.calls.append(("GET", self.path, None))
         if self.path.startswith("/apis/v2beta1/healthz"):
-            return self._reply({"multi_user": False})
+            return self._reply({"commit_sha": "abc1234", "tag_name": "2.17.0", "multi_user": False,
+                                "pipeline_store": "database"})  # KFP 2.17.0 main.go's healthz
         if self.path.startswith("/apis/v2beta1/experiments"):
             return self._reply({"experiments": [], "total_size": 0})
         return self._reply({"error": "not found"}, 404)

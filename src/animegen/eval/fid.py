@@ -9,9 +9,10 @@ features streamed from a generator, and FID/KID between any two datasets.
 - KID is the unbiased MMD^2 estimate with the polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random
   subsets (as in Binkowski et al. 2018 and StyleGAN2-ADA's metrics); it is unbiased for small sets, where FID is not.
 - Reference statistics are cached by (dataset content hash, resolution, split, sample count, extractor id): in
-  the object store when ``ANIMEGEN_STORE=s3://bucket/prefix`` is set (``<prefix>/fid-stats/<key>.npz`` and
-  ``<key>.features.npy``), and always in a local folder (``$ANIMEGEN_CACHE/fid-stats``, else
-  ``~/.cache/animegen/fid-stats``), so a second request runs no Inception at all.
+  the object store when ``ANIMEGEN_STORE=s3://bucket/prefix`` is set (``auto``: the namespace's own prefix,
+  ``animegen.store.namespaces``) (``<prefix>/fid-stats/<key>.npz`` and ``<key>.features.npy``), and always in a
+  local folder (``$ANIMEGEN_CACHE/fid-stats``, else ``~/.cache/animegen/fid-stats``), so a second request runs
+  no Inception at all.
 """
 from __future__ import annotations
 
@@ -212,7 +213,10 @@ class StatsCache:
 
     @classmethod
     def from_env(cls) -> StatsCache:
-        return cls(None, os.environ.get(STORE_ENV) or None)
+        from animegen.store.namespaces import resolve
+
+        # ANIMEGEN_STORE=auto: the namespace's own prefix (animegen.store.namespaces), known only in the pod
+        return cls(None, resolve(os.environ.get(STORE_ENV) or None, "cache"))
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """(statistics .npz, features .npy) of an entry in the local folder."""

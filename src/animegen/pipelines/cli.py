@@ -11,8 +11,10 @@ from pathlib import Path
 
 from animegen.cli import _key_value, add_config_options, config_from_args
 from animegen.config import coerce_value, load_config_file
+from animegen.pipelines.backend import HEALTHZ_PATH, MIN_BACKEND_TEXT, check_backend, fetch_backend_info
 from animegen.pipelines.local import DEFAULT_ROOT
 from animegen.pipelines.pipeline import PARAMETERS, STAGES, PipelineOptions, check_params, compile_pipeline
+from animegen.store.namespaces import check_writable
 
 
 def _param_value(key: str, text: str):
@@ -85,6 +87,13 @@ def cmd_pipeline_submit(args: argparse.Namespace) -> int:
     given = _pipeline_params(args)
     variant = _rerun_variant(args, given)
     options = config_from_args(PipelineOptions, args, base={})
+    if args.skip_backend_check:
+        print(f"not checking the KFP backend's version (--skip-backend-check): it must be >= {MIN_BACKEND_TEXT}")
+    else:
+        info = check_backend(fetch_backend_info(args.host, args.token), args.namespace)
+        print(f"KFP backend {info.tag_name} ({info.mode}) at {args.host}")
+        if info.multi_user and args.namespace:  # the namespace's key may write only under its own prefixes
+            check_writable(given.get("registry_uri") or "", args.namespace)
     import kfp
 
     with tempfile.TemporaryDirectory(prefix="animegen-submit-") as tmp:
@@ -172,12 +181,18 @@ def add_pipeline_parser(sub) -> None:
 
     q = psub.add_parser("submit", help="compile and submit a run to a KFP endpoint (kfp.Client)",
                         description="Compile the pipeline and start a run on a KFP v2 endpoint through kfp.Client, "
-                                    "with the parameters given (the others keep their defaults).")
+                                    "with the parameters given (the others keep their defaults). First asks the "
+                                    "API server for its version and mode (" + HEALTHZ_PATH + ") and refuses a "
+                                    "backend older than " + MIN_BACKEND_TEXT + ", or a multi-user one without "
+                                    "--namespace.")
     q.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     q.add_argument("--experiment", default="animegen", help="experiment name (created if missing)")
     q.add_argument("--run-name", help="run name (default: kfp's, pipeline name + time)")
     q.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     q.add_argument("--token", help="bearer token (else kfp.Client's own credential lookup)")
+    q.add_argument("--skip-backend-check", action="store_true",
+                   help="do not ask the API server for its version first (by default submit refuses a KFP "
+                        "backend older than " + MIN_BACKEND_TEXT + " or one that reports no version)")
     q.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="force caching on or off for every task (default: each task's own setting)")
     params_args(q)

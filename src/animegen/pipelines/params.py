@@ -159,8 +159,9 @@ class PipelineParams(Config):
     eval_tolerations: list = _own([], "Kubernetes tolerations of the evaluations ([] = none)")
     # object store and registry
     registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
-    s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
-                                "secret), e.g. http://minio-service.kubeflow:9000")
+    s3_endpoint: str = _own("http://seaweedfs.kubeflow:9000", "S3 endpoint URL for s3:// sources, the registry and "
+                            "caches (keys: the object-store secret): KFP >= 2.16's SeaweedFS by default; a MinIO or "
+                            "other S3 by its URL ('' = the task's S3_ENDPOINT_URL, else AWS)")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
     store_uri: str = _own("", "object-store prefix s3://BUCKET/PREFIX, set as ANIMEGEN_STORE in every task that uses "
                               "the store: evaluations cache FID reference statistics there across runs ('' = none; "

@@ -132,6 +132,11 @@ def _status(e: Exception) -> int:
     return 0
 
 
+def _uri_in(what: str) -> str:
+    """The s3:// URI named in an s3_errors ``what`` (the whole text when none)."""
+    return next((w for w in what.split() if w.startswith("s3://")), what)
+
+
 @contextlib.contextmanager
 def s3_errors(client: Minio, what: str) -> Iterator[None]:
     """Turn minio/urllib3 failures while doing ``what`` into errors that say what to fix.
@@ -143,9 +148,15 @@ def s3_errors(client: Minio, what: str) -> Iterator[None]:
         yield
     except S3Error as e:
         if e.code in CREDENTIAL_CODES:
+            hint = ""
+            if e.code == "AccessDenied":  # right keys, wrong place: the likely cause in a multi-user install
+                from animegen.store.namespaces import access_denied_hint
+
+                verb = "write" if what.startswith(("uploading", "deleting")) else "read"
+                hint = f"; if they are right, the key may not {verb} there: {access_denied_hint(_uri_in(what))}"
             raise S3AccessError(
                 f"S3 refused the credentials for {endpoint}: {e.code} while {what}; check "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and that the key may read this bucket"
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and that the key may read this bucket{hint}"
             ) from None
         if e.code in MISSING_CODES:
             hint = " (to fetch every object under a prefix, end the URI with '/')" if e.code == "NoSuchKey" else ""
@@ -163,10 +174,21 @@ def s3_errors(client: Minio, what: str) -> Iterator[None]:
         ) from None
 
 
+def _bucket_exists(client: Minio, bucket: str) -> bool:
+    """HEAD bucket; a key limited to prefixes of the bucket (a multi-user Kubeflow namespace's key) may be refused
+    that (SeaweedFS checks it as a bucket-wide Read): then the listing itself tells whether the bucket exists."""
+    try:
+        return client.bucket_exists(bucket)
+    except S3Error as e:
+        if e.code != "AccessDenied":
+            raise
+        return True
+
+
 def list_prefix(client: Minio, bucket: str, prefix: str) -> list[S3Object]:
     """Every object under ``prefix`` (recursively), sorted by key; folder markers are left out."""
     with s3_errors(client, f"listing s3://{bucket}/{prefix}"):
-        if not client.bucket_exists(bucket):
+        if not _bucket_exists(client, bucket):
             raise FileNotFoundError(f"s3://{bucket}/: no such bucket at {endpoint_of(client)}")
         objects = [
             S3Object(o.object_name, int(o.size or 0), (o.etag or "").strip('"'))
