@@ -131,6 +131,10 @@ class PipelineParams(Config):
     s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
                                 "secret), e.g. http://minio-service.kubeflow:9000")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
+    checkpoint_root: str = _own("", "object-store prefix (s3://BUCKET/PREFIX) where training and transfer upload "
+                                    "their checkpoint every checkpoint_interval_s (in train_options; default 600) "
+                                    "under <run id>/<task name>, so a retry resumes ('' = $ANIMEGEN_CHECKPOINTS, "
+                                    "else $ANIMEGEN_STORE/checkpoints, else no upload)")
     # anything else, per stage: other fields of the stage's Config
     ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
     label_options: dict = _own({}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})")
