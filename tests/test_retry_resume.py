@@ -228,3 +228,33 @@ def test_upload_does_not_stall_the_loop(store, tmp_path):
     assert first["sent"] > 0 and second["sent"] == 0  # identical files are not sent again
     print(f"upload of {first['bytes'] / 1e6:.2f} MB: loop blocked {returned_s * 1000:.1f} ms, background upload "
           f"{first['upload_s'] * 1000:.0f} ms")
+
+
+def test_under_kfp_local_the_task_uploads_under_its_run_id_and_task_name(tmp_path, monkeypatch):
+    """kfp.local resolves dsl.PIPELINE_JOB_ID_PLACEHOLDER / PIPELINE_TASK_NAME_PLACEHOLDER as the pipeline passes
+    them (the cluster's driver does the same: the run's uuid and the task's name); the checkpoint root may also be
+    a folder."""
+    from kfp import dsl, local
+
+    from animegen.components.ingest.component import ingest
+    from animegen.components.train.component import train
+
+    for var in (CHECKPOINT_ROOT_ENV, STORE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    root = tmp_path / "checkpoints"
+
+    @dsl.pipeline(name="resume-probe")
+    def probe():
+        data = ingest(source="synthetic:?n=32&resolution=16&labels=none", resolution=16, holdout=0.0)
+        train(dataset=data.outputs["dataset"], arch="dcgan", resolution=16, kimg=0.08, batch=8, z_dim=16,
+              channel_base=128, channel_max=64, snapshot_kimg=0.08, device="cpu", checkpoint_root=str(root),
+              run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+              task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    probe()
+    (run,) = [p for p in root.iterdir()]
+    (task,) = [p for p in run.iterdir()]
+    assert task.name == "train" and "{{" not in run.name and run.name
+    assert artifacts.is_complete(task) and load_checkpoint(task / "checkpoint.pt")["step"] == 10
