@@ -43,7 +43,14 @@ def checkpoint_root(root: str = "") -> str:
 
 def task_checkpoint_uri(root: str, run_id: str, task_name: str) -> str:
     """``<root>/<run_id>/<task_name>``: the same for every attempt of one task of one run ('' when ``root`` is
-    '' or the run or task is unknown: no upload)."""
+    '' or the run or task is unknown: no upload).
+
+    The pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` and ``dsl.PIPELINE_TASK_NAME_PLACEHOLDER``. The KFP v2
+    driver resolves them as runtime-value input parameters (backend/src/v2/driver, resolveInputParameter:
+    ``{{$.pipeline_job_uuid}}`` -> the run's id, ``{{$.pipeline_task_name}}`` -> the task's name in its DAG); the
+    driver runs once per task and a retry re-runs the executor pod with the same inputs, so every attempt computes
+    the same key (while the pod's output folder, an emptyDir, starts empty: shared/KFP-NOTES.md). kfp.local
+    resolves both too (kfp/local/placeholder_utils.py; tests/test_retry_resume.py runs it)."""
     root = checkpoint_root(root)
     if not (root and run_id and task_name) or "{{" in run_id + task_name:  # an unresolved KFP placeholder
         return ""
