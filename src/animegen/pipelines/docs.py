@@ -22,6 +22,9 @@ GLUE = {
     "name": "the comparison's name in the report",
     "job_name": "the KFP run's name (set by the pipeline), recorded in the run registry",
     "job_id": "the KFP run's id (set by the pipeline), recorded in the run registry",
+    "run_id": "the KFP run's id (set by the pipeline): with task_name, the checkpoint upload's key, the same "
+              "for every retry of the task",
+    "task_name": "the task's name in the pipeline (set by the pipeline), part of the checkpoint upload's key",
     "branch": "the skipped branch",
     "reason": "why it is skipped (shown in the report)",
 }

@@ -166,6 +166,10 @@ class PipelineParams(Config):
     store_uri: str = _own("", "object-store prefix s3://BUCKET/PREFIX, set as ANIMEGEN_STORE in every task that uses "
                               "the store: evaluations cache FID reference statistics there across runs ('' = none; "
                               "multi-user: under an allowed prefix of the namespace)")
+    checkpoint_root: str = _own("", "object-store prefix (s3://BUCKET/PREFIX) where training and transfer upload "
+                                    "their checkpoint every checkpoint_interval_s (in train_options; default 600) "
+                                    "under <run id>/<task name>, so a retry resumes ('' = $ANIMEGEN_CHECKPOINTS, "
+                                    "else $ANIMEGEN_STORE/checkpoints, else no upload)")
     # anything else, per stage: other fields of the stage's Config
     ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
     label_options: dict = _own({}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})")

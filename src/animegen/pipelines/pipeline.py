@@ -278,8 +278,11 @@ def _build(p: dict[str, Any], dag: _Dag) -> Any:
                     mapping_layers=p["sg_mapping_layers"], channel_base=p["sg_channel_base"],
                     channel_max=p["sg_channel_max"], cond_mode=p["sg_cond_mode"], batch=p["sg_batch"],
                     r1_gamma=p["sg_r1_gamma"])
+    from kfp import dsl
+    # checkpoint upload: a retried train/transfer task resumes from <checkpoint_root>/<run id>/<task name>
     run_common = dict(snapshot_kimg=p["snapshot_kimg"], seed=seed, device=device, options=p["train_options"],
-                      gpus=p["gpus"], **store)
+                      gpus=p["gpus"], checkpoint_root=p["checkpoint_root"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                      task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER, **store)
     transfer_common = dict(batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
                            conditional=False, **run_common)
     eval_common = dict(n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"],
@@ -357,7 +360,6 @@ def _build(p: dict[str, Any], dag: _Dag) -> Any:
     cross_fid = dag.optional("cross_fid", lambda: plan.outputs["cross_fid"] == True, cross,  # noqa: E712
                              "run_manga or run_character is false")
 
-    from kfp import dsl
     dag.task("report", "report", conditional=evaluate("conditional", conditional, labelled),
                       manga=manga["metrics"], manga_scratch=manga_scratch["metrics"], character=character["metrics"],
                       character_scratch=character_scratch["metrics"], dcgan=dcgan["metrics"],

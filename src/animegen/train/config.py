@@ -84,6 +84,13 @@ class TrainConfig(Config):
     log_every: int = field(default=50, metadata=opt("steps between train_log.jsonl lines"))
     grid_size: int = field(default=8, metadata=opt("columns of the sample grids (and rows when unconditional)"))
     progress: bool = field(default=True, metadata=opt("show a progress bar"))
+    # checkpoint upload (train/remote.py): what makes a retried task resume
+    checkpoint_uri: str | None = field(default=None, metadata=opt(
+        "object-store prefix (s3://bucket/prefix) the Model directory is uploaded to every checkpoint_interval_s "
+        "and at the end (manifest last); a run whose --out holds no checkpoint first restores the last complete "
+        "upload from there and continues it exactly", default_text="no upload", unset=""))
+    checkpoint_interval_s: float = field(default=600.0, metadata=opt(
+        "seconds between checkpoint uploads (with checkpoint_uri); an upload waits for the next log line"))
     # transfer (run_transfer)
     class_map: dict[str, str] = field(default_factory=dict, metadata=opt(
         "NEW=OLD: new class NEW starts from old class OLD (repeatable); same names map by themselves"))

@@ -1,5 +1,6 @@
 """The training loop shared by every architecture: data on the device, D and G steps (phases.py), lazy
-regularisers, EMA, snapshots, atomic checkpoints, exact resume (state.py), init-from (transfer.py), NaN guard."""
+regularisers, EMA, snapshots, atomic checkpoints, exact resume (state.py), init-from (transfer.py), NaN guard,
+checkpoint upload to the object store and restore from it (remote.py: what makes a retried task resume)."""
 from __future__ import annotations
 
 import copy
@@ -21,6 +22,7 @@ from animegen.train.config import TrainConfig
 from animegen.train.log import LossMeter, TrainingDiverged, TrainLog, plot_losses, truncate_log
 from animegen.train.losses import R1, PathLength, ema_beta, make_loss
 from animegen.train.phases import Autocast, d_main, d_reg, due, frozen, g_main, g_reg, generate, optimise, update_ema
+from animegen.train.remote import CheckpointUploader, restore
 from animegen.train.state import BatchSampler, TrainData, TrainState, images_to_device, sampling_snapshot
 from animegen.train.transfer import inherit_architecture, init_from
 from animegen.utils import human_bytes, peak_memory_bytes, read_json, resolve_device, write_json
@@ -28,7 +30,8 @@ from animegen.utils import human_bytes, peak_memory_bytes, read_json, resolve_de
 __all__ = ["TrainResult", "TrainingDiverged", "run_train", "run_transfer"]
 
 # Options a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_OVERRIDES = ("kimg", "epochs", "snapshot_kimg", "log_every", "progress", "device", "amp")
+RESUMABLE_OVERRIDES = ("kimg", "epochs", "snapshot_kimg", "log_every", "progress", "device", "amp", "checkpoint_uri",
+                       "checkpoint_interval_s")
 INPUTS = "inputs.json"  # the run's data and init model, in its Model directory
 
 
@@ -73,6 +76,8 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
     """run_train / run_transfer: set up (or restore) the run, train it, write summary.json."""
     cfg = cfg.with_arch_defaults()
+    if cfg.checkpoint_uri and not resume:  # a retried task with a fresh --out continues its last upload
+        resume = restore(cfg.checkpoint_uri, out) is not None
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     if ckpt is not None:
         cfg = _resume_config(cfg, ckpt["config"]).with_arch_defaults()
@@ -97,7 +102,12 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
         save_grid(reals, out / "samples" / "reals.png", ncol=cfg.grid_size)
 
     start_seen, t_start = state.images_seen, time.perf_counter()
-    _train_loop(cfg, state, data, amp, out, fixed)
+    uploader = CheckpointUploader(cfg.checkpoint_uri, cfg.checkpoint_interval_s) if cfg.checkpoint_uri else None
+    try:
+        _train_loop(cfg, state, data, amp, out, fixed, uploader)
+    finally:
+        if uploader is not None:
+            uploader.wait()
     wall = time.perf_counter() - t_start
     result = TrainResult(out=out, images_seen=state.images_seen, steps=state.step, wall_s=wall,
                          img_per_s=(state.images_seen - start_seen) / max(wall, 1e-9),
@@ -108,13 +118,16 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     print(f"done: {result.images_seen / 1000:.1f} kimg, {result.steps} steps in {wall:.1f} s, "
           f"{result.img_per_s:.1f} img/s, peak memory {human_bytes(result.peak_memory_bytes)} ({device}); "
           f"model in {out}", flush=True)
+    if uploader is not None:  # the finished Model: a retry after a later failure restores it and trains no more
+        uploader.upload(out, state.step, wait=True)
     return result
 
 
 def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autocast, out: Path,
-                fixed: FixedLatents) -> None:
+                fixed: FixedLatents, uploader: CheckpointUploader | None = None) -> None:
     """Steps until ``cfg``'s duration: D step, G step, EMA, a log line every ``log_every`` steps, a snapshot
-    (sample grid, checkpoint, sampling snapshot) every ``snapshot_kimg`` and at the end."""
+    (sample grid, checkpoint, sampling snapshot) every ``snapshot_kimg`` and at the end; with an ``uploader``,
+    at a log line once its interval has passed, the checkpoint of that step uploaded (in the background)."""
     G, D, device = state.G, state.D, data.images.device
     total_images = int(round(cfg.kimg * 1000)) if cfg.kimg is not None else int(round(cfg.epochs * data.n))
     loss = make_loss(cfg.loss, cfg.real_label)
@@ -162,6 +175,13 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
             _snapshot(state, cfg, data, out, fixed)
             next_snapshot += tick
             log.restart_clock()  # snapshot time is not training throughput
+        # an upload starts where a log line was just written (the meter is empty, as it is on resume)
+        if uploader is not None and (snap or state.step % cfg.log_every == 0) and uploader.due() \
+                and state.images_seen < total_images:  # the end is uploaded once summary.json is written
+            if not snap:
+                _save_checkpoint(state, cfg, data, out)
+            uploader.upload(out, state.step)
+            log.restart_clock()
     log.close()
 
 
@@ -171,15 +191,22 @@ def _snapshot(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path, f
     kimg = state.images_seen / 1000
     img = render_ws(state.G_ema, map_z(state.G_ema, fixed.z, fixed.c, 1.0, device), device)
     save_grid(img, out / "samples" / f"fakes-{kimg:07.1f}kimg.png", ncol=fixed.cols)
+    ckpt = _save_checkpoint(state, cfg, data, out)
+    # a small sampling-only snapshot per tick, for FID over training time (`animegen evaluate --snapshots`)
+    save_checkpoint(sampling_snapshot(ckpt), out / "snapshots" / f"G_ema-{kimg:07.1f}kimg.pt")
+    plot_losses(out / "train_log.jsonl", out / "loss.png")
+
+
+def _save_checkpoint(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path) -> dict:
+    """``out/checkpoint.pt`` of the current step, after a finiteness check of G (a diverged G is never saved)."""
+    kimg = state.images_seen / 1000
     for name, p in state.G.named_parameters():
         if not torch.isfinite(p).all():
             raise TrainingDiverged(f"parameter {name} is not finite at {kimg:.1f} kimg; the last good checkpoint "
                                    f"in {out} was kept")
-    ckpt = state.checkpoint(cfg.to_dict(), data.class_names, data.img_channels, device)
+    ckpt = state.checkpoint(cfg.to_dict(), data.class_names, data.img_channels, data.images.device)
     save_checkpoint(ckpt, out / "checkpoint.pt")
-    # a small sampling-only snapshot per tick, for FID over training time (`animegen evaluate --snapshots`)
-    save_checkpoint(sampling_snapshot(ckpt), out / "snapshots" / f"G_ema-{kimg:07.1f}kimg.pt")
-    plot_losses(out / "train_log.jsonl", out / "loss.png")
+    return ckpt
 
 
 def _previous_run(ckpt_file: Path, resume: bool) -> dict | None:
