@@ -127,7 +127,10 @@ class PipelineParams(Config):
     run_baselines: bool = _own(True, "from-scratch baselines of the transfers (same budget)")
     run_dcgan: bool = _own(True, "DCGAN and conditional DCGAN on the main set")
     # object store and registry
-    registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
+    registry_uri: str = _own("auto", "run registry: s3://BUCKET/PREFIX/runs/ or a folder; auto = KFP's bucket, "
+                             "s3://mlpipeline/private/<namespace>/animegen/runs/ (multi-user) or "
+                             "s3://mlpipeline/shared/animegen/runs/, locally <pipeline root>/registry; '' = not "
+                             "recorded")
     s3_endpoint: str = _own("", "S3 endpoint URL for s3:// sources and the registry (keys: the object-store "
                                 "secret), e.g. http://minio-service.kubeflow:9000")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
