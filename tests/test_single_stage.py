@@ -24,8 +24,8 @@ from animegen.pipelines.single import STAGES, compile_stage, stage_arguments, st
 from animegen.store.registry import AUTO, resolve_registry_uri
 
 TINY = {
-    "main_source": "synthetic:?n=64&hair=blonde,black&eyes=red,blue",
-    "manga_source": "synthetic:?n=32&seed=7&labels=none",
+    "main_source": "synthetic:?n=96&hair=blonde,black&eyes=red,blue",
+    "manga_source": "synthetic:?n=40&seed=7&labels=none",
     "resolution": 16, "holdout": 0.25,
     "kimg_conditional": 0.032, "kimg_manga": 0.016,
     "sg_batch": 8, "sg_z_dim": 16, "sg_w_dim": 16, "sg_mapping_layers": 2, "sg_channel_base": 128,
