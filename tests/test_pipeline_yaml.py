@@ -202,7 +202,7 @@ def test_pipeline_parameters(compiled):
         assert name in params, name
     assert params["manga_init_class"]["defaultValue"] == "black hair"
     assert params["run_baselines"]["defaultValue"] is True
-    assert params["registry_uri"]["defaultValue"] == ""
+    assert params["registry_uri"]["defaultValue"] == "auto"  # a default run records itself (test_single_stage)
     for name, p in params.items():
         assert p.get("description"), f"{name} has no description in the UI"
 

@@ -12,10 +12,12 @@ cross-dataset FID, when there is one, under the key ``cross_fid``. It writes int
   the skipped branches;
 - ``report.md``: the same table in Markdown (the KFP UI renders it);
 - ``run.json``: the run's registry record, also written to the registry (:func:`animegen.store.registry.write_run`)
-  when ``cfg.registry_uri`` is given: a row per model with its metrics and artifact URIs, the run's configuration
-  (each model's training and evaluation config), and ``tasks``: ``{task: {output: URI}}`` of the artifacts the
-  report knows, from which ``animegen pipeline compile --only STAGE --from-run RUN_ID --registry URI`` builds a
-  pipeline that imports them instead of recomputing them (see pipelines/README.md).
+  when ``cfg.registry_uri`` is given (``auto``, the pipeline's default: beside the run's artifacts, see
+  :func:`animegen.store.registry.resolve_registry_uri`): a row per model with its metrics and artifact URIs, the
+  run's configuration (each model's training and evaluation config), and ``tasks``: ``{task: {output: URI}}`` of
+  the artifacts the report knows, from which ``animegen pipeline compile --only STAGE --from-run RUN_ID --registry
+  URI`` builds a pipeline that imports them instead of recomputing them, and which the single-stage pipelines
+  (``animegen.pipelines.single``) take as run parameters (see pipelines/README.md).
 
 It also names each evaluation's scalars as the KFP UI shows them (:func:`evaluation_scalars`), for the evaluate and
 report components.
@@ -53,7 +55,8 @@ class ReportConfig(Config):
     run_id: str = ""  # the run's registry id ("" = from job_name / job_id, see run_id_for)
     job_name: str = ""  # the KFP job (locally: the run folder's name)
     job_id: str = ""
-    registry_uri: str = ""  # s3://BUCKET/runs/ or a folder to record the run in ("" = not recorded)
+    registry_uri: str = ""  # s3://BUCKET/runs/ or a folder to record the run in ("" = not recorded; "auto": see
+    # animegen.store.registry.resolve_registry_uri, derived from report_uri)
     report_uri: str = ""  # where the report artifact lives (recorded; a remote URI adds job_id to the run id)
 
     def resolved_run_id(self) -> str:
@@ -250,13 +253,14 @@ def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None],
     record = {"run_id": run_id, "params": config, "models": models, **extra}
     record_path = out / "run.json"
     write_json(record_path, record)
-    if cfg.registry_uri:
-        from animegen.store.registry import write_run
+    from animegen.store.registry import resolve_registry_uri, write_run
 
-        written = write_run(cfg.registry_uri, run_id, config, models, extra)
-        print(f"registry: run {run_id} written to {written}")
+    registry, why = resolve_registry_uri(cfg.registry_uri, cfg.report_uri)
+    if registry:
+        written = write_run(registry, run_id, config, models, extra)
+        print(f"registry: run {run_id} written to {written} ({why})")
     else:
         written = None
-        print("registry: skipped (registry_uri is empty; give s3://BUCKET/runs/ or a folder to record the run)")
+        print(f"registry: skipped ({why}; give s3://BUCKET/runs/ or a folder to record the run)")
     return {"run_id": run_id, "report": report, "markdown": markdown, "record": record_path, "scalars": scalars,
-            "registry": written or "skipped: registry_uri is empty"}
+            "registry": written or f"skipped: {why}"}

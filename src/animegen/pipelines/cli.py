@@ -74,7 +74,36 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_params(args: argparse.Namespace) -> dict:
+    """--params FILE < --param KEY=VALUE for a single-stage pipeline (its own parameters' types)."""
+    from animegen.pipelines.single import stage_parameters
+
+    params = stage_parameters(args.stage)
+    values = {k.replace("-", "_"): v for k, v in (load_config_file(args.params) if args.params else {}).items()}
+    for key, text in args.param or []:
+        key = key.replace("-", "_")
+        if key not in params:
+            raise ValueError(f"--param {key}: no such parameter of the {args.stage}-only pipeline; it takes "
+                             f"{', '.join(params)}")
+        values[key] = coerce_value(params[key].type, text, key, text=True)
+    return values
+
+
 def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    if args.stage:
+        from animegen.pipelines.single import STAGES, compile_stage
+
+        if args.only or args.from_run or args.registry:
+            raise ValueError("--stage compiles a single-stage pipeline whose artifact URIs are run parameters; "
+                             "--only/--from-run/--registry build a variant of the whole DAG instead: give one or the "
+                             "other")
+        path = compile_stage(args.stage, args.out or STAGES[args.stage].file.name,
+                             config_from_args(PipelineOptions, args, base={}), _stage_params(args))
+        print(f"wrote {path} (the {args.stage}-only pipeline: {STAGES[args.stage].pipeline}); upload it in the KFP "
+              f"UI and give the earlier run's artifact URIs as run parameters (`animegen pipeline stage-args` "
+              f"prints them from a registry record)")
+        return 0
+    args.out = args.out or "animegen_pipeline.yaml"
     variant = _rerun_variant(args, _pipeline_params(args))
     path = compile_pipeline(args.out, config_from_args(PipelineOptions, args, base={}), **variant)
     what = f"a rerun of {', '.join(sorted(variant['rerun']))}" if "rerun" in variant else "the pipeline"
@@ -109,6 +138,19 @@ def cmd_pipeline_submit(args: argparse.Namespace) -> int:
                                "(the KFP API or UI URL, e.g. http://localhost:8080 after `kubectl port-forward -n "
                                "kubeflow svc/ml-pipeline-ui 8080:80`) and that the server is up") from None
     print(f"submitted run {result.run_id} to {args.host} (experiment {args.experiment})")
+    return 0
+
+
+def cmd_pipeline_stage_args(args: argparse.Namespace) -> int:
+    from animegen.pipelines.single import stage_arguments
+    from animegen.store.registry import read_run
+
+    values = stage_arguments(read_run(args.registry, args.from_run), args.stage, args.model)
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        for key, value in values.items():
+            print(f"{key}={value}")
     return 0
 
 
@@ -173,11 +215,30 @@ def add_pipeline_parser(sub) -> None:
                         description="Compile the pipeline to the YAML users upload (Pipelines > Upload). "
                                     "--params/--param become the YAML's parameter defaults (placement, sizes and "
                                     "images included: a UI user can still change them per run).")
-    q.add_argument("--out", default="animegen_pipeline.yaml", help="output file (default animegen_pipeline.yaml)")
+    q.add_argument("--out", help="output file (default animegen_pipeline.yaml; with --stage STAGE "
+                   "STAGE_only.yaml)")
+    q.add_argument("--stage", choices=("evaluate", "transfer"),
+                   help="compile the single-stage pipeline of this stage instead (its input artifacts are URIs given "
+                        "as run parameters: rerun one stage from the UI; the committed evaluate_only.yaml and "
+                        "transfer_only.yaml are these with the defaults)")
     params_args(q)
     rerun_args(q, local=False)
     gpu_args(q)
     q.set_defaults(func=cmd_pipeline_compile)
+
+    q = psub.add_parser("stage-args", help="print a single-stage pipeline's URI run parameters from a registry run",
+                        description="Read run RUN_ID's record in the run registry and print the artifact-URI run "
+                                    "parameters of the single-stage pipeline (--stage) for one model, to paste into "
+                                    "the KFP UI's run form.")
+    q.add_argument("--registry", required=True, metavar="URI", help="the run registry (s3://BUCKET/PREFIX/runs/ or "
+                   "a folder; a default run's: s3://mlpipeline/shared/animegen/runs/, multi-user "
+                   "s3://mlpipeline/private/<namespace>/animegen/runs/)")
+    q.add_argument("--from-run", required=True, metavar="RUN_ID", help="the run's registry id")
+    q.add_argument("--stage", required=True, choices=("evaluate", "transfer"))
+    q.add_argument("--model", default="conditional", help="the model (conditional, manga, character, ...; "
+                   "transfer: manga or character); default conditional")
+    q.add_argument("--json", action="store_true", help="print a JSON object instead of KEY=VALUE lines")
+    q.set_defaults(func=cmd_pipeline_stage_args)
 
     q = psub.add_parser("submit", help="compile and submit a run to a KFP endpoint (kfp.Client)",
                         description="Compile the pipeline and start a run on a KFP v2 endpoint through kfp.Client, "

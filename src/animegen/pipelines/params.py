@@ -158,7 +158,10 @@ class PipelineParams(Config):
     eval_node_selector: dict = _own({}, "node labels for the evaluations ({} = any node)")
     eval_tolerations: list = _own([], "Kubernetes tolerations of the evaluations ([] = none)")
     # object store and registry
-    registry_uri: str = _own("", "run registry: s3://BUCKET/runs/ or a folder ('' = not recorded)")
+    registry_uri: str = _own("auto", "run registry: s3://BUCKET/PREFIX/runs/ or a folder; auto = KFP's bucket, "
+                             "s3://mlpipeline/private/<namespace>/animegen/runs/ (multi-user) or "
+                             "s3://mlpipeline/shared/animegen/runs/, locally <pipeline root>/registry; '' = not "
+                             "recorded")
     s3_endpoint: str = _own("http://seaweedfs.kubeflow:9000", "S3 endpoint URL for s3:// sources, the registry and "
                             "caches (keys: the object-store secret): KFP >= 2.16's SeaweedFS by default; a MinIO or "
                             "other S3 by its URL ('' = the task's S3_ENDPOINT_URL, else AWS)")

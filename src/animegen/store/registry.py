@@ -76,6 +76,57 @@ def run_uri(registry_uri: UriLike, run_id: str) -> str:
     return join(runs_root(registry_uri), _check_name("run id", run_id))
 
 
+AUTO = "auto"  # the pipeline's default registry_uri: resolved by resolve_registry_uri where the report runs
+PROJECT_DIR = "animegen"  # the folder under an allowed prefix of KFP's bucket that holds what the project writes
+_NAMESPACE_IN_ROOT = re.compile(r"^private-artifacts/([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/")
+
+
+def _namespace_prefix(namespace: str | None, bucket: str) -> str:
+    """``s3://<bucket>/private/<ns>/animegen`` (multi-user: the namespace's own prefix), else
+    ``s3://<bucket>/shared/animegen`` (allowed in both modes): animegen.store.namespaces.namespace_prefix when
+    that module is there (it is the one definition the other writers share), else the same rule here."""
+    try:
+        from animegen.store.namespaces import namespace_prefix
+    except ImportError:  # pragma: no cover - before the namespaces module is merged
+        return f"s3://{bucket}/private/{namespace}/{PROJECT_DIR}" if namespace else \
+            f"s3://{bucket}/shared/{PROJECT_DIR}"
+    return namespace_prefix(namespace, bucket)
+
+
+def resolve_registry_uri(value: str, artifact_uri: str) -> tuple[str, str]:
+    """The registry a run records itself in, and how it was chosen: ``(uri, why)``; ``uri`` '' = not recorded.
+
+    ``value`` is the pipeline's ``registry_uri``: '' = not recorded; any other value but ``auto`` is taken as is;
+    ``auto`` (the default, so that every default run leaves a record to rerun from) is derived from
+    ``artifact_uri``, the URI KFP gave one of the run's own output artifacts (the report's):
+
+    - in KFP's object store (``minio://BUCKET/...`` or ``s3://``): ``s3://BUCKET/private/<ns>/animegen/runs/``
+      when the pipeline root is a multi-user namespace's (``BUCKET/private-artifacts/<ns>/...``, the root the
+      profile controller gives each namespace; ``$ANIMEGEN_NAMESPACE`` overrides), else
+      ``s3://BUCKET/shared/animegen/runs/``: both are prefixes a namespace's key may write (the profile controller's
+      policy allows ``artifacts/``, ``private-artifacts/<ns>/``, ``private/<ns>/``, ``shared/``);
+    - a local path (kfp.local: ``<pipeline_root>/<run>/report/report``): ``<pipeline_root>/registry``;
+    - anything else (gs://, an empty URI): not recorded, and ``why`` says to set ``registry_uri``."""
+    if value != AUTO:
+        return value, ("registry_uri is empty" if not value else "registry_uri")
+    uri = str(artifact_uri or "")
+    if is_s3(uri):
+        from animegen.store.s3 import parse_s3_uri
+
+        bucket, key = parse_s3_uri(as_s3(uri))
+        found = _NAMESPACE_IN_ROOT.match(key.lstrip("/"))
+        namespace = os.environ.get("ANIMEGEN_NAMESPACE", "").strip() or (found.group(1) if found else None)
+        return (f"{_namespace_prefix(namespace, bucket)}/runs/",
+                f"registry_uri auto: the run's artifacts are in bucket {bucket}" +
+                (f", namespace {namespace}" if namespace else " (single-user)"))
+    if uri and ("://" not in uri or uri.startswith("file://")):
+        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if len(path.parents) >= 3:
+            return str(path.parents[2] / "registry"), "registry_uri auto: beside the local run folders"
+    return "", (f"registry_uri auto: cannot derive a registry from the artifact URI {uri!r} (not KFP's S3/MinIO "
+                "store nor a local path); set registry_uri to s3://BUCKET/PREFIX/runs/ or a folder")
+
+
 def _summary(metrics: dict[str, Any]) -> dict[str, float | int]:
     return {k: v for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))}

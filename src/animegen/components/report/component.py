@@ -20,7 +20,7 @@ def report(
     table: Output[Markdown],
     summary: Output[Metrics],
     report_dir: Output[Artifact],
-    registry_uri: str = "",
+    registry_uri: str = "auto",
     s3_endpoint: str = "",
     s3_region: str = "",
     job_name: str = "",
@@ -28,7 +28,8 @@ def report(
 ):
     """One table and plots over every model of the run (``report``, ``table``), every model's scalars in one Metrics
     artifact (``summary``), the whole report folder (``report_dir``: compare/ tables and plots, run.json), and a row
-    per model in the run registry at ``registry_uri`` (s3://BUCKET/runs/ or a folder; "" = not recorded, logged).
+    per model in the run registry at ``registry_uri`` (s3://BUCKET/runs/ or a folder; "auto" = beside the run's
+    artifacts, see ``animegen.store.registry.resolve_registry_uri``; "" = not recorded, logged).
     Each input is an evaluation's Metrics artifact, or the ``skip`` placeholder of a branch that did not run.
     Object-store keys come from the environment (the object-store secret, ``use_secret_as_env``); ``s3_endpoint`` /
     ``s3_region`` are set into it."""
