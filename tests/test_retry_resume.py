@@ -258,3 +258,34 @@ def test_under_kfp_local_the_task_uploads_under_its_run_id_and_task_name(tmp_pat
     (task,) = [p for p in run.iterdir()]
     assert task.name == "train" and "{{" not in run.name and run.name
     assert artifacts.is_complete(task) and load_checkpoint(task / "checkpoint.pt")["step"] == 10
+
+
+def test_the_compiled_pipeline_gives_every_training_task_its_checkpoint_key():
+    """In the committed YAML each train and transfer task (and only those) gets the run's id and its own task name
+    as placeholders the driver resolves, the checkpoint_root run parameter and the S3 endpoint."""
+    import yaml
+
+    from animegen.pipelines.pipeline import TASKS
+
+    spec = next(yaml.safe_load_all((ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()))
+
+    def tasks(dag):
+        for name, task in dag["tasks"].items():
+            yield name, task
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "dag" in comp:
+                yield from tasks(comp["dag"])
+
+    seen = {}
+    for name, task in tasks(spec["root"]["dag"]):
+        params = task.get("inputs", {}).get("parameters", {})
+        if "task_name" in params:
+            seen[name] = params
+    training = {n for n, t in TASKS.items() if t.stage in ("train", "transfer")}
+    assert set(seen) == training
+    for params in seen.values():
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert params["task_name"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
+        assert params["checkpoint_root"]["componentInputParameter"].endswith("checkpoint_root")
+        assert params["s3_endpoint"]["componentInputParameter"].endswith("s3_endpoint")
+    assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"] == ""
