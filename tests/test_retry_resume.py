@@ -18,9 +18,17 @@ from s3server import use_server_env
 
 from animegen.cli import main as cli_main
 from animegen.store import artifacts
+from animegen.store.backend import Store
 from animegen.train import run_train
 from animegen.train.checkpoint import load_checkpoint
-from animegen.train.remote import CHECKPOINT_ROOT_ENV, STORE_ENV, CheckpointUploader, restore, task_checkpoint_uri
+from animegen.train.remote import (
+    CHECKPOINT_ROOT_ENV,
+    STORE_ENV,
+    CheckpointUploader,
+    latest,
+    restore,
+    task_checkpoint_uri,
+)
 
 BUCKET = "ckpt"
 TINY_SG = ["--arch", "stylegan", "--resolution", "16", "--batch", "8", "--log-every", "5", "--no-progress",
@@ -43,7 +51,9 @@ def same_weights(a: Path, b: Path) -> None:
 
 
 def uploaded_step(uri: str, tmp: Path) -> int:
-    artifacts.get_member(uri, "checkpoint.pt", tmp / "uploaded.pt")
+    """The step of the newest complete upload under ``uri`` (read from its checkpoint)."""
+    slot_uri, _ = latest(uri)
+    artifacts.get_member(slot_uri, "checkpoint.pt", tmp / "uploaded.pt")
     return int(load_checkpoint(tmp / "uploaded.pt")["step"])
 
 
@@ -51,7 +61,7 @@ def kill_after_first_upload(cmd: list[str], uri: str, env: dict) -> subprocess.P
     """Run ``cmd``; SIGKILL it as soon as a complete upload is at ``uri``."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
-    while not artifacts.is_complete(uri) and time.time() < deadline and proc.poll() is None:
+    while latest(uri) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stdout.read()}"
     proc.send_signal(signal.SIGKILL)
@@ -77,7 +87,7 @@ def test_killed_training_resumes_from_its_last_upload(store, tmp_path, capsys):
     cmd = [sys.executable, "-m", "animegen.cli", "train", "--data", SYN, "--kimg", str(KIMG), "--snapshot-kimg",
            str(KIMG), *TINY_SG, "--checkpoint-uri", uri, "--checkpoint-interval-s", str(INTERVAL_S)]
     kill_after_first_upload(cmd + ["--out", str(tmp_path / "attempt-1")], uri, child_env(store))
-    step = uploaded_step(uri, tmp_path)
+    step, (slot_uri, _) = uploaded_step(uri, tmp_path), latest(uri)
     assert 0 < step < 200, "the upload is of a step mid-run"
     # the first attempt checkpointed only for the upload (snapshot_kimg is the whole run): the retry's state is
     # the store's, not a file the dead attempt left behind
@@ -86,12 +96,14 @@ def test_killed_training_resumes_from_its_last_upload(store, tmp_path, capsys):
     assert cli_main(["train", "--data", SYN, "--out", str(retry), "--kimg", str(KIMG), "--snapshot-kimg",
                      str(KIMG), *TINY_SG, "--checkpoint-uri", uri, "--checkpoint-interval-s", "600"]) == 0
     out = capsys.readouterr().out
-    assert f"resume: restored {uri} " in out and f"at step {step}, {step * 8 / 1000:g} kimg" in out
+    assert f"resume: restored {slot_uri} " in out and f"at step {step}, {step * 8 / 1000:g} kimg" in out
+    assert not (retry / "_manifest.json").exists() and not (retry / "upload.json").exists()
     assert losses(retry) == losses(full)
     same_weights(full, retry)
-    # the end was uploaded too (manifest last): a retry after a later failure trains no more
+    # the end was uploaded too (manifest last), to the other slot: a retry after a later failure trains no more
     assert uploaded_step(uri, tmp_path) == 200
-    assert artifacts.read_member_json(uri, "summary.json")["steps"] == 200
+    other = f"{uri}/{'b' if slot_uri.endswith('/a') else 'a'}"
+    assert latest(uri)[0] == other and artifacts.read_member_json(other, "summary.json")["steps"] == 200
 
 
 def test_killed_transfer_resumes_from_its_last_upload(store, tmp_path, capsys):
@@ -107,29 +119,40 @@ def test_killed_transfer_resumes_from_its_last_upload(store, tmp_path, capsys):
     cmd = [sys.executable, "-m", "animegen.cli", "train", *common, "--checkpoint-uri", uri,
            "--checkpoint-interval-s", str(INTERVAL_S)]
     kill_after_first_upload(cmd + ["--out", str(tmp_path / "attempt-1")], uri, child_env(store))
-    step = uploaded_step(uri, tmp_path)
+    step, (slot_uri, _) = uploaded_step(uri, tmp_path), latest(uri)
     assert 0 < step < 200
     capsys.readouterr()
     retry = tmp_path / "attempt-2"
     assert cli_main(["train", *common, "--out", str(retry), "--checkpoint-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert f"resume: restored {uri} " in out and f"at step {step}," in out
+    assert f"resume: restored {slot_uri} " in out and f"at step {step}," in out
     assert losses(retry) == losses(full)
     same_weights(full, retry)
     assert (retry / "init_report.json").is_file()  # the transfer's report came back with the checkpoint
 
 
-def test_an_interrupted_upload_is_never_restored(store, tmp_path, capsys):
-    """Files without a manifest (a pod killed mid-upload) are not taken for a checkpoint: the run starts over."""
-    first = tmp_path / "first"
-    run_train(tiny_config("dcgan", kimg=0.08, snapshot_kimg=0.08), SYN, first)
+def test_an_interrupted_upload_is_never_restored_and_never_costs_the_previous_one(store, tmp_path, capsys):
+    """Files without a manifest (a pod killed mid-upload) are not taken for a checkpoint; the upload before it, in
+    the other slot, is still there and is restored (put_dir removes a slot's manifest before rewriting it, so a
+    single slot would have lost it); with no complete slot the run starts over."""
     uri = f"s3://{BUCKET}/runs/run-2/train-dcgan"
-    artifacts.put_file(first / "checkpoint.pt", f"{uri}/checkpoint.pt")  # no _manifest.json
+    first = tmp_path / "first"
+    run_train(tiny_config("dcgan", kimg=0.16, snapshot_kimg=0.08, checkpoint_uri=uri), SYN, first)  # slot a: 20
+    later = tmp_path / "later"
+    run_train(tiny_config("dcgan", kimg=0.24, snapshot_kimg=0.08), SYN, later)
+    artifacts.put_file(later / "checkpoint.pt", f"{uri}/b/checkpoint.pt")  # slot b cut short: no _manifest.json
     capsys.readouterr()
-    assert restore(uri, tmp_path / "fresh") is None
-    assert "interrupted upload (no manifest)" in capsys.readouterr().out
-    assert not (tmp_path / "fresh" / "checkpoint.pt").exists()
-    assert restore(f"s3://{BUCKET}/runs/none/train", tmp_path / "fresh") is None  # nothing there: a first attempt
+    assert restore(uri, tmp_path / "fresh") == "a"
+    printed = capsys.readouterr().out
+    assert f"{uri}/b holds an interrupted upload (no manifest); not used" in printed
+    assert f"restored {uri}/a " in printed and "at step 20," in printed
+    assert load_checkpoint(tmp_path / "fresh")["step"] == 20
+
+    artifacts.put_file(later / "checkpoint.pt", f"{uri}/a/checkpoint.pt")
+    Store(f"{uri}/a").delete("_manifest.json", None)  # both slots cut short
+    assert restore(uri, tmp_path / "fresh-2") is None
+    assert not (tmp_path / "fresh-2" / "checkpoint.pt").exists()
+    assert restore(f"s3://{BUCKET}/runs/none/train", tmp_path / "fresh-3") is None  # nothing there: a first attempt
 
 
 def test_a_run_with_a_checkpoint_in_out_is_not_overwritten_by_the_store(store, tmp_path):
@@ -205,10 +228,10 @@ def test_the_train_component_uploads_under_the_run_and_task(store, tmp_path, cap
 
     first = attempt("one")
     uri = f"s3://{BUCKET}/ck/run-9/train-dcgan"
-    assert artifacts.is_complete(uri) and uploaded_step(uri, tmp_path) == 20
+    assert uploaded_step(uri, tmp_path) == 20
     capsys.readouterr()
     second = attempt("two")
-    assert f"resume: restored {uri} " in capsys.readouterr().out
+    assert f"resume: restored {uri}/a " in capsys.readouterr().out
     assert losses(second) == losses(first)
 
 
@@ -223,9 +246,11 @@ def test_upload_does_not_stall_the_loop(store, tmp_path):
     returned_s = time.perf_counter() - t0
     up.wait()
     up.upload(out, 10, wait=True)  # raises when the background upload failed
-    (first, second) = up.uploads
+    up.upload(out, 10, wait=True)
+    (first, second, third) = up.uploads
     assert returned_s < 1.0 and first["stage_s"] < 1.0
-    assert first["sent"] > 0 and second["sent"] == 0  # identical files are not sent again
+    assert first["sent"] > 0 and second["sent"] > 0  # a then b
+    assert third["sent"] == 0  # slot a again, nothing changed: identical files are not sent again
     print(f"upload of {first['bytes'] / 1e6:.2f} MB: loop blocked {returned_s * 1000:.1f} ms, background upload "
           f"{first['upload_s'] * 1000:.0f} ms")
 
@@ -257,4 +282,35 @@ def test_under_kfp_local_the_task_uploads_under_its_run_id_and_task_name(tmp_pat
     (run,) = [p for p in root.iterdir()]
     (task,) = [p for p in run.iterdir()]
     assert task.name == "train" and "{{" not in run.name and run.name
-    assert artifacts.is_complete(task) and load_checkpoint(task / "checkpoint.pt")["step"] == 10
+    assert artifacts.is_complete(task / "a") and load_checkpoint(task / "a" / "checkpoint.pt")["step"] == 10
+
+
+def test_the_compiled_pipeline_gives_every_training_task_its_checkpoint_key():
+    """In the committed YAML each train and transfer task (and only those) gets the run's id and its own task name
+    as placeholders the driver resolves, the checkpoint_root run parameter and the S3 endpoint."""
+    import yaml
+
+    from animegen.pipelines.pipeline import TASKS
+
+    spec = next(yaml.safe_load_all((ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()))
+
+    def tasks(dag):
+        for name, task in dag["tasks"].items():
+            yield name, task
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "dag" in comp:
+                yield from tasks(comp["dag"])
+
+    seen = {}
+    for name, task in tasks(spec["root"]["dag"]):
+        params = task.get("inputs", {}).get("parameters", {})
+        if "task_name" in params:
+            seen[name] = params
+    training = {n for n, t in TASKS.items() if t.stage in ("train", "transfer")}
+    assert set(seen) == training
+    for params in seen.values():
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert params["task_name"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
+        assert params["checkpoint_root"]["componentInputParameter"].endswith("checkpoint_root")
+        assert params["s3_endpoint"]["componentInputParameter"].endswith("s3_endpoint")
+    assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"] == ""

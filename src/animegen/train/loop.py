@@ -76,8 +76,10 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
     """run_train / run_transfer: set up (or restore) the run, train it, write summary.json."""
     cfg = cfg.with_arch_defaults()
+    restored = None
     if cfg.checkpoint_uri and not resume:  # a retried task with a fresh --out continues its last upload
-        resume = restore(cfg.checkpoint_uri, out) is not None
+        restored = restore(cfg.checkpoint_uri, out)
+        resume = restored is not None
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     if ckpt is not None:
         cfg = _resume_config(cfg, ckpt["config"]).with_arch_defaults()
@@ -102,7 +104,8 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
         save_grid(reals, out / "samples" / "reals.png", ncol=cfg.grid_size)
 
     start_seen, t_start = state.images_seen, time.perf_counter()
-    uploader = CheckpointUploader(cfg.checkpoint_uri, cfg.checkpoint_interval_s) if cfg.checkpoint_uri else None
+    uploader = CheckpointUploader(cfg.checkpoint_uri, cfg.checkpoint_interval_s, restored) \
+        if cfg.checkpoint_uri else None
     try:
         _train_loop(cfg, state, data, amp, out, fixed, uploader)
     finally:

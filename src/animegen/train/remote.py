@@ -4,8 +4,11 @@ A training run given ``checkpoint_uri`` (TrainConfig; the pipeline's train and t
 checkpoint root, the run's id and the task's name: :func:`task_checkpoint_uri`) uploads its Model directory there
 every ``checkpoint_interval_s`` seconds and at the end, as a multi-file artifact of :mod:`animegen.store.artifacts`
 (every file first, ``_manifest.json`` last: an upload cut short by a killed pod is never taken for a whole one).
-A run started with an empty output folder first looks there: a complete upload is downloaded into the folder and
-the run continues it exactly (the ``resume`` path of ``run_train``), at the step it was uploaded at.
+Uploads alternate between two slots, ``<uri>/a`` and ``<uri>/b``: ``put_dir`` removes a slot's manifest before it
+rewrites the slot, so with one slot a pod preempted during an upload (seconds for a full-width checkpoint of hundreds
+of MB) would leave no complete checkpoint at all; with two, the other slot still holds the previous one.
+A run started with an empty output folder first looks there: the newest complete slot is downloaded into the
+folder and the run continues it exactly (the ``resume`` path of ``run_train``), at the step it was uploaded at.
 
 The upload does not stall the loop: at an upload point the loop writes ``checkpoint.pt`` (as a snapshot does),
 the folder is copied to a staging folder (hard links where the file system allows: every file but
@@ -15,6 +18,7 @@ still running is skipped; the final upload waits for it and then runs to complet
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,11 +26,21 @@ import threading
 import time
 from pathlib import Path
 
-from animegen.store.artifacts import IncompleteArtifactError, get_dir, is_complete, join, put_dir, read_manifest
+from animegen.store.artifacts import (
+    MANIFEST,
+    IncompleteArtifactError,
+    get_dir,
+    join,
+    put_dir,
+    read_manifest,
+    read_member_json,
+)
 
 CHECKPOINT_ROOT_ENV = "ANIMEGEN_CHECKPOINTS"  # where checkpoints go when a task is given no root
 STORE_ENV = "ANIMEGEN_STORE"  # else <ANIMEGEN_STORE>/checkpoints
 COPIED = ("train_log.jsonl",)  # files appended in place: copied, never linked
+SLOTS = ("a", "b")
+MARKER = "upload.json"  # in each upload: {"step": N}, so the newest slot is known without a download
 
 
 def checkpoint_root(root: str = "") -> str:
@@ -61,36 +75,56 @@ def _segment(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".") or "_"
 
 
-def restore(uri: str, out: Path) -> int | None:
-    """Download the last complete upload at ``uri`` into ``out`` when ``out`` holds no checkpoint.pt; returns its
-    step (None when there is nothing to restore: no upload, an interrupted one, or ``out`` already has a run)."""
+def latest(uri: str) -> tuple[str, dict] | None:
+    """The newest complete slot under ``uri`` holding a checkpoint.pt, and its manifest (None: there is none)."""
+    found = []
+    for slot in SLOTS:
+        try:
+            manifest = read_manifest(join(uri, slot))
+        except IncompleteArtifactError:
+            print(f"checkpoint upload: {join(uri, slot)} holds an interrupted upload (no manifest); not used",
+                  flush=True)
+            continue
+        except FileNotFoundError:
+            continue
+        if {"checkpoint.pt", MARKER} <= {f["path"] for f in manifest["files"]}:
+            step = int(read_member_json(join(uri, slot), MARKER)["step"])
+            found.append((step, str(manifest.get("created", "")), slot, manifest))
+    if not found:
+        return None
+    *_, slot, manifest = max(found)
+    return join(uri, slot), manifest
+
+
+def restore(uri: str, out: Path) -> str | None:
+    """Download the newest complete upload under ``uri`` into ``out`` when ``out`` holds no checkpoint.pt; returns
+    the slot it came from (None when there is nothing to restore: no upload, only interrupted ones, or ``out``
+    already holds a run)."""
     if (out / "checkpoint.pt").exists():
         return None
-    try:
-        manifest = read_manifest(uri)
-    except IncompleteArtifactError:
-        print(f"checkpoint upload: {uri} holds an interrupted upload (no manifest); starting from the beginning",
-              flush=True)
+    found = latest(uri)
+    if found is None:
         return None
-    except FileNotFoundError:
-        return None
-    if "checkpoint.pt" not in {f["path"] for f in manifest["files"]}:
-        return None
-    get_dir(uri, out)
+    slot_uri, manifest = found
+    get_dir(slot_uri, out)
+    for name in (MARKER, MANIFEST):  # the Model folder as training left it (its manifest would list MARKER)
+        (out / name).unlink(missing_ok=True)
     from animegen.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out / "checkpoint.pt", mmap=True)
     step, seen = int(ckpt["step"]), int(ckpt["images_seen"])
-    print(f"resume: restored {uri} (uploaded {manifest.get('created', '?')}) at step {step}, "
+    print(f"resume: restored {slot_uri} (uploaded {manifest.get('created', '?')}) at step {step}, "
           f"{seen / 1000:g} kimg", flush=True)
-    return step
+    return slot_uri.rsplit("/", 1)[-1]
 
 
 class CheckpointUploader:
-    """Uploads a Model directory to ``uri`` at most every ``interval_s`` seconds, in a background thread."""
+    """Uploads a Model directory to ``uri`` at most every ``interval_s`` seconds, in a background thread, to the
+    slots in turn (the first to the one ``restored_from`` is not)."""
 
-    def __init__(self, uri: str, interval_s: float):
+    def __init__(self, uri: str, interval_s: float, restored_from: str | None = None):
         self.uri, self.interval_s = uri, float(interval_s)
+        self.slot = restored_from or SLOTS[-1]  # the slot last written: the next upload goes to the other
         self.last = time.monotonic()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -108,13 +142,16 @@ class CheckpointUploader:
         self._join()
         t0 = time.perf_counter()
         staged = _stage(out)
+        (staged / MARKER).write_text(json.dumps({"step": step}) + "\n")
         stage_s = time.perf_counter() - t0
         self.last = time.monotonic()
+        self.slot = SLOTS[(SLOTS.index(self.slot) + 1) % len(SLOTS)]
+        target = join(self.uri, self.slot)
         if wait:
-            self._put(staged, step, stage_s)
+            self._put(staged, target, step, stage_s)
             self._raise()
         else:
-            self.thread = threading.Thread(target=self._put, args=(staged, step, stage_s), daemon=True,
+            self.thread = threading.Thread(target=self._put, args=(staged, target, step, stage_s), daemon=True,
                                            name="checkpoint-upload")
             self.thread.start()
 
@@ -122,14 +159,14 @@ class CheckpointUploader:
         """Wait for a running upload (its failure is raised by the next ``upload``)."""
         self._join()
 
-    def _put(self, staged: Path, step: int, stage_s: float) -> None:
+    def _put(self, staged: Path, target: str, step: int, stage_s: float) -> None:
         try:
             t0 = time.perf_counter()
-            result = put_dir(staged, self.uri)
+            result = put_dir(staged, target)
             upload_s = time.perf_counter() - t0
             self.uploads.append({"step": step, "stage_s": stage_s, "upload_s": upload_s,
                                  "bytes": result.manifest["total_bytes"], "sent": len(result.uploaded)})
-            print(f"checkpoint upload: step {step} to {self.uri} ({result.manifest['total_bytes'] / 1e6:.1f} MB, "
+            print(f"checkpoint upload: step {step} to {target} ({result.manifest['total_bytes'] / 1e6:.1f} MB, "
                   f"{len(result.uploaded)} files sent) in {upload_s:.2f} s", flush=True)
         except BaseException as e:  # reported by the next upload or close(): the run must not end without it
             self.error = e
@@ -163,5 +200,5 @@ def _stage(out: Path) -> Path:
     return staged
 
 
-__all__ = ["CHECKPOINT_ROOT_ENV", "CheckpointUploader", "checkpoint_root", "is_complete", "restore",
+__all__ = ["CHECKPOINT_ROOT_ENV", "SLOTS", "CheckpointUploader", "checkpoint_root", "latest", "restore",
            "task_checkpoint_uri"]
