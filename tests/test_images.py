@@ -6,9 +6,10 @@ images install.
 - A fresh resolve of the image lock (`pip install --dry-run --ignore-installed --require-hashes`) adds and changes
   nothing, and picks, for Python 3.11 on x86_64, files whose sha256 the lock holds.
 - A fresh venv holding exactly the image lock's installed files (linked from this venv, whose versions must equal the
-  lock's: CI installs it from the lock) plus the wheel `animegen images build` made, installed the way the
-  Dockerfiles do (--no-index --no-deps): `pip check` passes, `animegen images check` (the check the image build
-  runs: pins, versions, every component module imports) passes, and no dev tool is importable. What it does not
+  lock's: CI installs it from the lock; this stands for the Dockerfile's first RUN, the ~6 GB lock install) in which
+  the Dockerfile's own second RUN, paths moved here, installs the wheel `animegen images build` made (--no-index
+  --no-deps), passes `pip check` and `animegen images check` (pins, versions, every component module imports); no
+  dev tool is importable there. What it does not
   prove: that the python:3.11-slim base installs the same files (same CPython minor, glibc 2.36 >= manylinux_2_28),
   that the CUDA libraries find a driver, or anything about the registry; those need an engine and a cluster.
 - The Dockerfiles pass hadolint (from the dev extra) at every severity, and the static rules below.
@@ -135,6 +136,18 @@ def test_image_lock_carries_the_torch_and_kfp_that_ci_tests_and_the_yaml_was_com
     text = (ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()
     assert f"sdkVersion: kfp-{image['kfp']}" in text, "the committed YAML was compiled with another kfp"
     assert any(n.startswith("nvidia-") for n in image), "the CUDA runtime libraries come from the lock"
+
+
+def test_every_image_the_package_names_is_tagged_with_its_version():
+    """The components' images, the compiled YAML's images (base images or image parameter defaults) and the
+    Dockerfiles' ANIMEGEN_VERSION agree with the package version the images install."""
+    v = animegen.__version__
+    assert CPU_IMAGE.endswith(f"/animegen-cpu:{v}") and GPU_IMAGE.endswith(f"/animegen-gpu:{v}")
+    text = (ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()
+    tags = set(re.findall(r"/animegen-(?:cpu|gpu):([\w.-]+)", text))
+    assert tags == {v}, tags
+    for kind in KINDS:
+        assert f"ARG ANIMEGEN_VERSION={v}\n" in dockerfile(kind)
 
 
 def test_lock_script_writes_both_locks_from_the_same_pins():
@@ -295,7 +308,7 @@ def test_a_fresh_venv_with_only_the_image_lock_and_the_wheel_passes_pip_check_an
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     linked = 0
-    for name in image:  # every installed file of every locked package, as pip installed it from the lock
+    for name in [*image, "pip"]:  # every installed file of every locked package (and pip, which the base image has)
         dist = metadata.distribution(name)
         base = Path(dist.locate_file("")).resolve()
         for f in dist.files or []:
@@ -309,20 +322,25 @@ def test_a_fresh_venv_with_only_the_image_lock_and_the_wheel_passes_pip_check_an
                 dst.symlink_to(src)
                 linked += 1
     assert linked > 1000
-    env = {**built["env"], "PIP_NO_INDEX": "1"}
-    pip = [sys.executable, "-m", "pip", "--python", str(python)]
-    subprocess.run([*pip, "install", "--no-index", "--no-deps", "--quiet", str(built["wheel"])], check=True, env=env,
-                   timeout=300)
-    check = subprocess.run([*pip, "check"], capture_output=True, text=True, env=env, timeout=300)
-    assert check.returncode == 0, check.stdout + check.stderr
-    out = subprocess.run([str(python), "-I", "-m", "animegen.cli", "images", "check", "--lock", str(LOCK),
-                          "--version", animegen.__version__], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"{len(image)} locked packages" in out.stdout
+    # The Dockerfile's own second RUN (wheel install, pip check, animegen images check), its paths moved here.
+    (step,) = [rest for i, rest in instructions(dockerfile("cpu")) if i == "RUN" and "animegen==" in rest]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    shutil.copy(built["wheel"], wheels)
+    script = (step.replace("${ANIMEGEN_VERSION}", animegen.__version__).replace("/tmp/wheels", str(wheels))
+              .replace(IN_IMAGE, str(LOCK)))
+    env = {**built["env"], "PIP_NO_INDEX": "1", "PATH": f"{venv / 'bin'}{os.pathsep}{built['env']['PATH']}"}
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "No broken requirements found." in run.stdout
+    assert f"ok: {len(image)} locked packages at their pins, animegen {animegen.__version__}" in run.stdout
+    assert not wheels.exists()  # the step's clean-up ran too
+    dev_only = set(read_lock(CI_LOCK)) - set(image)
+    dev_modules = sorted(top for top, dists in metadata.packages_distributions().items()
+                         if {canonicalize_name(d) for d in dists} <= dev_only and top.isidentifier())
+    assert "pytest" in dev_modules and "_pytest" in dev_modules
     probe = ("import importlib.util as u, animegen; print(animegen.__file__); "
-             f"print([m for m in {sorted(DEV_TOOLS | {'_pytest', 'pytest_timeout'})!r} "
-             "if u.find_spec(m.replace('-', '_'))])")
+             f"print([m for m in {dev_modules!r} if u.find_spec(m)])")
     where, found = subprocess.run([str(python), "-I", "-c", probe], check=True, capture_output=True, text=True,
                                   env=env, cwd=tmp_path).stdout.splitlines()
     assert Path(where).is_relative_to(venv), where  # the wheel's animegen, not the source tree
