@@ -282,6 +282,21 @@ def test_build_refuses_bad_references(argv, message, capsys, monkeypatch):
     assert message in capsys.readouterr().err
 
 
+def test_build_refuses_an_image_lock_that_drifted_from_the_ci_lock(tmp_path, monkeypatch, capsys):
+    for name in ("pyproject.toml", "requirements.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "containers", tmp_path / "containers")
+    (tmp_path / "src" / "animegen").mkdir(parents=True)
+    shutil.copy(ROOT / "src" / "animegen" / "__init__.py", tmp_path / "src" / "animegen")
+    lock = tmp_path / IMAGE_LOCK
+    kfp = read_lock(LOCK)["kfp"]
+    lock.write_text(lock.read_text().replace(f"kfp=={kfp} ", "kfp==2.17.0 "))
+    monkeypatch.chdir(tmp_path)
+    assert main(["images", "build", "--registry", "ghcr.io/me", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"kfp 2.17.0 (requirements.lock: {kfp})" in err and "bash .ci/lock" in err
+
+
 def test_build_without_docker_says_so(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(shutil, "which", lambda name: None)

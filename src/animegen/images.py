@@ -92,6 +92,18 @@ def source_version(root: Path) -> str:
     return m.group(1)
 
 
+def check_locks(root: Path) -> None:
+    """Refuse a build whose image lock has drifted from the CI lock: every package of containers/requirements.lock
+    must be pinned the same in requirements.lock (`bash .ci/lock` writes both)."""
+    image, ci = read_lock(root / IMAGE_LOCK), read_lock(root / "requirements.lock")
+    if not image:
+        raise FileNotFoundError(f"{root / IMAGE_LOCK} is missing or empty: run `bash .ci/lock`")
+    moved = [f"{n} {v} (requirements.lock: {ci.get(n, 'absent')})" for n, v in image.items() if ci.get(n) != v]
+    if moved:
+        raise ValueError(f"{IMAGE_LOCK} differs from requirements.lock, what CI tests: {', '.join(moved)}; run "
+                         "`bash .ci/lock` and commit both")
+
+
 def image_refs(registry: str, tag: str) -> dict[str, str]:
     """{'cpu': REGISTRY/animegen-cpu:TAG, 'gpu': REGISTRY/animegen-gpu:TAG}."""
     return {kind: f"{registry.rstrip('/')}/animegen-{kind}:{tag}" for kind in KINDS}
@@ -134,6 +146,7 @@ def cmd_images_build(args: argparse.Namespace) -> int:
     cfg = config_from_args(ImageBuildConfig, args, base={})
     root = repo_root()
     version = source_version(root)
+    check_locks(root)
     refs = image_refs(cfg.registry, cfg.tag or version)
     cmds = build_commands(cfg, root, version)
     wheel = root / "dist" / wheel_name(version)
