@@ -282,41 +282,7 @@ def test_gpu_node_pool_notes_state_the_pipelines_own_defaults():
 
 
 # ------------------------------------------------------------------------------------------------ docker
-@pytest.mark.parametrize("kind", ["gpu", "cpu"])
-def test_dockerfile_base_version_pin_kfp_and_user(kind):
-    text = dockerfile(kind)
-    ins = instructions(text)
-    froms = [rest for i, rest in ins if i == "FROM"]
-    assert len(froms) == 1, froms
-    if kind == "gpu":
-        assert re.fullmatch(r"(pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime|"
-                            r"nvidia/cuda:[\d.]+-(cudnn\d*-)?runtime-ubuntu[\d.]+)", froms[0]), froms[0]
-    else:
-        assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", froms[0]), froms[0]
-        assert "download.pytorch.org/whl/cpu" in text
-    args = arg_defaults(text)
-    assert args.get("ANIMEGEN_VERSION") == animegen.__version__, "ARG ANIMEGEN_VERSION must default to __version__"
-    runs = " ".join(rest for i, rest in ins if i == "RUN")
-    assert '"animegen==${ANIMEGEN_VERSION}"' in runs and "--no-index" in runs  # the pinned wheel, not an index
-    assert "dist/animegen-${ANIMEGEN_VERSION}-py3-none-any.whl" in text
-    assert '"kfp==${KFP_VERSION}"' in runs and re.fullmatch(r"\d+\.\d+\.\d+", args.get("KFP_VERSION", ""))
-    try:
-        import kfp
-    except ImportError:
-        kfp = None
-    if kfp is not None:  # the images run the components with the SDK that compiles them
-        assert args["KFP_VERSION"].split(".")[:2] == kfp.__version__.split(".")[:2], (args["KFP_VERSION"],
-                                                                                       kfp.__version__)
-    users = [rest for i, rest in ins if i == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), users
-    assert ":latest" not in text
-
-
-def test_dockerignore_keeps_everything_but_the_wheel_out():
-    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
-    assert lines[0] == "*" and "!dist/animegen-*.whl" in lines
-    assert all(line.startswith("!dist") for line in lines[1:]), lines
+# The Dockerfiles' contents, the lock they install and .dockerignore: tests/test_images.py.
 
 
 def test_image_names_agree_with_the_components():

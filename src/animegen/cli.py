@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=int, default=8, help="rows (latents)")
     q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
     add_pipeline_parser(sub)
+    from animegen.images import add_images_parser
+
+    add_images_parser(sub)
     return parser
 
 
@@ -388,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        sub = getattr(args, "pipeline_command", None) or getattr(args, "tagger_command", None)
+        sub = next((getattr(args, d) for d in ("pipeline_command", "tagger_command", "images_command")
+                    if getattr(args, d, None)), None)
         print(f"animegen {args.command}{' ' + sub if sub else ''}: error: {e}", file=sys.stderr)
         return 2
 
