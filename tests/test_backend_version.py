@@ -25,6 +25,15 @@ from animegen.pipelines.backend import (
 )
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_token(monkeypatch, tmp_path):
+    """No service-account token from the machine running the tests."""
+    import animegen.pipelines.backend as backend
+
+    monkeypatch.delenv(backend.SA_TOKEN_ENV, raising=False)
+    monkeypatch.setattr(backend, "SA_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
 class _Healthz(BaseHTTPRequestHandler):
     """Serves one healthz document (or an HTTP status) and records every request; any other call is a 404 (so a
     submit that got past the check would fail loudly)."""
@@ -163,3 +172,15 @@ def test_skip_backend_check_goes_straight_to_kfp(capsys):
     assert "not checking the KFP backend's version" in captured.out
     assert f"cannot submit to KFP at {host}" in captured.err
     assert any(method == "POST" or not path.endswith(HEALTHZ_PATH) for method, path, _ in _Healthz.calls)
+
+
+def test_submit_sends_the_notebook_service_account_token(tmp_path, monkeypatch, capsys):
+    """Without --token, the token kfp.Client itself would use in a Kubeflow notebook ($KF_PIPELINES_SA_TOKEN_PATH)
+    goes with the healthz request (multi-user installs refuse anonymous API calls)."""
+    token = tmp_path / "token"
+    token.write_text("sa-token-1\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    with fake_kfp(healthz("2.16.1", multi_user=True)) as host:
+        assert main(["pipeline", "submit", "--host", host, "--namespace", "team-a"]) == 2
+    assert _Healthz.calls == [("GET", HEALTHZ_PATH, "Bearer sa-token-1")]
+    assert "the KFP backend is 2.16.1 (multi-user)" in capsys.readouterr().err

@@ -91,6 +91,10 @@ def test_current_namespace_from_env_then_the_service_account_file(tmp_path, monk
     assert resolve("s3://x/y", "cache") == "s3://x/y" and resolve(None, "cache") is None
     monkeypatch.setenv(nsmod.NAMESPACE_ENV, NS)
     assert current_namespace() == NS and resolve("auto", "checkpoints") == checkpoints_uri(NS)
+    from animegen.store.registry import run_uri, runs_root
+
+    assert runs_root("auto") == "s3://mlpipeline/private/team-a/animegen/runs"  # registry_uri=auto in a task
+    assert run_uri("auto", "r1") == "s3://mlpipeline/private/team-a/animegen/runs/r1"
 
 
 # ------------------------------------------------------------------------------------------------- defaults
@@ -212,8 +216,8 @@ def test_registry_fid_cache_and_checkpoints_land_in_the_namespace_prefix(as_name
 
     server = as_namespace
     before = set(keys_in(server))
-    # the run registry record (what the report task writes)
-    uri = write_run(registry_uri(current_namespace()), "run-1", {"n_fid": 48},
+    # the run registry record (what the report task writes), with registry_uri=auto as a task would have it
+    uri = write_run("auto", "run-1", {"n_fid": 48},
                     {"dcgan": {"metrics": {"fid": 41.5}, "artifacts": {"model": "minio://mlpipeline/x"}}})
     assert uri.startswith(namespace_prefix(NS) + "/runs/")
     assert list_runs(registry_uri(NS)) == ["run-1"] and read_run(registry_uri(NS), "run-1")["params"]["n_fid"] == 48

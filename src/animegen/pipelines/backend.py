@@ -17,6 +17,7 @@ host's prefix (e.g. ``https://kubeflow.example.com/pipeline/apis/v2beta1/healthz
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -54,6 +55,18 @@ def parse_version(tag: str) -> tuple[int, int, int] | None:
     """(major, minor, patch) of a KFP tag ('2.17.0', 'v2.17.1', '2.17.0-rc.1'); None when it is not one."""
     m = VERSION_RE.match((tag or "").strip())
     return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+SA_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # as kfp.Client's ServiceAccountTokenVolumeCredentials
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # the projected token of the access-ml-pipeline PodDefault
+
+
+def default_token() -> str | None:
+    """The pipelines service-account token kfp.Client would use inside a Kubeflow notebook (multi-user), if any."""
+    try:
+        return open(os.environ.get(SA_TOKEN_ENV) or SA_TOKEN_PATH).read().strip() or None
+    except OSError:
+        return None
 
 
 def healthz_url(host: str) -> str:

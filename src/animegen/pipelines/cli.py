@@ -11,7 +11,13 @@ from pathlib import Path
 
 from animegen.cli import _key_value, add_config_options, config_from_args
 from animegen.config import coerce_value, load_config_file
-from animegen.pipelines.backend import HEALTHZ_PATH, MIN_BACKEND_TEXT, check_backend, fetch_backend_info
+from animegen.pipelines.backend import (
+    HEALTHZ_PATH,
+    MIN_BACKEND_TEXT,
+    check_backend,
+    default_token,
+    fetch_backend_info,
+)
 from animegen.pipelines.local import DEFAULT_ROOT
 from animegen.pipelines.pipeline import PARAMETERS, STAGES, PipelineOptions, check_params, compile_pipeline
 from animegen.store.namespaces import check_writable
@@ -119,7 +125,7 @@ def cmd_pipeline_submit(args: argparse.Namespace) -> int:
     if args.skip_backend_check:
         print(f"not checking the KFP backend's version (--skip-backend-check): it must be >= {MIN_BACKEND_TEXT}")
     else:
-        info = check_backend(fetch_backend_info(args.host, args.token), args.namespace)
+        info = check_backend(fetch_backend_info(args.host, args.token or default_token()), args.namespace)
         print(f"KFP backend {info.tag_name} ({info.mode}) at {args.host}")
         if info.multi_user and args.namespace:  # the namespace's key may write only under its own prefixes
             check_writable(given.get("registry_uri") or "", args.namespace)

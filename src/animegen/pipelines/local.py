@@ -271,9 +271,10 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
     """Run the whole DAG locally with ``params`` (defaults for the rest), or with ``only`` + ``from_run`` rerun the
     selected stages/tasks (and what they feed) reusing the other tasks' artifacts of that run (its local record, or
     with ``registry`` the run registry's record). ``registry_uri`` ``auto`` (the default) becomes the local
-    registry folder ``<pipeline_root>/registry``; '' records nothing. ``threads``: see :func:`set_threads`. Returns
-    the run's folder, report path and record. Progress goes to ``stream`` (default stdout) as the module docstring
-    says; ``verbose`` prints kfp.local's own output instead."""
+    registry folder ``<pipeline_root>/registry``; '' records nothing. ``s3_endpoint``, unless given, is '' (this
+    machine's S3_ENDPOINT_URL). ``threads``: see :func:`set_threads`. Returns the run's folder, report path and
+    record. Progress goes to ``stream`` (default stdout) as the module docstring says; ``verbose`` prints
+    kfp.local's own output instead."""
     root = init_local(pipeline_root)
     set_threads(threads)
     given = dict(params or {})
@@ -292,6 +293,8 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
         rerun, reuse = None, {}
     if values["registry_uri"] == "auto":  # what the report would derive from its artifact's path, made explicit
         values["registry_uri"] = str(root / "registry")
+    if "s3_endpoint" not in given:  # the default (the cluster's seaweedfs.kubeflow) means nothing here: '' = this
+        values["s3_endpoint"] = ""  # machine's S3_ENDPOINT_URL for s3:// URIs
     pipeline = make_pipeline(options, static=values, reuse=reuse, rerun=rerun, source=source or "") if only \
         else make_pipeline(options)
 

@@ -61,7 +61,12 @@ def _check_name(kind: str, name: str) -> str:
 
 
 def runs_root(registry_uri: UriLike) -> str:
-    """The ``runs`` folder of a registry (``registry_uri`` itself when it already ends in ``runs``)."""
+    """The ``runs`` folder of a registry (``registry_uri`` itself when it already ends in ``runs``); ``auto`` is the
+    namespace's own registry (``animegen.store.namespaces.registry_uri``: ``s3://mlpipeline/private/<ns>/animegen/
+    runs/`` in a pod of namespace ``<ns>``, else ``s3://mlpipeline/shared/animegen/runs/``)."""
+    from animegen.store.namespaces import resolve
+
+    registry_uri = resolve(str(registry_uri), "runs")
     if is_s3(registry_uri):
         from animegen.store.s3 import parse_s3_uri
 
