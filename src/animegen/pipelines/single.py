@@ -17,7 +17,8 @@ The other parameters are the full pipeline's own (``PipelineParams``: same names
 the stage's task reads, and the tasks are created by the full pipeline's ``_Dag`` (same component, caching, retries,
 placement, images and secrets as the stage's tasks in ``animegen_pipeline.yaml``). Which parameters a stage reads is
 found by building it once with every parameter and recording the ones read (:class:`_Reads`), so a placement or
-store parameter the full pipeline's ``_Dag`` reads is offered here too, with no second list to keep in step.
+store parameter the full pipeline's ``_Dag`` reads is offered here too, with no second list to keep in step; a
+component input named like a pipeline parameter (``s3_endpoint``, ...) is fed from it (:func:`_task`).
 
 :func:`stage_arguments` turns a registry record into the run parameters (``animegen pipeline stage-args``).
 """
@@ -90,8 +91,17 @@ def _importer(uri: Any, cls_name: str, what: str) -> Any:
     return imp.output
 
 
+def _task(dag: _Dag, name: str, component: str, p: dict[str, Any], **args: Any) -> Callable[[str], Any]:
+    """``dag.task`` with ``args``, plus every other input of the component that is named like a pipeline parameter
+    (the object-store settings, the GPU count, ...: what the full DAG passes to every task of the kind) from ``p``:
+    the single-stage task gets the same wiring as the full pipeline's without a second list of names."""
+    inputs = dag.comp[component].component_spec.inputs or {}
+    extra = {k: p[k] for k in inputs if k not in args and k in PARAMETERS and k in p}
+    return dag.task(name, component, **args, **extra)
+
+
 def _build_evaluate(p: dict[str, Any], dag: _Dag) -> Any:
-    task = dag.task("evaluate", "evaluate", model=_importer(p["model_uri"], "Model", "model"),
+    task = _task(dag, "evaluate", "evaluate", p, model=_importer(p["model_uri"], "Model", "model"),
                     dataset=_importer(p["dataset_uri"], "Dataset", "dataset"),
                     tagger=_importer(p["tagger_uri"], "Model", "tagger"), model_name=p["model_name"],
                     n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"], max_reference=p["max_reference"],
@@ -101,7 +111,7 @@ def _build_evaluate(p: dict[str, Any], dag: _Dag) -> Any:
 
 
 def _build_transfer(p: dict[str, Any], dag: _Dag) -> Any:
-    task = dag.task("transfer", "transfer", init_model=_importer(p["init_model_uri"], "Model", "init_model"),
+    task = _task(dag, "transfer", "transfer", p, init_model=_importer(p["init_model_uri"], "Model", "init_model"),
                     dataset=_importer(p["dataset_uri"], "Dataset", "dataset"), init_class=p["init_class"],
                     kimg=p["kimg"], batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
                     conditional=False, snapshot_kimg=p["snapshot_kimg"], seed=p["seed"], device=p["device"],
