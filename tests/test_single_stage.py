@@ -107,6 +107,10 @@ def test_compile_stage_cli(tmp_path, capsys):
     assert main(["pipeline", "compile", "--stage", "evaluate", "--out", str(out), "--param", "main_source=x"]) == 2
     assert "no such parameter of the evaluate-only pipeline" in capsys.readouterr().err
     assert main(["pipeline", "compile", "--stage", "evaluate", "--only", "evaluate", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["pipeline", "params", "--stage", "evaluate"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(stage_parameters("evaluate")) and "model_uri" in listed and "n_fid" in listed
 
 
 # ------------------------------------------------------------------------------------------------ default registry
