@@ -3,8 +3,10 @@
 ``animegen pipeline compile --only STAGE --from-run RUN`` compiles a variant of the whole DAG with the old run's
 artifact URIs baked in: it needs the CLI for every rerun. The pipelines here are compiled once and committed
 (``evaluate_only.yaml``, ``transfer_only.yaml`` beside ``animegen_pipeline.yaml``); their inputs are artifact URIs
-given as RUN parameters (``dsl.importer(artifact_uri=<a pipeline parameter>)``: the KFP driver resolves the
-importer's ``artifactUri`` from ``runtimeValue`` parameters at run time), so a UI user uploads the YAML once and,
+given as RUN parameters (``dsl.importer(artifact_uri=<a pipeline parameter>)`` compiles to ``artifactUri:
+{runtimeParameter: uri}`` with the task input ``uri`` fed by the pipeline parameter; the backend's importer launcher
+reads that value at run time and refuses an empty one: kubeflow/pipelines backend/src/v2/component/
+importer_launcher.go, ``ImportSpecToArtifact``, case "Runtime Parameter"), so a UI user uploads the YAML once and,
 per rerun, pastes the URIs that the earlier run's registry record (``run.json``: ``tasks``) or its task pages list.
 
 - ``evaluate`` (``animegen-evaluate-only``): one ``evaluate`` task on ``model_uri``, ``dataset_uri``, ``tagger_uri``
