@@ -107,6 +107,10 @@ def test_compile_stage_cli(tmp_path, capsys):
     assert main(["pipeline", "compile", "--stage", "evaluate", "--out", str(out), "--param", "main_source=x"]) == 2
     assert "no such parameter of the evaluate-only pipeline" in capsys.readouterr().err
     assert main(["pipeline", "compile", "--stage", "evaluate", "--only", "evaluate", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["pipeline", "params", "--stage", "evaluate"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(stage_parameters("evaluate")) and "model_uri" in listed and "n_fid" in listed
 
 
 # ------------------------------------------------------------------------------------------------ default registry
@@ -216,3 +220,44 @@ def test_transfer_only_then_evaluate_only(first_run):
                     **{k: TINY[k] for k in EVAL if k in TINY})
     doc = json.loads(Path(task.outputs["Output"].path).read_text())
     assert doc["model_name"] == "manga" and math.isfinite(doc["fid"]) and doc["artifacts"]["model"] == str(model)
+
+
+def test_report_records_a_default_run_in_the_object_store_and_stage_args_read_it(s3_server, monkeypatch, tmp_path):
+    """The report of a default run (registry_uri auto) on a multi-user install: its record lands under the
+    namespace's own prefix of KFP's bucket (a real S3 server, SeaweedFS), and it gives the single-stage URIs."""
+    from s3server import use_server_env
+
+    from animegen.eval.report import ReportConfig, run_report
+    from animegen.store.registry import list_runs, read_run
+
+    use_server_env(s3_server, monkeypatch, "mlpipeline")
+    monkeypatch.delenv("ANIMEGEN_NAMESPACE", raising=False)
+    root = "minio://mlpipeline/private-artifacts/team-a/v2/artifacts/animegen/3f2a"
+
+    def evaluation(name: str, model_task: str, dataset: str) -> dict:
+        return {"format": "animegen-evaluation/1", "fid": 40.0, "kid": 0.01, "psi": 0.6, "both_accuracy": 0.5,
+                "model": {"name": name, "arch": "stylegan", "conditional": name == "conditional", "kimg": 1.0},
+                "train": {"wall_s": 1.0}, "config": {}, "train_config": {}, "dataset": {"uri": dataset},
+                "artifacts": {"model": f"{root}/{model_task}/1/model", "dataset": f"{root}/{dataset}",
+                              "tagger": f"{root}/tagger/4/tagger", "metrics": f"{root}/evaluate-{name}/5/metrics"}}
+
+    skipped = {"skipped": "off"}
+    evaluations = {"conditional": evaluation("conditional", "train-conditional", "label/2/labelled"),
+                   "manga": evaluation("manga", "transfer-manga", "ingest-manga/3/dataset"),
+                   "manga_scratch": skipped, "character": skipped, "character_scratch": skipped, "dcgan": skipped,
+                   "dcgan_conditional": skipped, "cross_fid": skipped}
+    cfg = ReportConfig(job_name="animegen-run", job_id="abcdef12-3456", registry_uri=AUTO,
+                       report_uri=f"{root}/report/9/report")
+    result = run_report(cfg, evaluations, tmp_path / "out")
+    registry = "s3://mlpipeline/private/team-a/animegen/runs/"
+    assert result["registry"] == f"{registry}animegen-run-abcdef12"
+    assert list_runs(registry) == ["animegen-run-abcdef12"]
+    record = read_run(registry, "animegen-run-abcdef12")
+    assert stage_arguments(record, "evaluate", "manga") == {
+        "model_uri": f"{root}/transfer-manga/1/model", "dataset_uri": f"{root}/ingest-manga/3/dataset",
+        "tagger_uri": f"{root}/tagger/4/tagger", "model_name": "manga"}
+    assert stage_arguments(record, "transfer", "manga") == {
+        "init_model_uri": f"{root}/train-conditional/1/model", "dataset_uri": f"{root}/ingest-manga/3/dataset"}
+    # nothing was written outside the namespace's prefixes
+    keys = [o.object_name for o in s3_server.client().list_objects("mlpipeline", recursive=True)]
+    assert keys and all(k.startswith("private/team-a/") for k in keys), keys

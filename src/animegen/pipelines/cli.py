@@ -163,7 +163,12 @@ def cmd_pipeline_stage_args(args: argparse.Namespace) -> int:
 def cmd_pipeline_params(args: argparse.Namespace) -> int:
     from animegen.pipelines.docs import parameter_table, write_readmes
 
-    if args.write_readmes:
+    if args.stage:
+        from animegen.pipelines.single import stage_parameters
+
+        for name, p in stage_parameters(args.stage).items():
+            print(f"{name:24} {p.type.__name__:5} {json.dumps(p.default):>12}  {p.help}")
+    elif args.write_readmes:
         for path in write_readmes():
             print(f"updated {path}")
     elif args.markdown:
@@ -269,6 +274,8 @@ def add_pipeline_parser(sub) -> None:
 
     q = psub.add_parser("params", help="list the pipeline's parameters with their defaults",
                         description="List the pipeline's parameters (name, type, default, meaning).")
+    q.add_argument("--stage", choices=("evaluate", "transfer"),
+                   help="list the parameters of this single-stage pipeline instead (`compile --stage`)")
     q.add_argument("--markdown", action="store_true", help="print the Markdown table of pipelines/README.md")
     q.add_argument("--write-readmes", action="store_true", help="regenerate the parameter tables of "
                    "pipelines/README.md and of each component's README.md")

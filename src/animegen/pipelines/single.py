@@ -3,8 +3,10 @@
 ``animegen pipeline compile --only STAGE --from-run RUN`` compiles a variant of the whole DAG with the old run's
 artifact URIs baked in: it needs the CLI for every rerun. The pipelines here are compiled once and committed
 (``evaluate_only.yaml``, ``transfer_only.yaml`` beside ``animegen_pipeline.yaml``); their inputs are artifact URIs
-given as RUN parameters (``dsl.importer(artifact_uri=<a pipeline parameter>)``: the KFP driver resolves the
-importer's ``artifactUri`` from ``runtimeValue`` parameters at run time), so a UI user uploads the YAML once and,
+given as RUN parameters (``dsl.importer(artifact_uri=<a pipeline parameter>)`` compiles to ``artifactUri:
+{runtimeParameter: uri}`` with the task input ``uri`` fed by the pipeline parameter; the backend's importer launcher
+reads that value at run time and refuses an empty one: kubeflow/pipelines backend/src/v2/component/
+importer_launcher.go, ``ImportSpecToArtifact``, case "Runtime Parameter"), so a UI user uploads the YAML once and,
 per rerun, pastes the URIs that the earlier run's registry record (``run.json``: ``tasks``) or its task pages list.
 
 - ``evaluate`` (``animegen-evaluate-only``): one ``evaluate`` task on ``model_uri``, ``dataset_uri``, ``tagger_uri``
@@ -17,7 +19,8 @@ The other parameters are the full pipeline's own (``PipelineParams``: same names
 the stage's task reads, and the tasks are created by the full pipeline's ``_Dag`` (same component, caching, retries,
 placement, images and secrets as the stage's tasks in ``animegen_pipeline.yaml``). Which parameters a stage reads is
 found by building it once with every parameter and recording the ones read (:class:`_Reads`), so a placement or
-store parameter the full pipeline's ``_Dag`` reads is offered here too, with no second list to keep in step.
+store parameter the full pipeline's ``_Dag`` reads is offered here too, with no second list to keep in step; a
+component input named like a pipeline parameter (``s3_endpoint``, ...) is fed from it (:func:`_task`).
 
 :func:`stage_arguments` turns a registry record into the run parameters (``animegen pipeline stage-args``).
 """
@@ -90,8 +93,17 @@ def _importer(uri: Any, cls_name: str, what: str) -> Any:
     return imp.output
 
 
+def _task(dag: _Dag, name: str, component: str, p: dict[str, Any], **args: Any) -> Callable[[str], Any]:
+    """``dag.task`` with ``args``, plus every other input of the component that is named like a pipeline parameter
+    (the object-store settings, the GPU count, ...: what the full DAG passes to every task of the kind) from ``p``:
+    the single-stage task gets the same wiring as the full pipeline's without a second list of names."""
+    inputs = dag.comp[component].component_spec.inputs or {}
+    extra = {k: p[k] for k in inputs if k not in args and k in PARAMETERS and k in p}
+    return dag.task(name, component, **args, **extra)
+
+
 def _build_evaluate(p: dict[str, Any], dag: _Dag) -> Any:
-    task = dag.task("evaluate", "evaluate", model=_importer(p["model_uri"], "Model", "model"),
+    task = _task(dag, "evaluate", "evaluate", p, model=_importer(p["model_uri"], "Model", "model"),
                     dataset=_importer(p["dataset_uri"], "Dataset", "dataset"),
                     tagger=_importer(p["tagger_uri"], "Model", "tagger"), model_name=p["model_name"],
                     n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"], max_reference=p["max_reference"],
@@ -101,7 +113,7 @@ def _build_evaluate(p: dict[str, Any], dag: _Dag) -> Any:
 
 
 def _build_transfer(p: dict[str, Any], dag: _Dag) -> Any:
-    task = dag.task("transfer", "transfer", init_model=_importer(p["init_model_uri"], "Model", "init_model"),
+    task = _task(dag, "transfer", "transfer", p, init_model=_importer(p["init_model_uri"], "Model", "init_model"),
                     dataset=_importer(p["dataset_uri"], "Dataset", "dataset"), init_class=p["init_class"],
                     kimg=p["kimg"], batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
                     conditional=False, snapshot_kimg=p["snapshot_kimg"], seed=p["seed"], device=p["device"],
