@@ -299,6 +299,9 @@ def test_placement_references_resolve_where_the_driver_looks(compiled):
                       *res.get("accelerator", {}).values()]
             for value in values:
                 assert f"pipelinechannel--{_param(value)}" in task_inputs, (dag_name, name, value)
+            for key, value in task.get("inputs", {}).get("parameters", {}).items():  # passed down from the DAG
+                if "componentInputParameter" in value:
+                    assert value["componentInputParameter"] in dag_inputs, (dag_name, name, key)
             kube = k8s.get(label, {})
             refs = [kube["nodeSelector"]["nodeSelectorJson"]] if "nodeSelector" in kube else []
             refs += [t["tolerationJson"] for t in kube.get("tolerations", [])]

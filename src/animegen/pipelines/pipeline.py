@@ -86,6 +86,11 @@ TASKS: dict[str, Task] = {
                                       "evaluate-dcgan-conditional", "fid-manga-character")),
 }
 GPU_STAGES = ("train", "transfer")
+# run parameters that place and size tasks (pipelines/README.md, "Placement, sizes and images")
+PLACEMENT_PARAMS = ("cpu_image", "gpu_image", "eval_image", "gpu_accelerator", "gpus", "eval_gpus", "gpu_cpu_request",
+                    "gpu_cpu_limit", "gpu_memory_request", "gpu_memory_limit", "cpu_cpu_request", "cpu_cpu_limit",
+                    "cpu_memory_request", "cpu_memory_limit", "gpu_node_selector", "gpu_tolerations",
+                    "eval_node_selector", "eval_tolerations")
 # components that read or write the object store (s3:// sources and weights, checkpoints, FID statistics cache,
 # the registry): they get the object-store secret as env, and the endpoint, region and ANIMEGEN_STORE as parameters
 STORE_COMPONENTS = ("ingest", "label", "train", "transfer", "evaluate", "cross_fid", "report")
@@ -230,6 +235,13 @@ class _Dag:
                 t.set_container_image(p["cpu_image"])
         else:  # plan, skip-*: tiny, no resources asked; the CPU image a user points elsewhere must serve them too
             t.set_container_image(p["cpu_image"])
+        # kfp 2.17.3's set_cpu_*/set_memory_*/set_accelerator_* turn a channel into its placeholder text without
+        # registering the channel as a task input (set_container_image does register its own): inside a dsl.If
+        # sub-DAG the parameter would then never be passed down, and the task's input would name a DAG input that
+        # does not exist (kfp.local: "Parent pipeline input argument 'pipelinechannel--cpu_cpu_limit' not found";
+        # the driver would fail alike). Register every placement channel the task uses.
+        used = f"{t.container_spec.resources} {t.container_spec.image}"
+        t.register_pipeline_channels([p[k] for k in PLACEMENT_PARAMS if p[k].pattern in used])
         if component in STORE_COMPONENTS:
             kubernetes.use_secret_as_env(t, secret_name=o.object_store_secret,
                                          secret_key_to_env={"accesskey": "AWS_ACCESS_KEY_ID",
