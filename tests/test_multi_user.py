@@ -267,3 +267,25 @@ def test_fid_cache_outside_the_prefix_is_refused_not_silently_skipped(as_namespa
     cache = StatsCache(None, "s3://mlpipeline/animegen/cache")
     with pytest.raises(S3AccessError, match=r"AccessDenied.*s3://mlpipeline/animegen/cache/fid-stats/"):
         cache.put("k2", {"key": 2}, Stats.from_features(np.ones((3, 2)) * [[1], [2], [3]], "x"))
+
+
+def test_auto_stores_are_used_only_with_the_object_store_keys(monkeypatch):
+    """store_uri / checkpoint_root 'auto' (the pipeline's default) use the namespace's prefix in a task that has the
+    keys, and nothing (a warning, not a failure) where it has none: a kfp.local run of the YAML at its defaults."""
+    from animegen.store.namespaces import resolve_store
+    from animegen.train.remote import checkpoint_root
+
+    monkeypatch.setenv("ANIMEGEN_NAMESPACE", NS)
+    monkeypatch.delenv("ANIMEGEN_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("ANIMEGEN_STORE", "auto")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.warns(UserWarning, match="no object-store keys"):
+        assert resolve_store("auto", "cache") is None
+    with pytest.warns(UserWarning, match="no object-store keys"):
+        assert checkpoint_root("") == ""
+    assert resolve_store("s3://b/explicit", "cache") == "s3://b/explicit"  # explicit: used (and its error is clear)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert resolve_store("auto", "cache") == fid_cache_uri(NS)
+    assert checkpoint_root("") == checkpoints_uri(NS) and checkpoint_root("auto") == checkpoints_uri(NS)

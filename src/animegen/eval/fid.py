@@ -213,10 +213,10 @@ class StatsCache:
 
     @classmethod
     def from_env(cls) -> StatsCache:
-        from animegen.store.namespaces import resolve
+        from animegen.store.namespaces import resolve_store
 
         # ANIMEGEN_STORE=auto: the namespace's own prefix (animegen.store.namespaces), known only in the pod
-        return cls(None, resolve(os.environ.get(STORE_ENV) or None, "cache"))
+        return cls(None, resolve_store(os.environ.get(STORE_ENV) or None, "cache"))
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """(statistics .npz, features .npy) of an entry in the local folder."""

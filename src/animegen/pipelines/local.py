@@ -293,6 +293,8 @@ def run_local(params: dict[str, Any] | None = None, pipeline_root: str | os.Path
         rerun, reuse = None, {}
     if values["registry_uri"] == "auto":  # what the report would derive from its artifact's path, made explicit
         values["registry_uri"] = str(root / "registry")
+    if values["store_uri"] == "auto":  # the namespace's prefix in KFP's bucket: nothing here (no cache, no upload)
+        values["store_uri"] = ""
     if "s3_endpoint" not in given:  # the default (the cluster's seaweedfs.kubeflow) means nothing here: '' = this
         values["s3_endpoint"] = ""  # machine's S3_ENDPOINT_URL for s3:// URIs
     pipeline = make_pipeline(options, static=values, reuse=reuse, rerun=rerun, source=source or "") if only \

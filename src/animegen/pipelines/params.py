@@ -166,13 +166,17 @@ class PipelineParams(Config):
                             "caches (keys: the object-store secret): KFP >= 2.16's SeaweedFS by default; a MinIO or "
                             "other S3 by its URL ('' = the task's S3_ENDPOINT_URL, else AWS)")
     s3_region: str = _own("", "S3 region ('' = us-east-1)")
-    store_uri: str = _own("", "object-store prefix s3://BUCKET/PREFIX, set as ANIMEGEN_STORE in every task that uses "
-                              "the store: evaluations cache FID reference statistics there across runs ('' = none; "
-                              "multi-user: under an allowed prefix of the namespace)")
+    store_uri: str = _own("auto", "object-store prefix s3://BUCKET/PREFIX, set as ANIMEGEN_STORE in every task that "
+                                  "uses the store: evaluations cache FID reference statistics there across runs and "
+                                  "training uploads its checkpoints under it (so a retry resumes); auto = the "
+                                  "namespace's own prefix, s3://mlpipeline/private/<namespace>/animegen/cache, or "
+                                  "s3://mlpipeline/shared/animegen/cache outside a namespace, resolved in the task; "
+                                  "'' = none")
     checkpoint_root: str = _own("", "object-store prefix (s3://BUCKET/PREFIX) where training and transfer upload "
                                     "their checkpoint every checkpoint_interval_s (in train_options; default 600) "
                                     "under <run id>/<task name>, so a retry resumes ('' = $ANIMEGEN_CHECKPOINTS, "
-                                    "else $ANIMEGEN_STORE/checkpoints, else no upload)")
+                                    "else $ANIMEGEN_STORE/checkpoints (auto: the namespace's "
+                                    ".../animegen/checkpoints), else no upload)")
     # anything else, per stage: other fields of the stage's Config
     ingest_options: dict = _own({}, "other IngestConfig fields for every ingest (e.g. {\"fit\": \"pad\"})")
     label_options: dict = _own({}, "other LabelConfig fields (e.g. {\"rules\": {\"require\": []}})")

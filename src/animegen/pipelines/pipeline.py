@@ -426,11 +426,16 @@ def make_pipeline(options: PipelineOptions | None = None, *, defaults: dict[str,
 
 def compile_pipeline(path: str | Path, options: PipelineOptions | None = None, **variant: Any) -> Path:
     """Write the pipeline's YAML (what users upload in the KFP UI) to ``path``."""
+    return write_yaml(make_pipeline(options, **variant), path)
+
+
+def write_yaml(pipeline: Any, path: str | Path) -> Path:
+    """Compile ``pipeline`` to ``path`` with a stable header (the one compile path of every pipeline YAML)."""
     from kfp import compiler
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_pipeline(options, **variant), str(path))
+    compiler.Compiler().compile(pipeline, str(path))
     _stable_header(path)
     return path
 

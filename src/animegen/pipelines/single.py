@@ -35,7 +35,7 @@ from typing import Any
 from animegen.config import Config, opt
 from animegen.config import options as config_options
 from animegen.pipelines.params import PARAMETERS, Param, check_params
-from animegen.pipelines.pipeline import MODELS, TAGGER, TASKS, PipelineOptions, _Dag
+from animegen.pipelines.pipeline import MODELS, TAGGER, TASKS, PipelineOptions, _Dag, write_yaml
 
 HERE = Path(__file__).parent
 
@@ -231,12 +231,7 @@ def make_stage_pipeline(stage: str, options: PipelineOptions | None = None,
 def compile_stage(stage: str, path: str | Path | None = None, options: PipelineOptions | None = None,
                   defaults: dict[str, Any] | None = None) -> Path:
     """Write the single-stage pipeline's YAML (default: the committed file beside this module)."""
-    from kfp import compiler
-
-    path = Path(path) if path else _stage(stage).file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_stage_pipeline(stage, options, defaults), str(path))
-    return path
+    return write_yaml(make_stage_pipeline(stage, options, defaults), Path(path) if path else _stage(stage).file)
 
 
 # ------------------------------------------------------------------------------------------------ from a record

@@ -126,3 +126,18 @@ def resolve(uri: str | None, kind: str) -> str | None:
     if uri is None or uri.strip().lower() != AUTO:
         return uri
     return KINDS[kind](current_namespace())
+
+
+def resolve_store(uri: str | None, kind: str) -> str | None:
+    """:func:`resolve` for the optional stores a task may use (the FID cache, checkpoint uploads): ``auto`` means
+    "this namespace's prefix in KFP's store when the task has the object-store keys", so where it has none (a
+    ``kfp.local`` run of the pipeline at its defaults, a laptop) it is None (no store) with a warning, not an
+    error; an explicit URI is used as given (and a missing key is the store's clear error)."""
+    if uri is not None and uri.strip().lower() == AUTO and not all(os.environ.get(k) for k in
+                                                                    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")):
+        import warnings
+
+        warnings.warn(f"{kind}: the store setting is 'auto' but this task has no object-store keys "
+                      "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): not used", stacklevel=2)
+        return None
+    return resolve(uri, kind)

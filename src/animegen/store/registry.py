@@ -82,20 +82,7 @@ def run_uri(registry_uri: UriLike, run_id: str) -> str:
 
 
 AUTO = "auto"  # the pipeline's default registry_uri: resolved by resolve_registry_uri where the report runs
-PROJECT_DIR = "animegen"  # the folder under an allowed prefix of KFP's bucket that holds what the project writes
 _NAMESPACE_IN_ROOT = re.compile(r"^private-artifacts/([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/")
-
-
-def _namespace_prefix(namespace: str | None, bucket: str) -> str:
-    """``s3://<bucket>/private/<ns>/animegen`` (multi-user: the namespace's own prefix), else
-    ``s3://<bucket>/shared/animegen`` (allowed in both modes): animegen.store.namespaces.namespace_prefix when
-    that module is there (it is the one definition the other writers share), else the same rule here."""
-    try:
-        from animegen.store.namespaces import namespace_prefix
-    except ImportError:  # pragma: no cover - before the namespaces module is merged
-        return f"s3://{bucket}/private/{namespace}/{PROJECT_DIR}" if namespace else \
-            f"s3://{bucket}/shared/{PROJECT_DIR}"
-    return namespace_prefix(namespace, bucket)
 
 
 def resolve_registry_uri(value: str, artifact_uri: str) -> tuple[str, str]:
@@ -116,12 +103,13 @@ def resolve_registry_uri(value: str, artifact_uri: str) -> tuple[str, str]:
         return value, ("registry_uri is empty" if not value else "registry_uri")
     uri = str(artifact_uri or "")
     if is_s3(uri):
+        from animegen.store.namespaces import NAMESPACE_ENV, namespace_prefix
         from animegen.store.s3 import parse_s3_uri
 
         bucket, key = parse_s3_uri(as_s3(uri))
         found = _NAMESPACE_IN_ROOT.match(key.lstrip("/"))
-        namespace = os.environ.get("ANIMEGEN_NAMESPACE", "").strip() or (found.group(1) if found else None)
-        return (f"{_namespace_prefix(namespace, bucket)}/runs/",
+        namespace = os.environ.get(NAMESPACE_ENV, "").strip() or (found.group(1) if found else None)
+        return (f"{namespace_prefix(namespace, bucket)}/runs/",
                 f"registry_uri auto: the run's artifacts are in bucket {bucket}" +
                 (f", namespace {namespace}" if namespace else " (single-user)"))
     if uri and ("://" not in uri or uri.startswith("file://")):

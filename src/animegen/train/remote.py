@@ -45,14 +45,17 @@ MARKER = "upload.json"  # in each upload: {"step": N}, so the newest slot is kno
 
 def checkpoint_root(root: str = "") -> str:
     """The checkpoint root a task uses: ``root`` when given, else ``$ANIMEGEN_CHECKPOINTS``, else
-    ``$ANIMEGEN_STORE/checkpoints``, else '' (no upload)."""
+    ``$ANIMEGEN_STORE/checkpoints``, else '' (no upload); ``auto`` (as root or store) is the namespace's own
+    ``.../animegen/checkpoints`` (animegen.store.namespaces)."""
+    from animegen.store.namespaces import AUTO, resolve_store
+
+    root = root or os.environ.get(CHECKPOINT_ROOT_ENV, "")
     if root:
-        return root
-    if os.environ.get(CHECKPOINT_ROOT_ENV):
-        return os.environ[CHECKPOINT_ROOT_ENV]
-    if os.environ.get(STORE_ENV):
-        return join(os.environ[STORE_ENV], "checkpoints")
-    return ""
+        return resolve_store(root, "checkpoints") or ""  # auto: the namespace's own .../animegen/checkpoints
+    store = os.environ.get(STORE_ENV, "")
+    if store.strip().lower() == AUTO:
+        return resolve_store(store, "checkpoints") or ""
+    return join(store, "checkpoints") if store else ""
 
 
 def task_checkpoint_uri(root: str, run_id: str, task_name: str) -> str:
