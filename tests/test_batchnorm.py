@@ -181,3 +181,33 @@ def test_sampling_conditions_follow_the_evaluation_guess():
     assert sampling_conditions(["blonde hair red eyes", "blue hair green eyes"]) is None  # one-hot pair classes
     rows = sampling_conditions(CLASSES)  # single hair and eye columns: multi-hot, every hair x eye combination
     assert rows is not None and rows.shape == (2, 3) and torch.equal(rows.sum(1), torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("labels", ["", "&labels=multi_hot"], ids=["pair-classes", "multi-hot"])
+def test_training_snapshots_sample_like_the_loaded_snapshot_and_keep_the_trained_statistics(tmp_path, labels):
+    from helpers import SYN, tiny_config
+
+    from animegen.image_files import grid_array
+    from animegen.train import run_train
+    from animegen.train.checkpoint import load_checkpoint, load_generator
+    from animegen.train.loop import _class_rows, _fixed_latents
+
+    cfg = tiny_config("dcgan", conditional=True, kimg=0.16, snapshot_kimg=0.16)
+    out = tmp_path / "run"
+    run_train(cfg, SYN + labels, out)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    snap_file = out / "snapshots" / "G_ema-00000.2kimg.pt"
+    snap = load_checkpoint(snap_file)
+    # the files hold the trained running statistics (G_ema's buffers are G's), not the recalibrated ones
+    for key in ("project_bn.running_mean", "project_bn.running_var", "blocks.0.1.running_var"):
+        assert torch.equal(ckpt["G_ema"][key], ckpt["G"][key]) and torch.equal(snap["G_ema"][key], ckpt["G"][key])
+    G, meta = load_generator(snap_file)
+    assert not torch.equal(G.project_bn.running_mean, ckpt["G"]["project_bn.running_mean"])
+    # the training grid is what the loaded snapshot (recalibrated by load_generator) draws for the fixed latents
+    from animegen.data import open_dataset
+
+    conditions = torch.as_tensor(open_dataset(SYN + labels).conditions(), dtype=torch.float32)
+    fixed = _fixed_latents(G, cfg, _class_rows(conditions))
+    expected = grid_array(render_ws(G, map_z(G, fixed.z, fixed.c)), ncol=fixed.cols).astype(int)
+    grid = np.asarray(Image.open(out / "samples" / "fakes-00000.2kimg.png").convert("RGB")).astype(int)
+    np.testing.assert_allclose(grid, expected, atol=1, rtol=0)
