@@ -211,3 +211,16 @@ def test_training_snapshots_sample_like_the_loaded_snapshot_and_keep_the_trained
     expected = grid_array(render_ws(G, map_z(G, fixed.z, fixed.c)), ncol=fixed.cols).astype(int)
     grid = np.asarray(Image.open(out / "samples" / "fakes-00000.2kimg.png").convert("RGB")).astype(int)
     np.testing.assert_allclose(grid, expected, atol=1, rtol=0)
+
+
+def test_recalibration_info_records_the_settings():
+    from animegen.models.batchnorm import recalibration_info
+
+    G = make_dcgan()
+    assert recalibration_info(G) == {"recalibrated": False}
+    recalibrate_batchnorm(G, 2, 4, seed=5)
+    assert recalibration_info(G) == {"recalibrated": True, "n_batches": 2, "batch": 4, "seed": 5}
+    torch.manual_seed(0)
+    S, _ = build_models("stylegan", resolution=RES, z_dim=16, w_dim=16, mapping_layers=2, channel_base=64,
+                        channel_max=16)
+    assert recalibration_info(S) is None

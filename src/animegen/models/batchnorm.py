@@ -110,3 +110,14 @@ def ensure_recalibrated(G: nn.Module, batch: int = RECAL_BATCH, n_batches: int =
     if is_recalibrated(G):
         return False
     return recalibrate_batchnorm(G, n_batches, batch, seed, conditions)
+
+
+def recalibration_info(G: nn.Module) -> dict | None:
+    """How G's BatchNorm statistics were set, for a record (metrics.json): None without BatchNorm; else
+    ``{"recalibrated": bool, "n_batches", "batch", "seed"}`` (the settings of its current recalibration)."""
+    if not batchnorm_layers(G):
+        return None
+    key = getattr(G, _CACHE_ATTR, None)
+    if not is_recalibrated(G) or key is None:
+        return {"recalibrated": False}
+    return {"recalibrated": True, "n_batches": key[0], "batch": key[1], "seed": key[2]}
