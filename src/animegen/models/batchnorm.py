@@ -92,14 +92,23 @@ def recalibrate_batchnorm(G: nn.Module, n_batches: int = RECAL_BATCHES, batch: i
         for m, mom in zip(layers, momenta):
             m.momentum = mom
         G.train(was_training)
-    setattr(G, _CACHE_ATTR, _state_key(G, (n_batches, batch, seed)))
+    key = _state_key(G, (n_batches, batch, seed))
+    for m in layers:  # kept on the layers: a wrapper around G (or G inside one) sees the same record
+        setattr(m, _CACHE_ATTR, key)
     return True
+
+
+def _recorded_key(G: nn.Module) -> tuple | None:
+    keys = {getattr(m, _CACHE_ATTR, None) for m in batchnorm_layers(G)}
+    return keys.pop() if len(keys) == 1 else None
 
 
 def is_recalibrated(G: nn.Module) -> bool:
     """Whether G's BatchNorm statistics are a recalibration of its current weights (always True without BN)."""
-    key = getattr(G, _CACHE_ATTR, None)
-    return not batchnorm_layers(G) or (key is not None and key == _state_key(G, key[:3]))
+    if not batchnorm_layers(G):
+        return True
+    key = _recorded_key(G)
+    return key is not None and key == _state_key(G, key[:3])
 
 
 def ensure_recalibrated(G: nn.Module, batch: int = RECAL_BATCH, n_batches: int = RECAL_BATCHES,
@@ -117,7 +126,7 @@ def recalibration_info(G: nn.Module) -> dict | None:
     ``{"recalibrated": bool, "n_batches", "batch", "seed"}`` (the settings of its current recalibration)."""
     if not batchnorm_layers(G):
         return None
-    key = getattr(G, _CACHE_ATTR, None)
+    key = _recorded_key(G)
     if not is_recalibrated(G) or key is None:
         return {"recalibrated": False}
     return {"recalibrated": True, "n_batches": key[0], "batch": key[1], "seed": key[2]}
