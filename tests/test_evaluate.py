@@ -183,6 +183,7 @@ def test_evaluate_writes_metrics_with_fid_kid_accuracy_and_ids(evaluation, model
     assert m["dataset"]["content_hash"] == "sha256:" + manifest["content_hash"] and m["dataset"]["count"] == 128
     assert m["model"]["name"] == "stylegan-cond" and m["model"]["kimg"] == 0.4
     assert len(m["model"]["checkpoint_sha256"]) == 64
+    assert m["model"]["batchnorm"] is None  # StyleGAN has no BatchNorm
     summary = json.loads((model / "summary.json").read_text())
     assert m["train"]["wall_s"] == summary["wall_s"]
     assert m["train"]["peak_memory_bytes"] == summary["peak_memory_bytes"]
@@ -375,3 +376,28 @@ def test_cross_dataset_fid_between_a_packed_set_and_an_image_folder(dataset, inc
     assert doc["extractor"]["id"].startswith(doc["extractor"]["backend"] + ":")
     again = json.loads(run_fid(FidConfig(device="cpu"), str(folder), str(folder), tmp_path / "fid2").read_text())
     assert abs(again["fid"]) < 1e-3 and again["inception_images"] == 0  # the folder's statistics were cached
+
+
+def test_evaluate_samples_a_dcgan_with_recalibrated_batchnorm_statistics(dataset, inception_weights, tmp_path,
+                                                                         monkeypatch):
+    """Every generator evaluate samples (the model and each snapshot) is recalibrated once, with the training
+    batch size (issue 12); metrics.json records it."""
+    from animegen.models import batchnorm
+
+    root = tmp_path / "models"
+    run_train(tiny_config("dcgan", conditional=True, kimg=0.16, snapshot_kimg=0.08), SYN, root / "dcgan-cond")
+    calls = []
+    real = batchnorm.recalibrate_batchnorm
+
+    def counted(G, *a, **k):
+        calls.append((a, k))
+        return real(G, *a, **k)
+
+    monkeypatch.setattr(batchnorm, "recalibrate_batchnorm", counted)
+    out = run_evaluate(EvalConfig(**dict(TINY_EVAL, psi=1.0, grids=True, snapshots=True)), root / "dcgan-cond",
+                       str(dataset), tmp_path / "e")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"]["batchnorm"] == {"recalibrated": True, "n_batches": batchnorm.RECAL_BATCHES, "batch": 8,
+                                       "seed": batchnorm.RECAL_SEED}
+    assert len(m["fid_over_kimg"]) == 2 and all(math.isfinite(p["fid"]) for p in m["fid_over_kimg"])
+    assert len(calls) == 3  # the model, then each of the 2 snapshots: once each (the tools reuse it)

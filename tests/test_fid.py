@@ -373,12 +373,19 @@ class _Recording(torch.nn.Module):
 
 def test_generator_features_stream_like_saved_samples(pf, tmp_path):
     from animegen.models import build_models
+    from animegen.models.batchnorm import RECAL_BATCH, RECAL_BATCHES, is_recalibrated
 
     torch.manual_seed(0)
     G, _ = build_models("dcgan", c_dim=3, resolution=16, z_dim=8, channel_base=64, channel_max=16)
-    rec = _Recording(G)
+    # a BatchNorm generator is recalibrated once (issue 12) before its first samples: the recalibration's batches
+    # pass through the wrapper first, then the samples
+    warm = _Recording(G)
+    generator_features(warm, pf, n=5, batch=2, seed=1)
+    assert [len(o) for o in warm.outputs] == [RECAL_BATCH] * RECAL_BATCHES + [2, 2, 1] and is_recalibrated(G)
+    rec = _Recording(G)  # G is recalibrated now (the record is on its layers): only the samples pass
     feats = generator_features(rec, pf, n=5, batch=2, seed=1)
     assert feats.shape == (5, 2048) and [len(o) for o in rec.outputs] == [2, 2, 1]
+    assert all(torch.equal(a, b) for a, b in zip(warm.outputs[-3:], rec.outputs))
     assert G.training  # G's mode is restored
     save_images(torch.cat(rec.outputs), tmp_path / "pngs")
     from_pngs = pf.features(open_dataset(str(tmp_path / "pngs"), 16).images)

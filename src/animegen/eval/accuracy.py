@@ -32,6 +32,7 @@ from torch import nn
 
 from animegen.labels.colour import ColourTagger, parse_colour_class, predict_colours
 from animegen.latent.tools import map_z, render_ws
+from animegen.models.batchnorm import ensure_recalibrated
 
 GeneratorLike = nn.Module | Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 DEFAULT_Z_DIM = 512
@@ -137,6 +138,7 @@ def class_accuracy(generator: GeneratorLike, class_names: list[str], tagger: Col
     unscorable: set[str] = set()
     was_training = getattr(generator, "training", None)
     if isinstance(generator, nn.Module):
+        ensure_recalibrated(generator)  # BatchNorm: recalibrated statistics (a no-op after load_generator)
         generator.eval()
     try:
         with torch.no_grad():

@@ -44,6 +44,7 @@ from animegen.eval.accuracy import class_accuracy, requested_classes
 from animegen.eval.compare import EVAL_FORMAT, plot_fid_curves
 from animegen.eval.html import Figure, write_report
 from animegen.eval.inception import Extractor, resolve_extractor
+from animegen.models.batchnorm import recalibration_info
 from animegen.progress import note
 from animegen.store import sha256_file
 from animegen.utils import finite, read_json, resolve_device, write_json
@@ -317,7 +318,8 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
         "extractor": {"id": extractor.id, "backend": extractor.backend, "source": extractor.weights.source},
         "model": {"name": model_dir.name, "path": str(ckpt), "arch": meta["config"].arch, "resolution": G.resolution,
                   "conditional": bool(class_names), "class_names": class_names,
-                  "kimg": meta["images_seen"] / 1000, "checkpoint_sha256": sha256_file(ckpt)},
+                  "kimg": meta["images_seen"] / 1000, "checkpoint_sha256": sha256_file(ckpt),
+                  "batchnorm": recalibration_info(G)},  # None (no BatchNorm) or its sampling statistics
         "dataset": {"uri": str(dataset), "content_hash": reference.content, "count": len(imageset),
                     "resolution": imageset.resolution, "label_kind": imageset.label_kind,
                     "split": cfg.reference_split},

@@ -32,6 +32,7 @@ from torch import nn
 from animegen.data.dataset import ImageSet
 from animegen.eval.fid_images import FidImages, open_fid_images
 from animegen.eval.inception import Extractor
+from animegen.models.batchnorm import ensure_recalibrated
 from animegen.progress import Progress, note
 from animegen.utils import atomic_replace
 
@@ -350,6 +351,7 @@ def generator_features(G: nn.Module, extractor: Extractor, n: int, truncation_ps
     elif classes is not None:
         raise ValueError("classes were given but the generator is unconditional")
     b = batch or extractor.batch_size
+    ensure_recalibrated(G)  # BatchNorm samples with recalibrated statistics (a no-op after load_generator)
     was_training = G.training
     G.eval()
     out = []

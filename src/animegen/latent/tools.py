@@ -22,6 +22,7 @@ from torch import nn
 
 from animegen.image_files import grid_array, save_gif, save_grid, save_images, to_uint8
 from animegen.latent.ops import PATH_METHODS, ClassSpec, condition_labels, conditions_for, path
+from animegen.models.batchnorm import ensure_recalibrated
 from animegen.utils import write_json
 
 NOISE_MODE = "const"
@@ -37,9 +38,12 @@ _Tool = TypeVar("_Tool", bound=Callable[..., Any])
 # ---------------------------------------------------------------------------------------------- helpers
 
 def _inference(fn: _Tool) -> _Tool:
-    """Run a tool with G in eval mode under no_grad, restoring G's training flag afterwards."""
+    """Run a tool with G in eval mode under no_grad, restoring G's training flag afterwards. A G with BatchNorm
+    (DCGAN) samples with recalibrated statistics (models/batchnorm.py): ``load_generator`` already recalibrated
+    it; any other G is recalibrated in place once (default settings) before its first tool."""
     @functools.wraps(fn)
     def wrapper(G: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        ensure_recalibrated(G)
         was_training = G.training
         G.eval()
         try:

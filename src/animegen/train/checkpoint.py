@@ -273,6 +273,34 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     cfg = TrainConfig.from_dict(state["config"]).with_arch_defaults()
     G_ema, _ = build_models(cfg.arch, **model_kwargs(cfg, len(state["class_names"]), state["img_channels"]))
     load_weights(G_ema, state, "G_ema")
-    G_ema.eval().requires_grad_(False)
+    G_ema.eval().requires_grad_(False).to(device)
+    # BatchNorm (DCGAN) samples with statistics recalibrated from generated batches of the training batch size
+    # (models/batchnorm.py); this module is our own copy: the checkpoint file is not changed
+    recalibrate_for_sampling(G_ema, list(state["class_names"]), cfg.batch)
     meta = {"config": cfg, "class_names": list(state["class_names"]), "images_seen": state["images_seen"]}
-    return G_ema.to(device), meta
+    return G_ema, meta
+
+
+def sampling_conditions(class_names: list[str]) -> torch.Tensor | None:
+    """The condition rows a BatchNorm recalibration draws from: every hair x eye combination for a model whose
+    classes are single hair and eye columns (multi-hot, as the evaluation's pictures and accuracy guess it),
+    else None (the one-hot row of each class)."""
+    if not class_names:
+        return None
+    from animegen.eval.accuracy import requested_classes
+
+    try:
+        requested, _ = requested_classes(class_names, None)
+    except ValueError:
+        return None
+    if requested and all(r.condition.sum() > 1 for r in requested):
+        return torch.stack([r.condition for r in requested])
+    return None
+
+
+def recalibrate_for_sampling(G: nn.Module, class_names: list[str], batch: int) -> bool:
+    """:func:`animegen.models.batchnorm.recalibrate_batchnorm` with ``batch`` (the training batch size) and the
+    model's :func:`sampling_conditions`; in place, a no-op without BatchNorm (StyleGAN)."""
+    from animegen.models.batchnorm import RECAL_BATCHES, RECAL_SEED, recalibrate_batchnorm
+
+    return recalibrate_batchnorm(G, RECAL_BATCHES, max(2, int(batch)), RECAL_SEED, sampling_conditions(class_names))

@@ -17,7 +17,8 @@ from animegen.data import open_dataset
 from animegen.image_files import save_grid
 from animegen.latent.tools import map_z, render_ws
 from animegen.models import build_models
-from animegen.train.checkpoint import load_checkpoint, model_kwargs, save_checkpoint
+from animegen.models.batchnorm import batchnorm_layers
+from animegen.train.checkpoint import load_checkpoint, model_kwargs, recalibrate_for_sampling, save_checkpoint
 from animegen.train.config import TrainConfig
 from animegen.train.log import LossMeter, TrainingDiverged, TrainLog, plot_losses, truncate_log
 from animegen.train.losses import R1, PathLength, ema_beta, make_loss
@@ -192,7 +193,13 @@ def _snapshot(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path, f
     """A sample grid of G_ema, the checkpoint (after a finiteness check of G), a sampling snapshot, loss.png."""
     device = data.images.device
     kimg = state.images_seen / 1000
-    img = render_ws(state.G_ema, map_z(state.G_ema, fixed.z, fixed.c, 1.0, device), device)
+    # the grid samples a copy of G_ema with recalibrated BatchNorm statistics (as load_generator does for the
+    # snapshot file), drawn with its own torch.Generator: G_ema, the checkpoint and the global RNG are untouched
+    G_s = state.G_ema
+    if batchnorm_layers(G_s):
+        G_s = copy.deepcopy(G_s)
+        recalibrate_for_sampling(G_s, data.class_names, cfg.batch)
+    img = render_ws(G_s, map_z(G_s, fixed.z, fixed.c, 1.0, device), device)
     save_grid(img, out / "samples" / f"fakes-{kimg:07.1f}kimg.png", ncol=fixed.cols)
     ckpt = _save_checkpoint(state, cfg, data, out)
     # a small sampling-only snapshot per tick, for FID over training time (`animegen evaluate --snapshots`)
