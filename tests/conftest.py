@@ -18,3 +18,15 @@ def tiny():
     from helpers import tiny_config
 
     return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Component functions called in-process set the task environment (S3_ENDPOINT_URL, ANIMEGEN_STORE,
+    ANIMEGEN_GPUS, ...) as they do in their pod: give every test the environment it started with."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

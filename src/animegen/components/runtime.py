@@ -111,6 +111,20 @@ def launch_gpus(gpus: str | int, device: str = "auto") -> str:
     return device
 
 
+def training_task(gpus: str, device: str, s3_endpoint: str, s3_region: str, store_uri: str, checkpoint_root: str,
+                  run_id: str, task_name: str) -> tuple[str, str | None]:
+    """What a train or transfer task sets up before it trains: the object-store environment, the GPU count read at
+    run time (:func:`launch_gpus`), and its checkpoint-upload URI ``<root>/<run_id>/<task_name>`` (the same for every
+    attempt, so a retry whose output folder is empty restores the last complete upload: ``animegen.train.remote``;
+    root: ``checkpoint_root``, else ``$ANIMEGEN_CHECKPOINTS``, else ``$ANIMEGEN_STORE/checkpoints``, else none).
+    Returns ``(device, checkpoint_uri or None)``."""
+    from animegen.train.remote import task_checkpoint_uri
+
+    set_object_store_env(s3_endpoint, s3_region, store_uri)
+    device = launch_gpus(gpus, device)
+    return device, task_checkpoint_uri(checkpoint_root, run_id, task_name) or None
+
+
 def log_scalars(metrics: Any, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():
         metrics.log_metric(name, float(value))

@@ -38,17 +38,13 @@ def train(
     thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
     snapshots/). 0 (and r1_gamma < 0) mean the architecture's default. ``options``: any other TrainConfig field.
     A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume).
-    ``checkpoint_root``: where the checkpoint is uploaded every ``checkpoint_interval_s`` (an ``options`` field,
-    default 600) and at the end, under ``<run_id>/<task_name>`` (the pipeline passes the run's id and the task's
-    name); a retried attempt, whose ``model`` folder is empty again, restores the last complete upload and resumes
-    it exactly ('' = $ANIMEGEN_CHECKPOINTS, else $ANIMEGEN_STORE/checkpoints, else no upload). ``s3_endpoint`` /
-    ``s3_region``: the object store's (keys from the environment)."""
+    ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
+    ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
     from animegen.components import runtime as rt
     from animegen.train import TrainConfig, run_train
-    from animegen.train.remote import task_checkpoint_uri
 
-    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
-    device = rt.launch_gpus(gpus, device)  # the GPU count is a run parameter: read it now, not at compile time
+    device, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri, checkpoint_root,
+                                              run_id, task_name)  # GPU count and upload key: read at run time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
@@ -57,7 +53,7 @@ def train(
         "mapping_layers": mapping_layers, "channel_base": channel_base, "channel_max": channel_max,
         "cond_mode": cond_mode, "r1_gamma": r1_gamma,
         "snapshot_kimg": snapshot_kimg, "seed": seed, "device": device, "progress": False,
-        "checkpoint_uri": task_checkpoint_uri(checkpoint_root, run_id, task_name) or None})
+        "checkpoint_uri": checkpoint_uri})
     result = run_train(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file())
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "img_per_s": result.img_per_s, "device": result.device})

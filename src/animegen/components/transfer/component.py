@@ -36,17 +36,13 @@ def transfer(
     new classes start from, or that an unconditional target is folded into; ``class_map``: new class -> old
     class; ``freeze_d``: frozen discriminator blocks. ``init_report.json`` in the Model says what was loaded,
     remapped and skipped.
-    ``checkpoint_root``: where the checkpoint is uploaded every ``checkpoint_interval_s`` (an ``options`` field,
-    default 600) and at the end, under ``<run_id>/<task_name>`` (the pipeline passes the run's id and the task's
-    name); a retried attempt, whose ``model`` folder is empty again, restores the last complete upload and resumes
-    it exactly ('' = $ANIMEGEN_CHECKPOINTS, else $ANIMEGEN_STORE/checkpoints, else no upload). ``s3_endpoint`` /
-    ``s3_region``: the object store's (keys from the environment)."""
+    ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
+    ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
     from animegen.components import runtime as rt
     from animegen.train import TrainConfig, run_transfer
-    from animegen.train.remote import task_checkpoint_uri
 
-    rt.set_object_store_env(s3_endpoint, s3_region, store_uri)
-    device = rt.launch_gpus(gpus, device)  # the GPU count is a run parameter: read it now, not at compile time
+    device, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri, checkpoint_root,
+                                              run_id, task_name)  # GPU count and upload key: read at run time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
@@ -54,7 +50,7 @@ def transfer(
         "conditional": conditional, "kimg": kimg, "batch": batch,
         "r1_gamma": r1_gamma, "snapshot_kimg": snapshot_kimg, "seed": seed,
         "device": device, "progress": False,
-        "checkpoint_uri": task_checkpoint_uri(checkpoint_root, run_id, task_name) or None})
+        "checkpoint_uri": checkpoint_uri})
     result = run_transfer(cfg, init_model.path, dataset.path, out, resume=(out / "checkpoint.pt").is_file(),
                           keep=options)
     arch = rt.read_json(out / "config.json")["arch"]  # the source's, unless options set another
