@@ -30,3 +30,15 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def stage_env(tmp_path_factory):
+    """Pipeline stages run under kfp.local with one torch thread (tiny models; no fight with other jobs) and a fresh
+    FID cache (the modules that run the pipeline locally)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    mp.setenv("MKL_NUM_THREADS", "1")
+    mp.setenv("ANIMEGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()

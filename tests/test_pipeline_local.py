@@ -42,18 +42,7 @@ SHORT = {**TINY, "run_manga": False, "run_character": False, "run_dcgan": False}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Stage subprocesses with one torch thread (tiny models; no fight with other jobs) and a fresh FID cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OMP_NUM_THREADS", "1")
-    mp.setenv("MKL_NUM_THREADS", "1")
-    mp.setenv("ANIMEGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def full_run(env, tmp_path_factory):
+def full_run(stage_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     log = root / "cli.txt"
     import contextlib
@@ -217,7 +206,7 @@ def test_rerun_refuses_what_it_cannot_reuse(full_run, tmp_path, capsys):
     assert "--local" in capsys.readouterr().err
 
 
-def test_compiled_yaml_runs_locally(env, tmp_path):
+def test_compiled_yaml_runs_locally(stage_env, tmp_path):
     """The exact file users upload, run with kfp.local: the short variant (optional branches off)."""
     from kfp import components
 
@@ -263,7 +252,7 @@ def test_cluster_rerun_variant_imports_registry_artifacts(full_run, tmp_path):
     assert executor["artifacts"]["report_dir"]["artifacts"][0]["metadata"]["registry"].startswith("skipped")
 
 
-def test_a_failed_run_is_recorded_and_says_how_to_go_on(env, tmp_path, capsys):
+def test_a_failed_run_is_recorded_and_says_how_to_go_on(stage_env, tmp_path, capsys):
     assert main(["pipeline", "run", "--local", "--pipeline-root", str(tmp_path), "--param",
                  "main_source=synthetic:?colour=red"]) == 2
     captured = capsys.readouterr()

@@ -149,16 +149,6 @@ def test_default_registry_is_under_an_allowed_prefix_of_every_namespace():
 
 
 # ------------------------------------------------------------------------------------------------ kfp.local runs
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OMP_NUM_THREADS", "1")
-    mp.setenv("MKL_NUM_THREADS", "1")
-    mp.setenv("ANIMEGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 def run_yaml(path: Path, **args):
     from kfp import components
 
@@ -166,7 +156,7 @@ def run_yaml(path: Path, **args):
 
 
 @pytest.fixture(scope="module")
-def first_run(env, tmp_path_factory):
+def first_run(stage_env, tmp_path_factory):
     """The committed full pipeline YAML run with kfp.local at its default registry_uri: it records itself."""
     from animegen.pipelines.local import init_local
     from animegen.store.registry import list_runs, read_run
