@@ -112,7 +112,7 @@ def dataset(tmp_path_factory):
 def evaluation(model, dataset, tagger, inception_weights, tmp_path_factory):
     """run_evaluate with accuracy, pictures and --snapshots; the expensive part of this module (~25 s)."""
     out = tmp_path_factory.mktemp("runs") / "run-a" / "eval-stylegan"
-    cfg = EvalConfig(tagger=str(tagger[0]), snapshots=True, **TINY_EVAL)
+    cfg = EvalConfig(tagger=str(tagger[0]), snapshots=True, fid_bootstrap=3, **TINY_EVAL)
     assert run_evaluate(cfg, model, str(dataset), out) == out
     return out
 
@@ -176,6 +176,8 @@ def test_evaluate_writes_metrics_with_fid_kid_accuracy_and_ids(evaluation, model
     for key in ("fid", "fid_psi", "kid", "kid_std", "kid_psi"):
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
     assert m["fid"] >= 0 and m["fid"] != m["fid_psi"]  # ψ = 0.6 is a different set of images
+    lo, hi = m["fid_interval"]  # the bootstrap interval over the 12 samples
+    assert 0 <= lo <= hi and math.isfinite(hi)
     assert m["psi"] == 0.6 and m["psi_values"] == [1.0, 0.6]
     assert m["n_fid"] == 12 and m["n_reference"] == 24
     assert m["extractor"]["id"] and m["extractor"]["backend"]
@@ -187,7 +189,8 @@ def test_evaluate_writes_metrics_with_fid_kid_accuracy_and_ids(evaluation, model
     summary = json.loads((model / "summary.json").read_text())
     assert m["train"]["wall_s"] == summary["wall_s"]
     assert m["train"]["peak_memory_bytes"] == summary["peak_memory_bytes"]
-    assert m["timing"]["wall_s"] > 0 and m["timing"]["inception_images"] == 24 + 12 + 12 + 2 * 8
+    # reference, ψ 1, ψ 0.6, 3 snapshots (the 0 kimg one too)
+    assert m["timing"]["wall_s"] > 0 and m["timing"]["inception_images"] == 24 + 12 + 12 + 3 * 8
     # per-class accuracy at both ψ: six pair classes, k each
     assert len(m["accuracy"]["classes"]) == 6 and m["accuracy"]["k"] == 8
     assert m["accuracy_psi"]["truncation_psi"] == 0.6 and m["accuracy_skipped"] is None
@@ -198,7 +201,7 @@ def test_evaluate_writes_metrics_with_fid_kid_accuracy_and_ids(evaluation, model
 def test_evaluate_snapshots_give_fid_over_kimg(evaluation):
     m = json.loads((evaluation / "metrics.json").read_text())
     curve = m["fid_over_kimg"]
-    assert [p["kimg"] for p in curve] == [0.2, 0.4] and all(math.isfinite(p["fid"]) and p["n"] == 8 for p in curve)
+    assert [p["kimg"] for p in curve] == [0.0, 0.2, 0.4] and all(math.isfinite(p["fid"]) and p["n"] == 8 for p in curve)
     with Image.open(evaluation / "fid_over_kimg.png") as im:
         assert im.size[0] > 200
 
@@ -399,5 +402,5 @@ def test_evaluate_samples_a_dcgan_with_recalibrated_batchnorm_statistics(dataset
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["batchnorm"] == {"recalibrated": True, "n_batches": batchnorm.RECAL_BATCHES, "batch": 8,
                                        "seed": batchnorm.RECAL_SEED}
-    assert len(m["fid_over_kimg"]) == 2 and all(math.isfinite(p["fid"]) for p in m["fid_over_kimg"])
-    assert len(calls) == 3  # the model, then each of the 2 snapshots: once each (the tools reuse it)
+    assert len(m["fid_over_kimg"]) == 3 and all(math.isfinite(p["fid"]) for p in m["fid_over_kimg"])
+    assert len(calls) == 4  # the model, then each of the 3 snapshots (0 kimg too): once each (the tools reuse it)

@@ -48,7 +48,10 @@ def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys)
     assert saved["arch"] == arch and not {"data", "out", "init_from"} & set(saved)  # inputs are arguments
     assert json.loads((out / "inputs.json").read_text()) == {"data": SYN, "init_model": None}
     assert (out / "loss.png").stat().st_size > 1000
-    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["G_ema-00001.2kimg.pt", "G_ema-00002.4kimg.pt"]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["G_ema-00000.0kimg.pt", "G_ema-00001.2kimg.pt",
+                                                                      "G_ema-00002.4kimg.pt"]
+    G0, meta0 = load_generator(out / "snapshots" / "G_ema-00000.0kimg.pt")  # the initialised model: curves start at 0
+    assert meta0["images_seen"] == 0
     G1, meta1 = load_generator(out / "snapshots" / "G_ema-00001.2kimg.pt")
     assert meta1["images_seen"] == 1200
     samples = sorted(p.name for p in (out / "samples").iterdir())
@@ -61,6 +64,7 @@ def test_tiny_model_trains_and_writes_the_model_artifact(tmp_path, arch, capsys)
     assert meta["images_seen"] == 2400
     x = G(torch.randn(2, G.z_dim))
     assert x.shape == (2, 3, 16, 16)
+    assert any(not torch.equal(a, b) for a, b in zip(G0.state_dict().values(), G.state_dict().values()))
     if arch == "stylegan":
         assert G.w_avg.abs().sum() > 0  # tracked mean w
 

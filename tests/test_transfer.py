@@ -214,3 +214,21 @@ def test_an_architecture_option_given_explicitly_is_kept_even_at_its_default(tmp
     assert "a stylegan model cannot initialise a dcgan" in capsys.readouterr().err
     cfg = inherit_architecture(TrainConfig(arch="dcgan"), src, keep={"arch"})
     assert cfg.arch == "dcgan" and cfg.resolution == 16
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+def test_a_transfer_run_starts_its_fid_curve_at_the_source_model(tmp_path, arch):
+    """The 0 kimg sampling snapshot of a transfer is the transferred model before any step: with the same classes it
+    draws what the source's G_ema draws (the start of the transfer's FID-over-kimg curve is the source's FID)."""
+    from animegen.train import run_transfer
+    from animegen.train.checkpoint import load_generator
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run_train(tiny_config(arch, conditional=True, kimg=0.032, snapshot_kimg=0.032), SYN, src)
+    run_transfer(tiny_config(arch, conditional=True, kimg=0.16, snapshot_kimg=0.16, seed=5), src, SYN, dst)
+    G_src, meta = load_generator(src)
+    G0, meta0 = load_generator(dst / "snapshots" / "G_ema-00000.0kimg.pt")
+    assert meta0["images_seen"] == 0 and meta0["class_names"] == meta["class_names"]
+    z = torch.randn(4, G_src.z_dim, generator=torch.Generator().manual_seed(0))
+    c = torch.eye(len(meta["class_names"]))[:4]
+    torch.testing.assert_close(G0(z, c, noise_mode="const"), G_src(z, c, noise_mode="const"), **TOL)

@@ -84,6 +84,8 @@ class EvalConfig(Config):
         "also the FID of every snapshots/G_ema-*.pt (FID over kimg curves)"))
     n_fid_snapshots: int | None = field(default=None, metadata=opt(
         "generated images per snapshot FID", default_text="n_fid", unset=0))
+    fid_bootstrap: int = field(default=0, metadata=opt(
+        "bootstrap resamples of the generated features for a 90 % interval of the ψ = 1 FID (0: none)"))
     grids: bool = field(default=True, metadata=opt(
         "sample, truncation, mixing grids and the interpolation GIF in the report"))
     grid_n: int = field(default=8, metadata=opt("images per class in the sample grids; rows of the truncation grid"))
@@ -96,6 +98,8 @@ class EvalConfig(Config):
     def validate(self) -> None:
         if self.n_fid < 2 or (self.n_fid_snapshots is not None and self.n_fid_snapshots < 2):
             raise ValueError("n_fid (and n_fid_snapshots) must be >= 2: FID needs a covariance")
+        if self.fid_bootstrap == 1 or self.fid_bootstrap < 0:
+            raise ValueError(f"fid_bootstrap={self.fid_bootstrap}: 0 (none) or at least 2 resamples")
         if self.k_per_class < 1 or self.grid_n < 1 or (self.batch is not None and self.batch < 1):
             raise ValueError("k_per_class, batch and grid_n must be >= 1")
 
@@ -148,14 +152,18 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- FID parts
 def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, classes: np.ndarray | None,
-             cfg: EvalConfig, device: torch.device, what: str = "") -> dict[str, float | None]:
-    """FID and KID of ``n`` samples of G (streamed into the extractor) against the reference statistics."""
+             cfg: EvalConfig, device: torch.device, what: str = "", bootstrap: bool = False) -> dict[str, Any]:
+    """FID and KID of ``n`` samples of G (streamed into the extractor) against the reference statistics; with
+    ``bootstrap`` (and cfg.fid_bootstrap resamples), FID's 90 % bootstrap interval over the samples too."""
     label = f"FID samples of {what or 'the model'} (ψ = {psi:g}): sampling + Inception features"
     feats = fidlib.generator_features(G, extractor, n, truncation_psi=psi, classes=classes, batch=cfg.batch,
                                       device=device, seed=cfg.seed, progress=label if cfg.progress else False)
     fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref)
     kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
-    return {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
+    out = {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
+    if bootstrap:
+        out["fid_interval"] = [finite(v) for v in fidlib.fid_bootstrap(feats, ref, cfg.fid_bootstrap, cfg.seed)]
+    return out
 
 
 def _snapshot_files(model_dir: Path) -> list[Path]:
@@ -283,7 +291,8 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     reference = fidlib.open_fid_images(imageset)
     ref = fidlib.dataset_stats(reference, extractor, max_images=cfg.max_reference, split=split, batch=cfg.batch,
                                progress=cfg.progress)
-    at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device, model_dir.name)
+    at_1 = _fid_kid(G, extractor, ref, cfg.n_fid, 1.0, classes, cfg, device, model_dir.name,
+                    bootstrap=cfg.fid_bootstrap > 0)
     at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device,
                                                   model_dir.name)
     acc_1, acc_psi, acc_skipped = _accuracy(G, class_names, multi_hot, cfg, device)
@@ -308,7 +317,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
         "format": EVAL_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "version": __version__,
-        "fid": at_1["fid"], "kid": at_1["kid"], "kid_std": at_1["kid_std"],
+        "fid": at_1["fid"], "kid": at_1["kid"], "kid_std": at_1["kid_std"], "fid_interval": at_1.get("fid_interval"),
         "fid_psi": at_psi["fid"], "kid_psi": at_psi["kid"], "kid_psi_std": at_psi["kid_std"],
         "psi": float(cfg.psi), "psi_values": sorted({1.0, float(cfg.psi)}, reverse=True),
         "n_fid": cfg.n_fid, "n_reference": int(ref.n),

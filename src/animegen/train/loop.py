@@ -103,6 +103,9 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     if ckpt is None:
         reals = (data.images[: cfg.grid_size ** 2].float().cpu() / 127.5 - 1)
         save_grid(reals, out / "samples" / "reals.png", ncol=cfg.grid_size)
+        # the initialised model (after init-from: the transferred one) as the 0 kimg point of FID-over-kimg curves
+        init = state.checkpoint(cfg.to_dict(), data.class_names, data.img_channels, device)
+        save_checkpoint(sampling_snapshot(init), out / "snapshots" / f"G_ema-{0:07.1f}kimg.pt")
 
     start_seen, t_start = state.images_seen, time.perf_counter()
     uploader = CheckpointUploader(cfg.checkpoint_uri, cfg.checkpoint_interval_s, restored) \

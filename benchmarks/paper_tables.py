@@ -1,0 +1,648 @@
+"""The two papers' tables on real faces (issue 12): seed 1 (DCGAN vs StyleGAN, conditional DCGAN, a tutorial DCGAN as
+reference), seed 2 Table II (per-class hair / eye accuracy of the conditional StyleGAN), Table III and the transfer
+claim (fine-tune to a monochrome and a single-character target against training from scratch) and the
+cross-dataset FID of the two targets, all on the shared MLDS faces through the project's own stages (run_ingest,
+run_label, run_tagger_train, run_train, run_transfer, run_evaluate, run_fid).
+
+    python benchmarks/paper_tables.py                 # CPU scale: 32 px, narrow widths, <= 90 min on 2 cores
+    python benchmarks/paper_tables.py --quick         # the same tables at toy budgets (16 px), <= 3 min
+    python benchmarks/paper_tables.py --scale gpu     # 64 px, full widths, on CUDA
+
+Resumable: every step keeps its result under --work (default benchmarks/.work/paper_tables-<scale>) and a rerun
+skips what is done (a training run cut short continues from its checkpoint). Writes
+benchmarks/results/paper_tables-<scale>-<date>.json, generated-image figures beside it, and <work>/report.html
+(with the real target sets' grids, so it is not committed: MLDS images stay out of the repository).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import MLDS, ROOT, environment, print_table, write_result
+from torch import nn
+
+from animegen.data.dataset import open_dataset
+from animegen.data.ingest import IngestConfig, run_ingest
+from animegen.eval import fid as fidlib
+from animegen.eval.accuracy import class_accuracy
+from animegen.eval.compare import plot_fid_curves
+from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid
+from animegen.eval.html import Figure, figure_html, html_page, html_table
+from animegen.eval.inception import resolve_extractor
+from animegen.image_files import save_grid
+from animegen.labels.colour import load_colour_tagger
+from animegen.labels.colour_train import TaggerTrainConfig, run_tagger_train
+from animegen.labels.label import LabelConfig, run_label
+from animegen.models.layers import channels_for
+from animegen.train import run_train, run_transfer
+from animegen.train.checkpoint import load_generator
+from animegen.train.config import TrainConfig
+from animegen.train.transfer import ARCH_FIELDS
+
+
+@dataclass(frozen=True)
+class Scale:
+    resolution: int
+    device: str
+    base_limit: int | None      # training images of the base set (None: every image not held out)
+    ref_n: int                  # the held-out real block FIDs are measured against
+    mono_n: int                 # the monochrome target
+    char_n: int                 # the single-character run, grown to char_grow
+    char_grow: int
+    min_per_class: int          # smallest (hair, eye) pair class kept
+    tagger_epochs: int
+    dcgan: dict[str, Any]       # TrainConfig overrides (widths, batch)
+    stylegan: dict[str, Any]
+    kimg: float                 # seed-1 / seed-2 budget in kimg (equal for every model)
+    snapshot_kimg: float
+    transfer_kimg: float
+    transfer_snapshot_kimg: float
+    n_fid: int                  # final FID of the base models (and the floor's size)
+    n_curve: int                # FID of each snapshot
+    n_fid_transfer: int
+    n_curve_transfer: int
+    k_per_class: int            # accuracy: generated images per class
+    k_curve: int                # accuracy over kimg: per class per snapshot
+    bootstrap: int              # resamples of the FID interval
+    grid_n: int = 8
+
+
+SCALES = {
+    "quick": Scale(16, "cpu", 1536, 192, 192, 55, 112, 16, 1,
+                   dict(channel_base=128, channel_max=32, batch=32),
+                   dict(channel_base=128, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2, batch=16),
+                   0.8, 0.4, 0.4, 0.2, 64, 32, 48, 24, 8, 4, 5, grid_n=4),
+    "cpu": Scale(32, "cpu", None, 2000, 2000, 55, 400, 100, 6,
+                 dict(channel_base=512, channel_max=128, batch=64),
+                 dict(channel_base=1024, channel_max=128, z_dim=128, w_dim=128, mapping_layers=4, batch=32),
+                 24.0, 8.0, 6.0, 2.0, 2000, 400, 1000, 300, 100, 20, 20),
+    "gpu": Scale(64, "cuda", None, 2000, 2000, 55, 400, 100, 10, dict(), dict(),
+                 400.0, 100.0, 100.0, 25.0, 2000, 1000, 1000, 500, 100, 20, 20),
+}
+BLOCK = 32  # MLDS ids come in runs of one character: parts are made of whole blocks of consecutive ids
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+class Steps:
+    """Resumable steps: a step's JSON result is kept in work/done/NAME.json and returned on a rerun."""
+
+    def __init__(self, work: Path):
+        self.dir = work / "done"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kw) -> Any:
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            self.seconds[name] = doc["seconds"]
+            return doc["result"]
+        log(f"{name} ...")
+        t = time.perf_counter()
+        result = fn(*args, **kw)
+        self.seconds[name] = round(time.perf_counter() - t, 1)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"result": result, "seconds": self.seconds[name]}, indent=1))
+        tmp.replace(path)
+        log(f"{name} done in {self.seconds[name]:.0f} s")
+        return result
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def _mlds_tags(zf: zipfile.ZipFile) -> dict[str, str]:
+    name = next(n for n in zf.namelist() if n.endswith("tags.csv"))
+    rows = (line.split(",", 1) for line in zf.read(name).decode().splitlines() if line.strip())
+    return {stem: tag.strip() for stem, tag in rows}
+
+
+def _write_zip(zf: zipfile.ZipFile, stems: list[str], tags: dict[str, str] | None, path: Path) -> str:
+    """A part of MLDS in MLDS's own layout (images/<id>.jpg, tags.csv), the bytes as they are."""
+    prefix = next(n for n in zf.namelist() if n.endswith("/images/"))
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+        for s in stems:
+            out.writestr(f"{path.stem}/images/{s}.jpg", zf.read(f"{prefix}{s}.jpg"))
+        if tags is not None:
+            out.writestr(f"{path.stem}/tags.csv", "".join(f"{s},{tags[s]}\n" for s in stems))
+    tmp.replace(path)
+    return str(path)
+
+
+def character_run(stems: list[str], tags: dict[str, str], images: np.ndarray, n: int) -> list[str]:
+    """The ``n`` consecutive ids (one tag, no gap of more than 2 ids) whose neighbouring images differ least: MLDS
+    lists crops of one character one after another, so the most self-similar run is the likeliest single character.
+    """
+    thumbs = images.reshape(len(images), -1).astype(np.float32) / 255
+    step = np.linalg.norm(thumbs[1:] - thumbs[:-1], axis=1) / math.sqrt(thumbs.shape[1])
+    ids = np.array([int(s) for s in stems])
+    ok = (np.diff(ids) <= 2) & np.array([tags[a] == tags[b] for a, b in zip(stems[:-1], stems[1:])])
+    cost = np.where(ok, step, np.inf)
+    window = np.convolve(cost, np.ones(n - 1), "valid")  # the n-1 steps of each run of n
+    start = int(np.argmin(window))
+    if not np.isfinite(window[start]):
+        raise RuntimeError(f"no run of {n} consecutive ids with one tag")
+    return stems[start:start + n]
+
+
+def prepare_data(S: Scale, work: Path, seed: int) -> dict[str, Any]:
+    """Disjoint parts of MLDS by blocks of ids: a single-character run, the held-out FID block, the monochrome
+    block and the base training set; each ingested (and the base labelled) by the project's stages."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    full = data / "mlds-all"
+    if not (full / "manifest.json").exists():  # one pass over the zip: dedupe (sha256) and small images to compare
+        run_ingest(IngestConfig(resolution=8, holdout=0.0), str(MLDS), full, overwrite=True)
+    index = [json.loads(line) for line in (full / "index.jsonl").read_text().splitlines()]
+    small = np.load(full / "images.npy")
+    with zipfile.ZipFile(MLDS) as zf:
+        tags = _mlds_tags(zf)
+        order = sorted((int(r["stem"]), i) for i, r in enumerate(index) if r["stem"] in tags)
+        stems = [str(s) for s, _ in order]  # unique images (byte duplicates dropped by ingest) with tags, id order
+        small = small[[i for _, i in order]]
+        char = character_run(stems, tags, small, S.char_n)
+        taken = {int(s) // BLOCK for s in char}
+        blocks: dict[int, list[str]] = {}
+        for s in stems:
+            if int(s) // BLOCK not in taken:
+                blocks.setdefault(int(s) // BLOCK, []).append(s)
+        keys = list(blocks)
+        np.random.default_rng(seed).shuffle(keys)
+        parts: dict[str, list[str]] = {"ref": [], "mono": [], "base": []}
+        for k in keys:
+            part = "ref" if len(parts["ref"]) < S.ref_n else "mono" if len(parts["mono"]) < S.mono_n else "base"
+            parts[part] += blocks[k]
+        parts["ref"], parts["mono"] = sorted(parts["ref"][:S.ref_n], key=int), sorted(parts["mono"][:S.mono_n], key=int)
+        parts["base"] = sorted(parts["base"], key=int)
+        if S.base_limit:  # whole blocks, spread over the id range (ids are grouped by tag)
+            keep = set(np.random.default_rng(seed + 1).permutation(len(parts["base"]))[:S.base_limit].tolist())
+            parts["base"] = [s for i, s in enumerate(parts["base"]) if i in keep]
+        zips = {name: _write_zip(zf, ss, tags, data / f"mlds-{name}.zip") for name, ss in parts.items()}
+        zips["character"] = _write_zip(zf, char, None, data / "mlds-character.zip")
+    r = S.resolution
+    out = {"base": str(data / "base"), "ref": str(data / "ref"), "mono": str(data / "mono"),
+           "character": str(data / "character"), "labelled": str(data / "labelled")}
+    run_ingest(IngestConfig(resolution=r, holdout=0.05), zips["base"], out["base"], overwrite=True)
+    run_ingest(IngestConfig(resolution=r, holdout=0.0), zips["ref"], out["ref"], overwrite=True)
+    run_ingest(IngestConfig(resolution=r, holdout=0.0, mode="grayscale", channels=3), zips["mono"], out["mono"],
+               overwrite=True)
+    run_ingest(IngestConfig(resolution=r, holdout=0.0, grow_to=S.char_grow), zips["character"], out["character"],
+               overwrite=True)
+    run_label(LabelConfig.from_dict({"rules": {"min_per_class": S.min_per_class}}), out["base"], out["labelled"])
+    labelled = open_dataset(out["labelled"])
+    sizes = np.bincount(labelled.labels, minlength=len(labelled.class_names)).tolist()
+    return {**out, "class_names": list(labelled.class_names), "class_sizes": sizes,
+            "counts": {k: len(open_dataset(v)) for k, v in out.items()},
+            "character_ids": char, "ref_ids_sha256": hashlib.sha256(",".join(parts["ref"]).encode()).hexdigest(),
+            "blocks": BLOCK}
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def train_model(S: Scale, arch: str, data: str, out: Path, kimg: float, snap: float, seed: int,
+                conditional: bool = False, init: str | None = None) -> dict[str, Any]:
+    """run_train (or run_transfer from ``init``), continuing a run cut short; returns its summary.json."""
+    if (out / "summary.json").exists():
+        summary = json.loads((out / "summary.json").read_text())
+        if summary["kimg"] >= kimg:
+            return summary
+    widths = S.dcgan if arch == "dcgan" else S.stylegan
+    opts = dict(arch=arch, resolution=S.resolution, conditional=conditional, kimg=kimg, snapshot_kimg=snap,
+                seed=seed, device=S.device, progress=False, log_every=25, **widths)
+    resume = (out / "checkpoint.pt").exists()
+    if init is None:
+        run_train(TrainConfig.from_dict(opts), data, out, resume=resume)
+    else:  # the source's architecture is inherited; widths and batch are the source's own
+        opts = {k: v for k, v in opts.items() if k not in ARCH_FIELDS}
+        run_transfer(TrainConfig.from_dict(opts), init, data, out, resume=resume)
+    return json.loads((out / "summary.json").read_text())
+
+
+def evaluate(S: Scale, model: Path, reference: str, out: Path, n_fid: int, n_curve: int,
+             tagger: str | None) -> dict[str, Any]:
+    if not (out / "metrics.json").exists():
+        cfg = EvalConfig(n_fid=n_fid, n_fid_snapshots=n_curve, snapshots=True, psi=1.0, tagger=tagger,
+                         k_per_class=S.k_per_class, fid_bootstrap=S.bootstrap, grid_n=S.grid_n, device=S.device,
+                         progress=False, seed=0)
+        run_evaluate(cfg, model, reference, out)
+    m = json.loads((out / "metrics.json").read_text())
+    keep = ("fid", "kid", "kid_std", "fid_interval", "n_fid", "n_reference", "hair_accuracy", "eye_accuracy",
+            "both_accuracy", "fid_over_kimg", "train")
+    return {k: m.get(k) for k in keep} | {"accuracy": m.get("accuracy"), "eval_dir": str(out)}
+
+
+class TutorialDCGAN:
+    """The seed-1 DCGAN as the PyTorch DCGAN tutorial writes it (the paper's architecture): ConvTranspose / BatchNorm
+    / ReLU up from 4x4, Conv / BatchNorm / LeakyReLU down, BCE with labels 1 and 0, Adam 2e-4 (0.5, 0.999), G's step
+    on the fake D just saw, no flips, sampled with BatchNorm in train mode (batch statistics), as the tutorial does.
+    Widths match the project's DCGAN at the same channel_base / channel_max."""
+
+    def __init__(self, resolution: int, channel_base: int, channel_max: int, z_dim: int = 100):
+        up = int(math.log2(resolution)) - 2
+        ch = [channels_for(2 ** i, channel_base, channel_max) for i in range(2, 2 + up)]  # 4 .. res/2
+        g: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch[0], 4, 1, 0, bias=False), nn.BatchNorm2d(ch[0]),
+                              nn.ReLU(True)]
+        for a, b in zip(ch[:-1], ch[1:]):
+            g += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        g += [nn.ConvTranspose2d(ch[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+        dch = ch[::-1]
+        d: list[nn.Module] = [nn.Conv2d(3, dch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(dch[:-1], dch[1:]):
+            d += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+        d += [nn.Conv2d(dch[-1], 1, 4, 1, 0, bias=False), nn.Sigmoid()]
+        self.G, self.D, self.z_dim = nn.Sequential(*g), nn.Sequential(*d), z_dim
+        for m in list(self.G.modules()) + list(self.D.modules()):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+
+class _BatchStatSampler(nn.Module):
+    """The tutorial's G behind a module that shows no BatchNorm (so nothing recalibrates it), in train mode."""
+
+    def __init__(self, G: nn.Module, z_dim: int):
+        super().__init__()
+        object.__setattr__(self, "g", G)
+        self.z_dim, self.c_dim = z_dim, 0
+
+    def forward(self, z, c=None, truncation_psi=1.0, noise_mode="random"):
+        self.g.train()
+        return self.g(z[:, :, None, None])
+
+
+def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed: int) -> dict[str, Any]:
+    """Train the tutorial DCGAN on the same packed images for the same number of images; FID at 0 kimg and at the
+    end, 2k / curve-size samples drawn in batches of the training batch (its BatchNorm uses batch statistics)."""
+    torch.manual_seed(seed)
+    widths = {k: S.dcgan.get(k, v) for k, v in (("channel_base", 2048), ("channel_max", 512), ("batch", 128))}
+    net = TutorialDCGAN(S.resolution, widths["channel_base"], widths["channel_max"])
+    device = torch.device(S.device)
+    G, D = net.G.to(device), net.D.to(device)
+    images = torch.from_numpy(np.ascontiguousarray(open_dataset(data).images)).permute(0, 3, 1, 2)
+    extractor = resolve_extractor(None, "auto", S.device)
+    ref_stats = fidlib.dataset_stats(ref, extractor, progress=False)
+
+    def fid(n: int) -> tuple[float, list[float]]:
+        feats = fidlib.generator_features(_BatchStatSampler(G, net.z_dim), extractor, n, batch=widths["batch"],
+                                          device=device, seed=0)
+        return (fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref_stats),
+                list(fidlib.fid_bootstrap(feats, ref_stats, S.bootstrap)))
+
+    fid0, _ = fid(S.n_curve)
+    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+    bce, b, seen = nn.BCELoss(), widths["batch"], 0
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    while seen < kimg * 1000:
+        for idx in torch.randperm(len(images), generator=gen).split(b):
+            if len(idx) < b or seen >= kimg * 1000:
+                continue
+            real = images[idx].to(device).float() / 127.5 - 1
+            D.zero_grad()
+            loss_real = bce(D(real).view(-1), torch.ones(b, device=device))
+            fake = G(torch.randn(b, net.z_dim, 1, 1, device=device))
+            loss_fake = bce(D(fake.detach()).view(-1), torch.zeros(b, device=device))
+            (loss_real + loss_fake).backward()
+            opt_d.step()
+            G.zero_grad()
+            bce(D(fake).view(-1), torch.ones(b, device=device)).backward()
+            opt_g.step()
+            seen += b
+    wall = time.perf_counter() - t0
+    fid_end, interval = fid(S.n_fid)
+    curve_end, _ = fid(S.n_curve)
+    return {"fid": fid_end, "fid_interval": interval, "n_fid": S.n_fid, "kimg": seen / 1000,
+            "fid_over_kimg": [{"kimg": 0.0, "fid": fid0, "n": S.n_curve},
+                              {"kimg": seen / 1000, "fid": curve_end, "n": S.n_curve}],
+            "train": {"img_per_s": seen / wall, "wall_s": wall, "kimg": seen / 1000}}
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def floors(S: Scale, base: str, ref: str, mono: str, character: str) -> dict[str, Any]:
+    """Real-vs-real FID at each sample size used: a base block against the held-out block, and each target's
+    halves against each other."""
+    ex = resolve_extractor(None, "auto", S.device)
+    a = fidlib.dataset_stats(base, ex, max_images=S.n_fid, progress=False)
+    b = fidlib.dataset_stats(ref, ex, progress=False)
+    out: dict[str, Any] = {}
+    for n in sorted({S.n_fid, S.n_curve}):
+        fa = fidlib.Stats.from_features(a.features[:n], ex.id)
+        fb = fidlib.Stats.from_features(b.features[:n], ex.id)
+        out[f"mlds_{n}"] = fidlib.fid_from_stats(fa, fb)
+    out["mlds_kid"] = fidlib.kid(a.features, b.features)[0]
+    for name, uri in (("mono", mono), ("character", character)):
+        f = fidlib.dataset_stats(uri, ex, progress=False).features
+        h = len(f) // 2
+        out[f"{name}_halves"] = fidlib.fid_from_stats(fidlib.Stats.from_features(f[:h], ex.id),
+                                                      fidlib.Stats.from_features(f[h:2 * h], ex.id))
+        out[f"{name}_half_n"] = h
+    return out
+
+
+def fid_at(curve: list[dict], kimg: float) -> float:
+    """FID at ``kimg`` read off a curve (linear between snapshots; the last point beyond it)."""
+    pts = sorted((p["kimg"], p["fid"]) for p in curve)
+    if kimg >= pts[-1][0]:
+        return pts[-1][1]
+    return float(np.interp(kimg, [k for k, _ in pts], [f for _, f in pts]))
+
+
+def kimg_to_reach(curve: list[dict], target: float) -> float | None:
+    """The first kimg at which a curve reaches ``target`` (linear between snapshots), None if it never does."""
+    pts = sorted((p["kimg"], p["fid"]) for p in curve)
+    if pts[0][1] <= target:
+        return pts[0][0]
+    for (k0, f0), (k1, f1) in zip(pts[:-1], pts[1:]):
+        if f1 <= target:
+            return k0 + (k1 - k0) * (f0 - target) / (f0 - f1)
+    return None
+
+
+def learned(curve: list[dict], floor: float) -> dict[str, Any]:
+    """The learning check: final FID below the 0 kimg FID by at least half the gap between that and the floor."""
+    pts = sorted((p["kimg"], p["fid"]) for p in curve)
+    start, end = pts[0][1], pts[-1][1]
+    return {"fid_0": start, "fid_end": end, "floor": floor, "closed": (start - end) / max(start - floor, 1e-9),
+            "ok": start - end >= 0.5 * (start - floor)}
+
+
+def accuracy_curve(S: Scale, model: Path, tagger: str) -> list[dict[str, Any]]:
+    """Hair / eye accuracy of every snapshot (k_curve images per class)."""
+    t = load_colour_tagger(tagger, S.device)
+    out = []
+    for snap in sorted((model / "snapshots").glob("G_ema-*.pt")):
+        G, meta = load_generator(snap, S.device)
+        acc = class_accuracy(G, meta["class_names"], t, k=S.k_curve, seed=1, device=S.device)
+        out.append({"kimg": meta["images_seen"] / 1000, "hair": acc["hair_accuracy"], "eye": acc["eye_accuracy"]})
+    return out
+
+
+def budget_for(curve: list[dict], key: str, target: float) -> float | None:
+    """kimg at which a log-linear fit (accuracy = a + b log kimg, snapshots after 0) reaches ``target``."""
+    pts = [(p["kimg"], p[key]) for p in curve if p["kimg"] > 0 and p[key] is not None]
+    if len(pts) < 2:
+        return None
+    b, a = np.polyfit(np.log([k for k, _ in pts]), [v for _, v in pts], 1)
+    return float(math.exp((target - a) / b)) if b > 0 else None
+
+
+def priors(class_names: list[str], sizes: list[int]) -> dict[str, float]:
+    """Accuracy of a guess drawn from the training set's colour prior (sum of squared frequencies)."""
+    out = {}
+    for key, pos in (("hair", 0), ("eye", 2)):
+        counts: dict[str, int] = {}
+        for name, n in zip(class_names, sizes):
+            counts[name.split()[pos]] = counts.get(name.split()[pos], 0) + n
+        p = np.array(list(counts.values()), dtype=float) / sum(counts.values())
+        out[key] = float((p ** 2).sum())
+    return out
+
+
+def plot_accuracy_vs_size(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, colour in (("hair_correct", "tab:orange"), ("eye_correct", "tab:blue")):
+        ax.scatter([r["size"] for r in rows], [r[key] for r in rows], s=12, c=colour, label=key.split("_")[0])
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("accuracy (colour tagger)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title("per-class accuracy vs class size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def run(S: Scale, work: Path, seed: int) -> dict[str, Any]:
+    steps = Steps(work)
+    d = steps("data", prepare_data, S, work, seed)
+    m = work / "models"
+    e = work / "evals"
+    tagger = str(work / "tagger")
+    t = steps("tagger", lambda: run_tagger_train(
+        TaggerTrainConfig(epochs=S.tagger_epochs, resolution=S.resolution, device=S.device, progress=False),
+        d["labelled"], tagger))
+    tagger_acc = {k: t.get(k) for k in ("hair_accuracy", "eye_accuracy", "pair_accuracy")}
+    fl = steps("floors", floors, S, d["base"], d["ref"], d["mono"], d["character"])
+
+    seed1 = {"dcgan": ("dcgan", d["base"], False), "dcgan_conditional": ("dcgan", d["labelled"], True),
+             "stylegan": ("stylegan", d["base"], False), "stylegan_conditional": ("stylegan", d["labelled"], True)}
+    models: dict[str, dict[str, Any]] = {}
+    for name, (arch, data, cond) in seed1.items():
+        steps(f"train-{name}", train_model, S, arch, data, m / name, S.kimg, S.snapshot_kimg, seed, cond)
+        models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
+                             tagger if cond else None)
+    models["dcgan_tutorial"] = steps("tutorial-dcgan", reference_dcgan, S, d["base"], d["ref"], m / "tutorial",
+                                     S.kimg, seed)
+    transfers = {"mono_transfer": (d["mono"], True), "mono_scratch": (d["mono"], False),
+                 "character_transfer": (d["character"], True), "character_scratch": (d["character"], False)}
+    for name, (data, tr) in transfers.items():
+        steps(f"train-{name}", train_model, S, "stylegan", data, m / name, S.transfer_kimg, S.transfer_snapshot_kimg,
+              seed, init=str(m / "stylegan_conditional") if tr else None)
+        models[name] = steps(f"eval-{name}", evaluate, S, m / name, data, e / name, S.n_fid_transfer,
+                             S.n_curve_transfer, None)
+    cross = steps("cross-fid", lambda: json.loads(run_fid(FidConfig(device=S.device, progress=False), d["mono"],
+                                                          d["character"], e / "cross").read_text()))
+    acc_curve = steps("accuracy-over-kimg", accuracy_curve, S, m / "stylegan_conditional", tagger)
+    return tables(S, d, fl, models, tagger_acc, cross, acc_curve, steps.seconds, work)
+
+
+def tables(S: Scale, d: dict, fl: dict, models: dict, tagger_acc: dict, cross: dict, acc_curve: list,
+           seconds: dict, work: Path) -> dict[str, Any]:
+    floor_end, floor_curve = fl[f"mlds_{S.n_fid}"], fl[f"mlds_{S.n_curve}"]
+    # ---- seed 1
+    seed1_names = ["dcgan", "dcgan_tutorial", "dcgan_conditional", "stylegan", "stylegan_conditional"]
+    equal_s = min(models[n]["train"]["kimg"] * 1000 / models[n]["train"]["img_per_s"] for n in seed1_names)
+    seed1 = []
+    for n in seed1_names:
+        mm, tr = models[n], models[n]["train"]
+        seed1.append({"model": n, "kimg": tr["kimg"], "fid": mm["fid"], "fid_interval": mm["fid_interval"],
+                      "floor": floor_end, "kid": mm.get("kid"), "img_per_s": tr["img_per_s"],
+                      "peak_memory_bytes": tr.get("peak_memory_bytes"),
+                      "fid_at_equal_time": fid_at(mm["fid_over_kimg"], equal_s * tr["img_per_s"] / 1000),
+                      "learning": learned(mm["fid_over_kimg"], floor_curve),
+                      "hair_accuracy": mm.get("hair_accuracy"), "eye_accuracy": mm.get("eye_accuracy")})
+    # ---- seed 2, Table II
+    acc = models["stylegan_conditional"]["accuracy"] or {}
+    size = dict(zip(d["class_names"], d["class_sizes"]))
+    table2 = [{"class": r["class"], "size": size.get(r["class"]), "n": r["n"], "hair_correct": r["hair_correct"],
+               "eye_correct": r["eye_correct"]} for r in acc.get("classes", [])]
+    prior = priors(d["class_names"], d["class_sizes"])
+    table2_summary = {
+        "hair_accuracy": acc.get("hair_accuracy"), "eye_accuracy": acc.get("eye_accuracy"),
+        "chance": acc.get("chance"), "prior": prior, "tagger_heldout": tagger_acc, "classes": len(table2),
+        "min_class_size": S.min_per_class, "k_per_class": S.k_per_class, "accuracy_over_kimg": acc_curve,
+        "kimg_for_hair_90": budget_for(acc_curve, "hair", 0.9), "kimg_for_eye_75": budget_for(acc_curve, "eye", 0.75)}
+    # ---- seed 2, Table III: transfer vs scratch
+    table3 = []
+    for target in ("mono", "character"):
+        tr, sc = models[f"{target}_transfer"], models[f"{target}_scratch"]
+        goal = sc["fid_over_kimg"][-1]["fid"]  # scratch's own final FID (curve sample size, like the transfer's)
+        k_sc = kimg_to_reach(sc["fid_over_kimg"], goal)
+        k_tr = kimg_to_reach(tr["fid_over_kimg"], goal)
+        sec = {k: (kk * 1000 / models[f"{target}_{k}"]["train"]["img_per_s"] if kk is not None else None)
+               for k, kk in (("scratch", k_sc), ("transfer", k_tr))}
+        table3.append({
+            "target": target, "images": d["counts"][target], "floor_halves": fl[f"{target}_halves"],
+            "floor_half_n": fl[f"{target}_half_n"],
+            "transfer_fid": tr["fid"], "transfer_interval": tr["fid_interval"],
+            "scratch_fid": sc["fid"], "scratch_interval": sc["fid_interval"],
+            "transfer_fid_0": sorted(tr["fid_over_kimg"], key=lambda p: p["kimg"])[0]["fid"],
+            "scratch_kimg_to_goal": k_sc, "transfer_kimg_to_goal": k_tr,
+            "speedup_kimg": (k_sc / k_tr if k_tr else math.inf) if k_sc is not None and k_tr is not None else None,
+            "speedup_seconds": (sec["scratch"] / sec["transfer"] if sec["transfer"] else math.inf)
+            if sec["scratch"] is not None and sec["transfer"] is not None else None,
+            "first_snapshot_kimg": S.transfer_snapshot_kimg,
+            "transfer_learning": learned(tr["fid_over_kimg"], fl[f"{target}_halves"]),
+            "scratch_learning": learned(sc["fid_over_kimg"], fl[f"{target}_halves"])})
+    doc = {"benchmark": "paper_tables", "scale": dataclasses.asdict(S), "data": {k: d[k] for k in (
+        "counts", "class_names", "class_sizes", "character_ids", "ref_ids_sha256", "blocks")},
+        "floors": fl, "seed1": seed1, "equal_time_s": equal_s, "table2": table2, "table2_summary": table2_summary,
+        "table3": table3, "cross_fid": {"mono_vs_character": cross["fid"], "kid": cross.get("kid")},
+        "models": {k: {kk: v.get(kk) for kk in ("fid", "fid_interval", "kid", "n_fid", "fid_over_kimg", "train",
+                                                 "hair_accuracy", "eye_accuracy")} for k, v in models.items()},
+        "step_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
+    return doc
+
+
+def fmt(v: Any, p: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.{p}f}"
+    return str(v)
+
+
+def print_tables(doc: dict) -> dict[str, list]:
+    """The four tables as printed rows (also the report's)."""
+    n = doc["scale"]["n_fid"]
+    t1 = [[r["model"], fmt(r["kimg"]), f"{fmt(r['fid'])} [{fmt(r['fid_interval'][0])}, {fmt(r['fid_interval'][1])}]",
+           fmt(r["floor"]), fmt(r["kid"], 4), fmt(r["img_per_s"], 0),
+           fmt((r["peak_memory_bytes"] or 0) / 2**20, 0) if r["peak_memory_bytes"] else "-",
+           fmt(r["fid_at_equal_time"]), f"{r['learning']['closed']:.2f} {'ok' if r['learning']['ok'] else 'NO'}"]
+          for r in doc["seed1"]]
+    h1 = ["model", "kimg", f"FID ({n}) [90% bootstrap]", f"floor ({n})", "KID", "img/s", "peak MiB",
+          f"FID at {doc['equal_time_s']:.0f} s", "gap closed"]
+    s = doc["table2_summary"]
+    t2 = [[r["class"], fmt(r["size"]), fmt(r["n"]), fmt(r["hair_correct"], 2), fmt(r["eye_correct"], 2)]
+          for r in doc["table2"]]
+    h2 = ["class", "train images", "samples", "hair acc", "eye acc"]
+    t2s = [["conditional StyleGAN", fmt(s["hair_accuracy"], 3), fmt(s["eye_accuracy"], 3)],
+           ["chance (1 / colours)", fmt((s["chance"] or {}).get("hair"), 3), fmt((s["chance"] or {}).get("eye"), 3)],
+           ["colour prior (sum p^2)", fmt(s["prior"]["hair"], 3), fmt(s["prior"]["eye"], 3)],
+           ["tagger on held-out reals", fmt(s["tagger_heldout"]["hair_accuracy"], 3),
+            fmt(s["tagger_heldout"]["eye_accuracy"], 3)]]
+    t3 = [[r["target"], fmt(r["images"]), fmt(r["floor_halves"]),
+           f"{fmt(r['transfer_fid'])} [{fmt(r['transfer_interval'][0])}, {fmt(r['transfer_interval'][1])}]",
+           f"{fmt(r['scratch_fid'])} [{fmt(r['scratch_interval'][0])}, {fmt(r['scratch_interval'][1])}]",
+           fmt(r["transfer_fid_0"]), fmt(r["transfer_kimg_to_goal"], 2), fmt(r["scratch_kimg_to_goal"], 2),
+           fmt(r["speedup_kimg"], 2), fmt(r["speedup_seconds"], 2)] for r in doc["table3"]]
+    h3 = ["target", "images", "floor (halves)", "transfer FID", "scratch FID", "transfer FID at 0",
+          "transfer kimg to goal", "scratch kimg to goal", "speed-up (kimg)", "speed-up (s)"]
+    t4 = [["monochrome vs single character", fmt(doc["cross_fid"]["mono_vs_character"])]]
+    for title, h, rows in (("Seed 1: DCGAN vs StyleGAN", h1, t1),
+                           ("Seed 2, Table II: summary", ["", "hair", "eye"], t2s),
+                           ("Seed 2, Table III: transfer vs scratch", h3, t3), ("Cross-dataset FID", ["", "FID"], t4)):
+        print(f"\n{title}")
+        print_table(h, rows)
+    return {"t1": [h1, t1], "t2": [h2, t2], "t2s": [["", "hair", "eye"], t2s], "t3": [h3, t3],
+            "t4": [["", "FID"], t4]}
+
+
+def figures(doc: dict, work: Path, fig_dir: Path) -> list[Figure]:
+    """Generated-image figures (committed) and the curves; returns them for the report."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = []
+    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in doc["models"].items()
+            if not k.startswith(("mono", "character"))]
+    p = plot_fid_curves(rows, fig_dir / "seed1_fid_over_kimg.png", title="Seed 1: FID over kimg (curve samples)")
+    if p:
+        figs.append(Figure(p, "seed 1: FID over kimg"))
+    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in doc["models"].items()
+            if k.startswith(("mono", "character"))]
+    p = plot_fid_curves(rows, fig_dir / "transfer_fid_over_kimg.png", title="Transfer vs scratch: FID over kimg")
+    if p:
+        figs.append(Figure(p, "transfer vs scratch: FID over kimg"))
+    if doc["table2"]:
+        figs.append(Figure(plot_accuracy_vs_size(doc["table2"], fig_dir / "accuracy_vs_class_size.png"),
+                           "per-class accuracy vs class size"))
+    for name in ("dcgan", "dcgan_conditional", "stylegan", "stylegan_conditional", "mono_transfer",
+                 "character_transfer", "character_scratch"):
+        ev = work / "evals" / name
+        for sub, caption in (("samples", "samples"), ("mixing", "style mixing"), ("interpolation", "interpolation")):
+            for f in sorted((ev / sub).glob("*.png"))[:1] + sorted((ev / sub).glob("*.gif"))[:1]:
+                dest = fig_dir / f"{name}-{sub}-{f.name}"
+                shutil.copyfile(f, dest)
+                figs.append(Figure(dest, f"{name}: {caption}"))
+    return figs
+
+
+def report(doc: dict, printed: dict, figs: list[Figure], work: Path) -> Path:
+    d = work / "data"
+    real: list[Figure] = []
+    for name in ("character", "mono"):
+        imgs = open_dataset(str(d / name)).images[:64]
+        x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        real.append(Figure(save_grid(x, work / f"{name}-set.png", ncol=8), f"the {name} target set (first 64)"))
+    body = [f"<h1>Paper tables ({doc['scale']['resolution']} px, {doc['scale']['device']})</h1>"]
+    for key, title in (("t1", "Seed 1: DCGAN vs StyleGAN"), ("t2s", "Seed 2, Table II (summary)"),
+                       ("t2", "Seed 2, Table II (per class)"), ("t3", "Seed 2, Table III: transfer vs scratch"),
+                       ("t4", "Cross-dataset FID")):
+        h, rows = printed[key]
+        body.append(f"<h2>{title}</h2>" + html_table(h, rows))
+    body += [figure_html(f) for f in figs + real]
+    body.append(f"<pre>{json.dumps(doc['environment'], indent=1)}</pre>")
+    path = work / "report.html"
+    path.write_text(html_page("animegen paper tables", "\n".join(body)))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--quick", action="store_true", help="the same tables at toy budgets (--scale quick)")
+    ap.add_argument("--work", default=None, help="resumable working folder (default benchmarks/.work/...)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not MLDS.exists():
+        raise SystemExit(f"{MLDS} is missing: the paper tables need the shared MLDS faces")
+    scale = "quick" if args.quick else args.scale
+    S = SCALES[scale]
+    work = Path(args.work or ROOT / "benchmarks" / ".work" / f"paper_tables-{scale}")
+    t0 = time.perf_counter()
+    doc = run(S, work, args.seed)
+    doc["environment"] = environment(S.device)
+    doc["command"] = "python benchmarks/paper_tables.py" + (" --quick" if args.quick else f" --scale {scale}")
+    printed = print_tables(doc)
+    date = dt.date.today().isoformat()
+    out = Path(args.out)
+    figs = figures(doc, work, out / f"paper_tables-{scale}")
+    doc["report"] = str(report(doc, printed, figs, work))
+    doc["wall_s_this_call"] = round(time.perf_counter() - t0, 1)
+    print("wrote", write_result(out, f"paper_tables-{scale}-{date}.json", doc), "and", doc["report"])
+
+
+if __name__ == "__main__":
+    main()
