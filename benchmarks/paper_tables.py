@@ -404,7 +404,9 @@ def budget_for(curve: list[dict], key: str, target: float) -> float | None:
     if len(pts) < 2:
         return None
     b, a = np.polyfit(np.log([k for k, _ in pts]), [v for _, v in pts], 1)
-    return float(math.exp((target - a) / b)) if b > 0 else None
+    kimg = math.exp(min((target - a) / b, 50.0)) if b > 0 else math.inf
+    # no trend (flat or falling), or one that needs 100x the budget run: not a budget this curve can suggest
+    return float(kimg) if kimg <= 100 * pts[-1][0] else None
 
 
 def priors(class_names: list[str], sizes: list[int]) -> dict[str, float]:
@@ -592,13 +594,30 @@ def figures(doc: dict, work: Path, fig_dir: Path) -> list[Figure]:
     if doc["table2"]:
         figs.append(Figure(plot_accuracy_vs_size(doc["table2"], fig_dir / "accuracy_vs_class_size.png"),
                            "per-class accuracy vs class size"))
-    for name in ("dcgan", "dcgan_conditional", "stylegan", "stylegan_conditional", "mono_transfer",
+    # sample grids of every model; style mixing and the interpolation loop of the StyleGANs (kept small: committed)
+    for name in ("dcgan", "dcgan_conditional", "stylegan", "stylegan_conditional", "mono_transfer", "mono_scratch",
                  "character_transfer", "character_scratch"):
         ev = work / "evals" / name
-        for sub, caption in (("samples", "samples"), ("mixing", "style mixing"), ("interpolation", "interpolation")):
-            for f in sorted((ev / sub).glob("*.png"))[:1] + sorted((ev / sub).glob("*.gif"))[:1]:
-                dest = fig_dir / f"{name}-{sub}-{f.name}"
-                shutil.copyfile(f, dest)
+        picks = [("samples", "grid.png", "samples")]
+        if name in ("stylegan", "stylegan_conditional"):
+            picks += [("mixing", "mix_coarse.png", "style mixing (coarse)"), ("interpolation", "interp.gif",
+                                                                               "interpolation loop")]
+        rows = sorted((ev / "samples").glob("grid_*.png"))
+        if len(rows) > 16:  # a conditional model: every 8th class's row (the full grid is megabytes)
+            from PIL import Image
+            ims = [Image.open(r).convert("RGB") for r in rows[::8]]
+            sheet = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)), "white")
+            for k, im in enumerate(ims):
+                sheet.paste(im, (0, sum(i.height for i in ims[:k])))
+            dest = fig_dir / f"{name}-samples-every-8th-class.png"
+            sheet.save(dest)
+            shown = ", ".join(r.stem[5:] for r in rows[::8])
+            figs.append(Figure(dest, f"{name}: every 8th class, one row each ({shown})"))
+            picks = picks[1:]
+        for sub, file, caption in picks:
+            if (ev / sub / file).is_file():
+                dest = fig_dir / f"{name}-{sub}-{file}"
+                shutil.copyfile(ev / sub / file, dest)
                 figs.append(Figure(dest, f"{name}: {caption}"))
     return figs
 
