@@ -16,32 +16,13 @@ import datetime as dt
 import time
 
 import torch
-from common import RESULTS, environment, print_table, write_result
-from torch import nn
+from common import RESULTS, batchnorm_sampler, environment, print_table, write_result
 
 from animegen.eval import fid as fidlib
 from animegen.eval.inception import resolve_extractor
 from animegen.models import build_models
-from animegen.models.batchnorm import batchnorm_layers
 from animegen.train.checkpoint import load_checkpoint, load_generator, model_kwargs
 from animegen.train.config import TrainConfig
-
-
-class _Sampler(nn.Module):
-    """G behind a module that shows no BatchNorm layer (so generator_features does not recalibrate it), sampling
-    with G's BN in eval mode (its statistics as they are) or in train mode (batch statistics)."""
-
-    def __init__(self, G: nn.Module, batch_stats: bool):
-        super().__init__()
-        object.__setattr__(self, "g", G)  # not a submodule
-        self.z_dim, self.c_dim, self.batch_stats = G.z_dim, G.c_dim, batch_stats
-
-    def forward(self, z, c=None, truncation_psi=1.0, noise_mode="random"):
-        self.g.eval()
-        if self.batch_stats:
-            for m in batchnorm_layers(self.g):
-                m.train()
-        return self.g(z, c, truncation_psi=truncation_psi)
 
 
 def main() -> None:
@@ -69,9 +50,9 @@ def main() -> None:
     ref = fidlib.dataset_stats(args.data, extractor, max_images=args.max_reference,
                                split=None if args.split == "all" else args.split, batch=64, progress=False)
     variants = {
-        "running statistics (before)": _Sampler(running, False),
-        "recalibrated statistics (now)": _Sampler(recal, False),
-        "batch statistics (train-mode BN)": _Sampler(running, True),
+        "running statistics (before)": batchnorm_sampler(running, False),
+        "recalibrated statistics (now)": batchnorm_sampler(recal, False),
+        "batch statistics (train-mode BN)": batchnorm_sampler(running, True),
     }
     rows, out = [], {}
     for name, G in variants.items():

@@ -95,6 +95,31 @@ def mlds_jpegs(zf: zipfile.ZipFile) -> list[tuple[str, bytes]]:
     return out
 
 
+def batchnorm_sampler(G, batch_stats: bool):
+    """G behind a module that shows no BatchNorm layer (so ``generator_features`` does not recalibrate it),
+    sampling with G's BatchNorm in eval mode (its statistics as they are) or in train mode (batch statistics: an
+    image then depends on its batch, as the DCGAN tutorial samples). G: ``G(z, c, truncation_psi=...)`` with
+    ``z_dim`` and ``c_dim``. (torch is imported here, as everywhere in this module, only when used.)"""
+    from torch import nn
+
+    from animegen.models.batchnorm import batchnorm_layers
+
+    class Sampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            object.__setattr__(self, "g", G)  # not a submodule
+            self.z_dim, self.c_dim = G.z_dim, G.c_dim
+
+        def forward(self, z, c=None, truncation_psi=1.0, noise_mode="random"):
+            self.g.eval()
+            if batch_stats:
+                for m in batchnorm_layers(self.g):
+                    m.train()
+            return self.g(z, c, truncation_psi=truncation_psi)
+
+    return Sampler()
+
+
 def print_table(head: list[str], rows: list[list[str]]) -> None:
     """Left-aligned columns under a header and a rule."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import MLDS, ROOT, environment, print_table, write_result
+from common import MLDS, ROOT, batchnorm_sampler, environment, print_table, write_result
 from torch import nn
 
 from animegen.data.dataset import open_dataset
@@ -269,7 +269,7 @@ class TutorialDCGAN:
         for a, b in zip(dch[:-1], dch[1:]):
             d += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
         d += [nn.Conv2d(dch[-1], 1, 4, 1, 0, bias=False), nn.Sigmoid()]
-        self.G, self.D, self.z_dim = nn.Sequential(*g), nn.Sequential(*d), z_dim
+        self.G, self.D, self.z_dim = _TutorialG(nn.Sequential(*g), z_dim), nn.Sequential(*d), z_dim
         for m in list(self.G.modules()) + list(self.D.modules()):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.normal_(m.weight, 0.0, 0.02)
@@ -278,17 +278,15 @@ class TutorialDCGAN:
                 nn.init.zeros_(m.bias)
 
 
-class _BatchStatSampler(nn.Module):
-    """The tutorial's G behind a module that shows no BatchNorm (so nothing recalibrates it), in train mode."""
+class _TutorialG(nn.Module):
+    """The tutorial's generator (ConvTranspose from a 1x1 map) taking z [N, z_dim], unconditional."""
 
-    def __init__(self, G: nn.Module, z_dim: int):
+    def __init__(self, net: nn.Sequential, z_dim: int):
         super().__init__()
-        object.__setattr__(self, "g", G)
-        self.z_dim, self.c_dim = z_dim, 0
+        self.net, self.z_dim, self.c_dim = net, z_dim, 0
 
-    def forward(self, z, c=None, truncation_psi=1.0, noise_mode="random"):
-        self.g.train()
-        return self.g(z[:, :, None, None])
+    def forward(self, z, c=None, truncation_psi=1.0):
+        return self.net(z[:, :, None, None])
 
 
 def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed: int) -> dict[str, Any]:
@@ -303,13 +301,14 @@ def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed:
     extractor = resolve_extractor(None, "auto", S.device)
     ref_stats = fidlib.dataset_stats(ref, extractor, progress=False)
 
-    def fid(n: int) -> tuple[float, list[float]]:
-        feats = fidlib.generator_features(_BatchStatSampler(G, net.z_dim), extractor, n, batch=widths["batch"],
-                                          device=device, seed=0)
-        return (fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref_stats),
-                list(fidlib.fid_bootstrap(feats, ref_stats, S.bootstrap)))
+    def features(n: int) -> np.ndarray:  # seeded latents: the first n_curve of n_fid samples are the n_curve ones
+        return fidlib.generator_features(batchnorm_sampler(G, batch_stats=True), extractor, n, batch=widths["batch"],
+                                         device=device, seed=0)
 
-    fid0, _ = fid(S.n_curve)
+    def fid(feats: np.ndarray) -> float:
+        return fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref_stats)
+
+    fid0 = fid(features(S.n_curve))
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
     bce, b, seen = nn.BCELoss(), widths["batch"], 0
@@ -322,7 +321,7 @@ def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed:
             real = images[idx].to(device).float() / 127.5 - 1
             D.zero_grad()
             loss_real = bce(D(real).view(-1), torch.ones(b, device=device))
-            fake = G(torch.randn(b, net.z_dim, 1, 1, device=device))
+            fake = G(torch.randn(b, net.z_dim, device=device))
             loss_fake = bce(D(fake.detach()).view(-1), torch.zeros(b, device=device))
             (loss_real + loss_fake).backward()
             opt_d.step()
@@ -331,8 +330,9 @@ def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed:
             opt_g.step()
             seen += b
     wall = time.perf_counter() - t0
-    fid_end, interval = fid(S.n_fid)
-    curve_end, _ = fid(S.n_curve)
+    feats = features(S.n_fid)
+    fid_end, curve_end = fid(feats), fid(feats[:S.n_curve])
+    interval = list(fidlib.fid_bootstrap(feats, ref_stats, S.bootstrap, fid=fid_end))
     return {"fid": fid_end, "fid_interval": interval, "n_fid": S.n_fid, "kimg": seen / 1000,
             "fid_over_kimg": [{"kimg": 0.0, "fid": fid0, "n": S.n_curve},
                               {"kimg": seen / 1000, "fid": curve_end, "n": S.n_curve}],

@@ -465,5 +465,6 @@ def test_fid_bootstrap_interval_is_reproducible_and_narrows_with_more_samples():
     assert b[1] - b[0] < 0.75 * (a[1] - a[0])
     own = fid_from_stats(Stats.from_features(large, "x"), ref)
     assert b[0] < own < b[1]  # centred on the sample's FID (a resample's FID is biased upwards)
+    assert fid_bootstrap(large, ref, 50, seed=1, fid=own) == pytest.approx(b)  # the caller's FID: the same interval
     with pytest.raises(ValueError, match="at least 2"):
         fid_bootstrap(small, ref, 1)

@@ -162,7 +162,8 @@ def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, cla
     kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
     out = {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
     if bootstrap:
-        out["fid_interval"] = [finite(v) for v in fidlib.fid_bootstrap(feats, ref, cfg.fid_bootstrap, cfg.seed)]
+        out["fid_interval"] = [finite(v) for v in fidlib.fid_bootstrap(feats, ref, cfg.fid_bootstrap, cfg.seed,
+                                                                              fid=fid)]
     return out
 
 

@@ -127,12 +127,12 @@ def fid_from_stats(a: Stats, b: Stats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
-def fid_bootstrap(features: np.ndarray, ref: Stats, resamples: int, seed: int = 0,
-                  level: float = 0.9) -> tuple[float, float]:
+def fid_bootstrap(features: np.ndarray, ref: Stats, resamples: int, seed: int = 0, level: float = 0.9,
+                  fid: float | None = None) -> tuple[float, float]:
     """A ``level`` interval of FID from ``resamples`` bootstrap draws of the generated ``features`` (rows drawn with
     replacement, the reference statistics fixed): the spread FID has from the finite sample alone. A resample repeats
     rows, which biases its FID upwards, so the percentile interval is shifted by that bias (mean of the draws minus
-    the sample's own FID) and sits around the sample's FID."""
+    the sample's own FID) and sits around the sample's FID. ``fid``: that FID when the caller has it already."""
     if resamples < 2:
         raise ValueError(f"resamples={resamples}: a bootstrap interval needs at least 2 resamples")
     feats = np.asarray(features, dtype=np.float64)
@@ -143,7 +143,9 @@ def fid_bootstrap(features: np.ndarray, ref: Stats, resamples: int, seed: int = 
         draws.append(frechet_distance(x.mean(axis=0), np.cov(x, rowvar=False), ref.mu, ref.sigma))
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(draws, [tail, 100 - tail])
-    bias = float(np.mean(draws)) - frechet_distance(feats.mean(axis=0), np.cov(feats, rowvar=False), ref.mu, ref.sigma)
+    if fid is None:
+        fid = frechet_distance(feats.mean(axis=0), np.cov(feats, rowvar=False), ref.mu, ref.sigma)
+    bias = float(np.mean(draws)) - fid
     return float(lo) - bias, float(hi) - bias
 
 
