@@ -63,10 +63,14 @@ class Scale:
     char_grow: int
     min_per_class: int          # smallest (hair, eye) pair class kept
     tagger_epochs: int
-    # TrainConfig overrides (widths, batch). DCGAN learns with steps more than images: at 24 kimg, batch 16 (1,500
-    # steps) reached FID 316.6 where batch 64 (375 steps) gave 392.5 (400 samples, 32 px). StyleGAN's G_ema
-    # half-life: the default 10 kimg would leave a 24 kimg run's G_ema 19 % initial weights (0.5 ** 2.4);
-    # StyleGAN2-ADA ramps it up to 5 % of the images seen (1.2 kimg at 24 kimg), so the short scales set about that
+    # TrainConfig overrides (widths, batch, regularisation). DCGAN learns with steps more than images: at 24 kimg,
+    # batch 16 (1,500 steps) reached FID 316.6 where batch 64 (375 steps) gave 392.5 (400 samples, 32 px).
+    # StyleGAN's G_ema half-life: the default 10 kimg would leave a 24 kimg run's G_ema 19 % initial weights
+    # (0.5 ** 2.4); StyleGAN2-ADA ramps it up to 5 % of the images seen, so the short scales set about that.
+    # StyleGAN's regularisation at 32 px (STYLEGAN_SMALL): the defaults are the papers' 1024 px FFHQ settings
+    # (R1 gamma 10, path length 2, mixing 0.9, lr 0.001) and kept a 32 px model in the colour-blob phase for
+    # 24 kimg (FID 244 -> 242, 400 samples); with StyleGAN2-ADA's small-resolution settings (its cifar config:
+    # gamma ~0.01-0.1, no path length, no mixing, lr 0.0025) it draws faces by 12 kimg.
     dcgan: dict[str, Any]
     stylegan: dict[str, Any]
     kimg: float                 # seed-1 / seed-2 budget in kimg (equal for every model)
@@ -83,17 +87,18 @@ class Scale:
     grid_n: int = 8
 
 
+STYLEGAN_SMALL = dict(lr_g=0.0025, lr_d=0.0025, r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0)
 SCALES = {
     "quick": Scale(16, "cpu", 1536, 192, 192, 55, 112, 16, 1,
                    dict(channel_base=128, channel_max=32, batch=32),
                    dict(channel_base=128, channel_max=32, z_dim=32, w_dim=32, mapping_layers=2, batch=16,
-                        ema_kimg=0.1),
+                        ema_kimg=0.1, **STYLEGAN_SMALL),
                    0.8, 0.4, 0.4, 0.2, 64, 32, 48, 24, 8, 4, 5, grid_n=4),
     "cpu": Scale(32, "cpu", None, 2000, 2000, 55, 400, 100, 6,
                  dict(channel_base=512, channel_max=128, batch=16),
                  dict(channel_base=1024, channel_max=128, z_dim=128, w_dim=128, mapping_layers=4, batch=32,
-                      ema_kimg=1.0),
-                 24.0, 8.0, 6.0, 2.0, 2000, 400, 1000, 300, 100, 20, 20),
+                      ema_kimg=1.0, **STYLEGAN_SMALL),
+                 72.0, 24.0, 12.0, 4.0, 2000, 400, 1000, 300, 100, 20, 20),
     "gpu": Scale(64, "cuda", None, 2000, 2000, 55, 400, 100, 10, dict(), dict(),
                  400.0, 100.0, 100.0, 25.0, 2000, 1000, 1000, 500, 100, 20, 20),
 }
