@@ -276,3 +276,13 @@ def test_multi_hot_conditional_training_and_sampling(tmp_path):
     paths = sample(G, meta["class_names"], tmp_path / "s", n=2, classes=["blonde hair+red eyes"])
     assert len(paths["images"]) == 2 and paths["images"][0].parent.name == "blonde_hair+red_eyes"
     assert (tmp_path / "s" / "grid.png").exists()
+
+
+def test_snapshot_kimg_zero_snapshots_only_at_the_end(tmp_path):
+    out = tmp_path / "run"
+    run_train(tiny_config("dcgan", kimg=0.16, snapshot_kimg=0), SYN, out)
+    snaps = sorted(p.name for p in (out / "snapshots").glob("G_ema-*.pt"))
+    assert snaps == ["G_ema-00000.0kimg.pt", "G_ema-00000.2kimg.pt"]
+    assert load_checkpoint(out)["images_seen"] == 160
+    with pytest.raises(ValueError, match="snapshot_kimg must be >= 0"):
+        run_train(tiny_config("dcgan", kimg=0.16, snapshot_kimg=-1), SYN, tmp_path / "neg")

@@ -79,8 +79,8 @@ class TrainConfig(Config):
     amp: str = field(default="auto", metadata=opt(
         "mixed precision: auto (bf16 autocast and channels_last on CUDA only), on (on any device, CPU included), "
         "off (float32 everywhere)", choices=AMP_MODES))
-    snapshot_kimg: float = field(default=50.0, metadata=opt("write a checkpoint and a sample grid every N kimg",
-                                                            unset=0))
+    snapshot_kimg: float = field(default=50.0, metadata=opt(
+        "write a checkpoint and a sample grid every N kimg (0: only at the end)", unset=0))
     log_every: int = field(default=50, metadata=opt("steps between train_log.jsonl lines"))
     grid_size: int = field(default=8, metadata=opt("columns of the sample grids (and rows when unconditional)"))
     progress: bool = field(default=True, metadata=opt("show a progress bar"))
@@ -110,6 +110,8 @@ class TrainConfig(Config):
             self.amp = "auto" if self.amp else "off"
         if self.batch is not None and self.batch < 1:
             raise ValueError("batch must be >= 1")
+        if self.snapshot_kimg < 0:
+            raise ValueError("snapshot_kimg must be >= 0 (0: a snapshot only at the end)")
 
     def with_arch_defaults(self) -> "TrainConfig":
         """A copy with every architecture default (ARCH_DEFAULTS) filled in, and kimg 100 when no length is set."""

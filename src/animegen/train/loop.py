@@ -142,8 +142,8 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
     meter = LossMeter(["loss_d", "loss_g", "d_real", "d_fake"] + [r.name for r in state.regs], device)
     log = TrainLog(out / "train_log.jsonl", meter, state.images_seen,
                    _progress_bar(cfg, total_images, state.images_seen, data.conditions is not None))
-    tick = int(cfg.snapshot_kimg * 1000)
-    next_snapshot = (state.images_seen // tick + 1) * tick
+    tick = int(round(cfg.snapshot_kimg * 1000))  # 0: no snapshot before the end
+    next_snapshot = (state.images_seen // tick + 1) * tick if tick > 0 else total_images
     G.train()
     D.train()
     while state.images_seen < total_images:
