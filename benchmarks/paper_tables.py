@@ -19,10 +19,12 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import shutil
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import MLDS, ROOT, batchnorm_sampler, environment, print_table, write_result
+from common import MLDS, ROOT, batchnorm_sampler, environment, print_table, write_json_atomic, write_result
+from gpu_check import source_digest
 from torch import nn
 
 from animegen.data.dataset import open_dataset
@@ -38,10 +41,19 @@ from animegen.data.ingest import IngestConfig, run_ingest
 from animegen.eval import fid as fidlib
 from animegen.eval.accuracy import class_accuracy
 from animegen.eval.compare import plot_fid_curves
-from animegen.eval.evaluate import EvalConfig, FidConfig, run_evaluate, run_fid
+from animegen.eval.evaluate import (
+    EvalConfig,
+    FidConfig,
+    feature_metrics,
+    model_accuracy,
+    pictures,
+    reference_classes,
+    run_evaluate,
+    run_fid,
+)
 from animegen.eval.html import Figure, figure_html, html_page, html_table
-from animegen.eval.inception import resolve_extractor
-from animegen.image_files import save_grid
+from animegen.eval.inception import CPU_BATCH_MAX, CPU_CHUNK, CUDA_BATCH, resolve_extractor
+from animegen.image_files import save_grid, to_uint8
 from animegen.labels.colour import load_colour_tagger
 from animegen.labels.colour_train import TaggerTrainConfig, run_tagger_train
 from animegen.labels.label import LabelConfig, run_label
@@ -99,9 +111,15 @@ SCALES = {
                  dict(channel_base=1024, channel_max=128, z_dim=128, w_dim=128, mapping_layers=4, batch=32,
                       ema_kimg=1.0, **STYLEGAN_SMALL),
                  72.0, 24.0, 12.0, 4.0, 2000, 400, 1000, 300, 100, 20, 20),
-    "gpu": Scale(64, "cuda", None, 2000, 2000, 55, 400, 100, 10, dict(), dict(),
-                 400.0, 100.0, 100.0, 25.0, 2000, 1000, 1000, 500, 100, 20, 20),
+    # one H200, <= 5 min: a 12,000-image base (what the 64 MiB carry allows beside the targets; the 2k held-out
+    # block stays here, where the samples are scored), so the pair classes keep >= 40 images
+    "gpu": Scale(64, "cuda", 12_000, 2000, 2000, 55, 400, 40, 10, dict(), dict(**STYLEGAN_SMALL),
+                 100.0, 50.0, 25.0, 12.5, 2000, 400, 1000, 400, 100, 20, 20),
 }
+PARTS = ROOT / ".papertables"     # --prepare's carried folder (ignored by git): the GPU scale's MLDS parts
+CARRY_MAX_BYTES = 56 * 2 ** 20    # beside the ~5 MB repository, under the device tool's 64 MiB
+DEVICE_COMMAND = ("set -o pipefail; PYTHONPATH=src PYTHONUNBUFFERED=1 python3 benchmarks/paper_tables.py --scale gpu "
+                  "--record --out $OUT 2>&1 | tee $OUT/paper_tables.log")
 BLOCK = 32  # MLDS ids come in runs of one character: parts are made of whole blocks of consecutive ids
 
 
@@ -170,10 +188,10 @@ def character_run(stems: list[str], tags: dict[str, str], images: np.ndarray, n:
     return stems[start:start + n]
 
 
-def prepare_data(S: Scale, work: Path, seed: int) -> dict[str, Any]:
+def partition(S: Scale, data: Path, seed: int) -> dict[str, Any]:
     """Disjoint parts of MLDS by blocks of ids: a single-character run, the held-out FID block, the monochrome
-    block and the base training set; each ingested (and the base labelled) by the project's stages."""
-    data = work / "data"
+    block and the base training set, each written as a zip in MLDS's layout (data/mlds-<part>.zip), and
+    data/partition.json (what the parts hold)."""
     data.mkdir(parents=True, exist_ok=True)
     full = data / "mlds-all"
     if not (full / "manifest.json").exists():  # one pass over the zip: dedupe (sha256) and small images to compare
@@ -199,27 +217,49 @@ def prepare_data(S: Scale, work: Path, seed: int) -> dict[str, Any]:
             parts[part] += blocks[k]
         parts["ref"], parts["mono"] = sorted(parts["ref"][:S.ref_n], key=int), sorted(parts["mono"][:S.mono_n], key=int)
         parts["base"] = sorted(parts["base"], key=int)
-        if S.base_limit:  # whole blocks, spread over the id range (ids are grouped by tag)
+        if S.base_limit:  # a sample spread over the id range (ids are grouped by tag)
             keep = set(np.random.default_rng(seed + 1).permutation(len(parts["base"]))[:S.base_limit].tolist())
             parts["base"] = [s for i, s in enumerate(parts["base"]) if i in keep]
-        zips = {name: _write_zip(zf, ss, tags, data / f"mlds-{name}.zip") for name, ss in parts.items()}
-        zips["character"] = _write_zip(zf, char, None, data / "mlds-character.zip")
+        for name, ss in parts.items():
+            _write_zip(zf, ss, tags, data / f"mlds-{name}.zip")
+        _write_zip(zf, char, None, data / "mlds-character.zip")
+    meta = {"character_ids": char, "ref_ids_sha256": hashlib.sha256(",".join(parts["ref"]).encode()).hexdigest(),
+            "base_ids_sha256": hashlib.sha256(",".join(parts["base"]).encode()).hexdigest(), "blocks": BLOCK,
+            "seed": seed}
+    (data / "partition.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def prepare_data(S: Scale, work: Path, seed: int, parts: Path | None = None) -> dict[str, Any]:
+    """The parts of MLDS (:func:`partition`; or, with ``parts``, the zips and partition.json carried there), each
+    ingested (and the base labelled) by the project's stages. A part whose zip is absent (the held-out block on
+    the lent GPU, which scores nothing) is left out."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    if parts is not None:
+        for f in sorted(parts.glob("mlds-*.zip")) + [parts / "partition.json"]:
+            shutil.copyfile(f, data / f.name)
+    elif not (data / "partition.json").exists():
+        partition(S, data, seed)
+    meta = json.loads((data / "partition.json").read_text())
     r = S.resolution
-    out = {"base": str(data / "base"), "ref": str(data / "ref"), "mono": str(data / "mono"),
-           "character": str(data / "character"), "labelled": str(data / "labelled")}
-    run_ingest(IngestConfig(resolution=r, holdout=0.05), zips["base"], out["base"], overwrite=True)
-    run_ingest(IngestConfig(resolution=r, holdout=0.0), zips["ref"], out["ref"], overwrite=True)
-    run_ingest(IngestConfig(resolution=r, holdout=0.0, mode="grayscale", channels=3), zips["mono"], out["mono"],
-               overwrite=True)
-    run_ingest(IngestConfig(resolution=r, holdout=0.0, grow_to=S.char_grow), zips["character"], out["character"],
-               overwrite=True)
+    ingest = {"base": IngestConfig(resolution=r, holdout=0.05), "ref": IngestConfig(resolution=r, holdout=0.0),
+              "mono": IngestConfig(resolution=r, holdout=0.0, mode="grayscale", channels=3),
+              "character": IngestConfig(resolution=r, holdout=0.0, grow_to=S.char_grow)}
+    out: dict[str, Any] = {}
+    for name, cfg in ingest.items():
+        src = data / f"mlds-{name}.zip"
+        out[name] = str(data / name) if src.exists() else None
+        if src.exists():
+            run_ingest(cfg, str(src), out[name], overwrite=True)
+    out["labelled"] = str(data / "labelled")
     run_label(LabelConfig.from_dict({"rules": {"min_per_class": S.min_per_class}}), out["base"], out["labelled"])
     labelled = open_dataset(out["labelled"])
     sizes = np.bincount(labelled.labels, minlength=len(labelled.class_names)).tolist()
     return {**out, "class_names": list(labelled.class_names), "class_sizes": sizes,
-            "counts": {k: len(open_dataset(v)) for k, v in out.items()},
-            "character_ids": char, "ref_ids_sha256": hashlib.sha256(",".join(parts["ref"]).encode()).hexdigest(),
-            "blocks": BLOCK}
+            "counts": {k: len(open_dataset(v)) for k, v in out.items() if v},
+            **{k: meta[k] for k in ("character_ids", "ref_ids_sha256", "blocks")},
+            "base_ids_sha256": meta.get("base_ids_sha256")}
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -294,26 +334,22 @@ class _TutorialG(nn.Module):
         return self.net(z[:, :, None, None])
 
 
-def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed: int) -> dict[str, Any]:
+def reference_dcgan(S: Scale, data: str, ref: str | None, out: Path, kimg: float, seed: int,
+                    record: Path | None = None) -> dict[str, Any]:
     """Train the tutorial DCGAN on the same packed images for the same number of images; FID at 0 kimg and at the
-    end, 2k / curve-size samples drawn in batches of the training batch (its BatchNorm uses batch statistics)."""
+    end, 2k / curve-size samples drawn in batches of the training batch (its BatchNorm uses batch statistics).
+    With ``record`` (the lent GPU, no Inception there) the samples are saved there for ``--score`` instead."""
     torch.manual_seed(seed)
     widths = {k: S.dcgan.get(k, v) for k, v in (("channel_base", 2048), ("channel_max", 512), ("batch", 128))}
     net = TutorialDCGAN(S.resolution, widths["channel_base"], widths["channel_max"])
     device = torch.device(S.device)
     G, D = net.G.to(device), net.D.to(device)
     images = torch.from_numpy(np.ascontiguousarray(open_dataset(data).images)).permute(0, 3, 1, 2)
-    extractor = resolve_extractor(None, "auto", S.device)
-    ref_stats = fidlib.dataset_stats(ref, extractor, progress=False)
 
-    def features(n: int) -> np.ndarray:  # seeded latents: the first n_curve of n_fid samples are the n_curve ones
-        return fidlib.generator_features(batchnorm_sampler(G, batch_stats=True), extractor, n, batch=widths["batch"],
-                                         device=device, seed=0)
+    def samples(n: int) -> np.ndarray:  # seeded latents: the first n_curve of n_fid samples are the n_curve ones
+        return generated_uint8(batchnorm_sampler(G, batch_stats=True), n, device, widths["batch"])
 
-    def fid(feats: np.ndarray) -> float:
-        return fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref_stats)
-
-    fid0 = fid(features(S.n_curve))
+    sets = {"kimg-0000000.0": samples(S.n_curve)}
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
     bce, b, seen = nn.BCELoss(), widths["batch"], 0
@@ -334,14 +370,194 @@ def reference_dcgan(S: Scale, data: str, ref: str, out: Path, kimg: float, seed:
             bce(D(fake).view(-1), torch.ones(b, device=device)).backward()
             opt_g.step()
             seen += b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    feats = features(S.n_fid)
-    fid_end, curve_end = fid(feats), fid(feats[:S.n_curve])
-    interval = list(fidlib.fid_bootstrap(feats, ref_stats, S.bootstrap, fid=fid_end))
-    return {"fid": fid_end, "fid_interval": interval, "n_fid": S.n_fid, "kimg": seen / 1000,
-            "fid_over_kimg": [{"kimg": 0.0, "fid": fid0, "n": S.n_curve},
-                              {"kimg": seen / 1000, "fid": curve_end, "n": S.n_curve}],
-            "train": {"img_per_s": seen / wall, "wall_s": wall, "kimg": seen / 1000}}
+    sets["final"] = samples(S.n_fid)
+    result = {"n_fid": S.n_fid, "kimg": seen / 1000, "train": {"img_per_s": seen / wall, "wall_s": wall,
+                                                                  "kimg": seen / 1000},
+              "fid_over_kimg": [{"kimg": 0.0, "n": S.n_curve, "set": "kimg-0000000.0"},
+                                {"kimg": seen / 1000, "n": S.n_curve, "set": "final"}]}
+    if record is not None:
+        return result | save_sets(record, sets)
+    extractor = resolve_extractor(None, "auto", S.device)
+    return result | score_sets(sets, result["fid_over_kimg"], fidlib.dataset_stats(ref, extractor, progress=False),
+                               extractor, S.bootstrap)
+
+
+# ---------------------------------------------------------------------------- samples: recorded there, scored here
+class Recorder:
+    """Stands in for the Inception extractor where its weights cannot go (the lent GPU): keeps each batch as the
+    uint8 images the extractor would quantise it to first, and returns no features."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.batches = batch_size, []
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        self.batches.append(to_uint8(images))
+        return np.zeros((len(images), 0))
+
+
+def sample_batch(device: torch.device) -> int:
+    """The batch evaluate samples in on ``device`` (Extractor.batch_size's rule)."""
+    return CUDA_BATCH if device.type == "cuda" else min(CPU_CHUNK * torch.get_num_threads(), CPU_BATCH_MAX)
+
+
+def generated_uint8(G, n: int, device: torch.device, batch: int | None = None, classes: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """``n`` samples of G as uint8 [n, H, W, C]: the images `evaluate` scores (the same latents, noise, classes
+    and batches as fidlib.generator_features with seed 0 on this device)."""
+    rec = Recorder(batch or sample_batch(device))
+    fidlib.generator_features(G, rec, n, classes=classes, batch=batch, device=device, seed=0)
+    return np.concatenate(rec.batches)
+
+
+def save_sets(folder: Path, sets: dict[str, np.ndarray]) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, arr in sets.items():
+        np.save(folder / f"samples-{key}.npy", arr)
+    return {"eval_dir": str(folder), "sets": {k: len(v) for k, v in sets.items()}}
+
+
+def score_sets(sets: dict[str, np.ndarray], curve: list[dict], ref: fidlib.Stats, extractor, bootstrap: int
+               ) -> dict[str, Any]:
+    """FID / KID / bootstrap interval of the final set, and each curve point's FID from its set (a point on the
+    final set takes its first n images: the same seeded latents)."""
+    final = extractor.features(sets["final"])
+    out = feature_metrics(final, ref, 0, bootstrap)
+    points = []
+    for p in curve:
+        feats = final[:p["n"]] if p["set"] == "final" else extractor.features(sets[p["set"]][:p["n"]])
+        points.append({k: v for k, v in p.items() if k != "set"} | feature_metrics(feats, ref))
+    return out | {"fid_over_kimg": sorted(points, key=lambda q: q["kimg"])}
+
+
+def record_model(S: Scale, model: Path, reference: str | None, out: Path, n_fid: int, n_curve: int,
+                 tagger: str | None) -> dict[str, Any]:
+    """The lent GPU's `evaluate`: what it measures without Inception (per-class accuracy, the pictures) the same
+    way, and the uint8 samples its FIDs are computed from (final and per snapshot), saved for ``--score``."""
+    device = torch.device(S.device)
+    cfg = EvalConfig(n_fid=n_fid, psi=1.0, tagger=tagger, k_per_class=S.k_per_class, grid_n=S.grid_n,
+                     device=S.device, progress=False, seed=0)
+    G, meta = load_generator(model / "checkpoint.pt", device)
+    names = meta["class_names"]
+    # the class mix of the samples as evaluate draws it: the reference's own conditions when it is labelled with
+    # the model's classes (the held-out block, absent there, is not labelled: uniform classes, as here)
+    imageset = open_dataset(reference) if reference else None
+    classes = reference_classes(imageset, names) if imageset is not None else None
+    multi_hot = imageset.label_kind == "multi_hot" if classes is not None else None
+    acc, _, skipped = model_accuracy(G, names, multi_hot, cfg, device)
+    pictures(G, names, multi_hot, cfg, out, device)
+    sets = {"final": generated_uint8(G, n_fid, device, classes=classes)}
+    curve = []
+    for snap in sorted((model / "snapshots").glob("G_ema-*.pt")):
+        Gs, m = load_generator(snap, device)
+        kimg = m["images_seen"] / 1000
+        # the last snapshot is the final model: its curve samples are the first n_curve final ones when whole
+        # batches make them (the noise of a batch depends on its size)
+        last = m["images_seen"] == meta["images_seen"] and n_curve <= n_fid and n_curve % sample_batch(device) == 0
+        key = "final" if last else f"kimg-{kimg:09.1f}"
+        if key != "final":
+            sets[key] = generated_uint8(Gs, n_curve, device, classes=reference_classes(imageset, m["class_names"])
+                                        if imageset is not None else None)
+        curve.append({"kimg": kimg, "snapshot": snap.name, "n": n_curve, "set": key})
+    summary = json.loads((model / "summary.json").read_text())
+    return {"n_fid": n_fid, "accuracy": acc, "accuracy_skipped": skipped,
+            "hair_accuracy": (acc or {}).get("hair_accuracy"), "eye_accuracy": (acc or {}).get("eye_accuracy"),
+            "train": {k: summary.get(k) for k in ("wall_s", "img_per_s", "peak_memory_bytes", "device", "kimg")},
+            "fid_over_kimg": curve} | save_sets(out, sets)
+
+
+PACK_CHUNK_BYTES = 14 * 2 ** 20   # a returned file (the device tool takes files of at most 16 MiB ...)
+PACK_CHUNKS_PER_PART = 4          # ... and 64 MiB per call: 4 chunks + the figures + the JSON
+
+
+def _webp(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(buf, "WEBP", lossless=True, method=2)
+    return buf.getvalue()
+
+
+def pack(work: Path, out: Path, part: int) -> list[str]:
+    """Copy part ``part`` (1, 2, ...) of the recorded run into ``out``: device.json, figures.zip and up to
+    PACK_CHUNKS_PER_PART zips of samples (each image lossless WebP, ~6.7 KB at 64 px). The chunks are written
+    once under work/pack; a part past the last returns device.json alone."""
+    pk = work / "pack"
+    if not (pk / "chunks.json").exists():
+        pk.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(pk / "figures.zip", "w", zipfile.ZIP_STORED) as zf:
+            for ev in sorted((work / "evals").iterdir()):
+                for f in picture_files(ev):
+                    zf.write(f, f"{ev.name}/{f.relative_to(ev).as_posix()}")
+        chunks, size, zf = [], 0, None
+        for f in sorted((work / "evals").glob("*/samples-*.npy")):
+            arr = np.load(f)
+            for i, img in enumerate(arr):
+                blob = _webp(img)
+                if zf is None or size + len(blob) > PACK_CHUNK_BYTES:
+                    if zf is not None:
+                        zf.close()
+                    chunks.append(f"chunk-{len(chunks) + 1:03d}.zip")
+                    zf, size = zipfile.ZipFile(pk / chunks[-1], "w", zipfile.ZIP_STORED), 0
+                zf.writestr(f"{f.parent.name}/{f.stem[len('samples-'):]}/{i:05d}.webp", blob)
+                size += len(blob) + 100
+        if zf is not None:
+            zf.close()
+        (pk / "chunks.json").write_text(json.dumps(chunks))
+    chunks = json.loads((pk / "chunks.json").read_text())
+    parts = math.ceil(len(chunks) / PACK_CHUNKS_PER_PART)
+    doc = json.loads((work / "device.json").read_text()) | {"parts": parts, "part": part}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "device.json", doc)
+    mine = chunks[(part - 1) * PACK_CHUNKS_PER_PART:part * PACK_CHUNKS_PER_PART]
+    for name in mine + (["figures.zip"] if part == 1 else []):
+        shutil.copyfile(pk / name, out / name)
+    return mine
+
+
+def unpack(dirs: list[Path], work: Path) -> dict[str, Any]:
+    """The recorded run from the parts fetched into ``dirs``: device.json (one run: the same run_id in every
+    part, all parts present), every sample set restored to work/evals/<model>/samples-<set>.npy and checked
+    against the count the run recorded, and the figures."""
+    from PIL import Image
+
+    docs = [json.loads((d / "device.json").read_text()) for d in dirs]
+    if len({d["run_id"] for d in docs}) != 1:
+        raise SystemExit("the fetched parts come from different device runs (run_id differs): fetch every part of "
+                         "one run (a machine that went cold between calls starts the run afresh)")
+    doc = docs[0]
+    have = sorted({d["part"] for d in docs})
+    if have != list(range(1, doc["parts"] + 1)):
+        raise SystemExit(f"parts {have} of {doc['parts']} fetched: run --part K for the missing ones")
+    images: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for d in dirs:
+        for z in sorted(d.glob("chunk-*.zip")):
+            with zipfile.ZipFile(z) as zf:
+                for name in zf.namelist():
+                    model, key, idx = name.split("/")
+                    img = np.asarray(Image.open(io.BytesIO(zf.read(name))))
+                    images.setdefault((model, key), {})[int(idx.split(".")[0])] = img.reshape(*img.shape[:2], -1)
+        if (d / "figures.zip").exists():
+            with zipfile.ZipFile(d / "figures.zip") as zf:
+                zf.extractall(work / "evals")
+    for name, rec in doc["models"].items():
+        for key, n in rec["sets"].items():
+            got = images.get((name, key), {})
+            if sorted(got) != list(range(n)):
+                raise SystemExit(f"{name}/{key}: {len(got)} of {n} samples in the fetched parts")
+            (work / "evals" / name).mkdir(parents=True, exist_ok=True)
+            np.save(work / "evals" / name / f"samples-{key}.npy", np.stack([got[i] for i in range(n)]))
+    return doc
+
+
+def score_model(S: Scale, rec: dict[str, Any], folder: Path, reference: str) -> dict[str, Any]:
+    """FIDs of a recorded model's samples (``folder``) against ``reference``, on this machine's real Inception."""
+    ex = resolve_extractor(None, "auto", "cpu")
+    sets = {k: np.load(folder / f"samples-{k}.npy", mmap_mode="r") for k in rec["sets"]}
+    return rec | score_sets(sets, rec["fid_over_kimg"], fidlib.dataset_stats(reference, ex, progress=False), ex,
+                            S.bootstrap)
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -447,9 +663,12 @@ def plot_accuracy_vs_size(rows: list[dict], path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def run(S: Scale, work: Path, seed: int) -> dict[str, Any]:
+def run(S: Scale, work: Path, seed: int, record: bool = False, parts: Path | None = None) -> dict[str, Any]:
+    """Every step here; with ``record`` (the lent GPU: no Inception weights there) the steps that need Inception
+    (floors, FIDs, the cross-dataset FID) are left to ``--score``, the models' samples saved for it, and the
+    result is work/device.json."""
     steps = Steps(work)
-    d = steps("data", prepare_data, S, work, seed)
+    d = steps("data", prepare_data, S, work, seed, parts)
     m = work / "models"
     e = work / "evals"
     tagger = str(work / "tagger")
@@ -457,28 +676,64 @@ def run(S: Scale, work: Path, seed: int) -> dict[str, Any]:
         TaggerTrainConfig(epochs=S.tagger_epochs, resolution=S.resolution, device=S.device, progress=False),
         d["labelled"], tagger))
     tagger_acc = {k: t.get(k) for k in ("hair_accuracy", "eye_accuracy", "pair_accuracy")}
-    fl = steps("floors", floors, S, d["base"], d["ref"], d["mono"], d["character"])
+    fl = None if record else steps("floors", floors, S, d["base"], d["ref"], d["mono"], d["character"])
+    measure = record_model if record else evaluate
 
     seed1 = {"dcgan": ("dcgan", d["base"], False), "dcgan_conditional": ("dcgan", d["labelled"], True),
              "stylegan": ("stylegan", d["base"], False), "stylegan_conditional": ("stylegan", d["labelled"], True)}
     models: dict[str, dict[str, Any]] = {}
     for name, (arch, data, cond) in seed1.items():
         steps(f"train-{name}", train_model, S, arch, data, m / name, S.kimg, S.snapshot_kimg, seed, cond)
-        models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
+        models[name] = steps(f"eval-{name}", measure, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
                              tagger if cond else None)
     models["dcgan_tutorial"] = steps("tutorial-dcgan", reference_dcgan, S, d["base"], d["ref"], m / "tutorial",
-                                     S.kimg, seed)
+                                     S.kimg, seed, e / "dcgan_tutorial" if record else None)
     transfers = {"mono_transfer": (d["mono"], True), "mono_scratch": (d["mono"], False),
                  "character_transfer": (d["character"], True), "character_scratch": (d["character"], False)}
     for name, (data, tr) in transfers.items():
         steps(f"train-{name}", train_model, S, "stylegan", data, m / name, S.transfer_kimg, S.transfer_snapshot_kimg,
               seed, init=str(m / "stylegan_conditional") if tr else None)
-        models[name] = steps(f"eval-{name}", evaluate, S, m / name, data, e / name, S.n_fid_transfer,
+        models[name] = steps(f"eval-{name}", measure, S, m / name, data, e / name, S.n_fid_transfer,
                              S.n_curve_transfer, None)
+    acc_curve = steps("accuracy-over-kimg", accuracy_curve, S, m / "stylegan_conditional", tagger)
+    if record:
+        run_id = work / "run_id"
+        if not run_id.exists():
+            run_id.write_text(uuid.uuid4().hex)
+        doc = {"run_id": run_id.read_text(), "scale": dataclasses.asdict(S), "data": d, "tagger": tagger_acc,
+               "models": models, "accuracy_over_kimg": acc_curve, "step_seconds": steps.seconds,
+               "environment": environment(S.device), "source_sha256": source_digest()}
+        write_json_atomic(work / "device.json", doc)
+        return doc
     cross = steps("cross-fid", lambda: json.loads(run_fid(FidConfig(device=S.device, progress=False), d["mono"],
                                                           d["character"], e / "cross").read_text()))
-    acc_curve = steps("accuracy-over-kimg", accuracy_curve, S, m / "stylegan_conditional", tagger)
     return tables(S, d, fl, models, tagger_acc, cross, acc_curve, steps.seconds, work)
+
+
+def score(S: Scale, work: Path, dirs: list[Path], seed: int) -> dict[str, Any]:
+    """A recorded device run (``dirs``: its fetched parts) scored here: the same partition of MLDS (``--prepare``
+    made it; checked against the device's), floors, every FID from the device's samples, the cross-dataset FID,
+    then the same tables."""
+    dev = unpack(dirs, work)
+    steps = Steps(work / "score")
+    d = steps("data", prepare_data, S, work, seed)
+    for key in ("ref_ids_sha256", "base_ids_sha256", "character_ids", "class_names", "class_sizes"):
+        if d.get(key) != dev["data"].get(key):
+            raise SystemExit(f"the device run's data differ from this machine's partition ({key}): rerun --prepare "
+                             "with the same --seed and carry its folder")
+    fl = steps("floors", floors, S, d["base"], d["ref"], d["mono"], d["character"])
+    refs = {"mono_transfer": d["mono"], "mono_scratch": d["mono"], "character_transfer": d["character"],
+            "character_scratch": d["character"]}
+    models = {name: steps(f"score-{name}", score_model, S, rec, work / "evals" / name, refs.get(name, d["ref"]))
+              for name, rec in dev["models"].items()}
+    cross = steps("cross-fid", lambda: json.loads(run_fid(FidConfig(device="cpu", progress=False), d["mono"],
+                                                          d["character"], work / "evals" / "cross").read_text()))
+    doc = tables(S, d, fl, models, dev["tagger"], cross, dev["accuracy_over_kimg"],
+                 {**dev["step_seconds"], **{f"here:{k}": v for k, v in steps.seconds.items()}}, work)
+    doc["device_environment"] = dev["environment"]
+    doc["device_source_sha256"] = dev["source_sha256"]
+    doc["device_run_id"] = dev["run_id"]
+    return doc
 
 
 def tables(S: Scale, d: dict, fl: dict, models: dict, tagger_acc: dict, cross: dict, acc_curve: list,
@@ -583,6 +838,15 @@ def print_tables(doc: dict) -> dict[str, list]:
             "t4": [["", "FID"], t4]}
 
 
+def picture_files(ev: Path) -> list[Path]:
+    """The pictures of an evaluation folder the figures show: the sample grid (a conditional model's: every 8th
+    class's row), style mixing (coarse) and the interpolation loop (StyleGAN)."""
+    rows = sorted((ev / "samples").glob("grid_*.png"))
+    files = rows[::8] if len(rows) > 16 else [ev / "samples" / "grid.png"]
+    files += [ev / "mixing" / "mix_coarse.png", ev / "interpolation" / "interp.gif"]
+    return [f for f in files if f.is_file()]
+
+
 def figures(doc: dict, work: Path, fig_dir: Path) -> list[Figure]:
     """Generated-image figures (committed) and the curves; returns them for the report."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -604,27 +868,25 @@ def figures(doc: dict, work: Path, fig_dir: Path) -> list[Figure]:
     for name in ("dcgan", "dcgan_conditional", "stylegan", "stylegan_conditional", "mono_transfer", "mono_scratch",
                  "character_transfer", "character_scratch"):
         ev = work / "evals" / name
-        picks = [("samples", "grid.png", "samples")]
-        if name in ("stylegan", "stylegan_conditional"):
-            picks += [("mixing", "mix_coarse.png", "style mixing (coarse)"), ("interpolation", "interp.gif",
-                                                                               "interpolation loop")]
-        rows = sorted((ev / "samples").glob("grid_*.png"))
-        if len(rows) > 16:  # a conditional model: every 8th class's row (the full grid is megabytes)
+        captions = {"grid.png": "samples", "mix_coarse.png": "style mixing (coarse)",
+                    "interp.gif": "interpolation loop"}
+        files = picture_files(ev)
+        rows = [f for f in files if f.name.startswith("grid_")]
+        if rows:  # a conditional model: every 8th class's row, stacked (the full grid is megabytes)
             from PIL import Image
-            ims = [Image.open(r).convert("RGB") for r in rows[::8]]
+            ims = [Image.open(r).convert("RGB") for r in rows]
             sheet = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)), "white")
             for k, im in enumerate(ims):
                 sheet.paste(im, (0, sum(i.height for i in ims[:k])))
             dest = fig_dir / f"{name}-samples-every-8th-class.png"
             sheet.save(dest)
-            shown = ", ".join(r.stem[5:] for r in rows[::8])
+            shown = ", ".join(r.stem[5:] for r in rows)
             figs.append(Figure(dest, f"{name}: every 8th class, one row each ({shown})"))
-            picks = picks[1:]
-        for sub, file, caption in picks:
-            if (ev / sub / file).is_file():
-                dest = fig_dir / f"{name}-{sub}-{file}"
-                shutil.copyfile(ev / sub / file, dest)
-                figs.append(Figure(dest, f"{name}: {caption}"))
+        for f in files:
+            if f.name in captions and not (rows and f.name == "grid.png"):
+                dest = fig_dir / f"{name}-{f.parent.name}-{f.name}"
+                shutil.copyfile(f, dest)
+                figs.append(Figure(dest, f"{name}: {captions[f.name]}"))
     return figs
 
 
@@ -633,7 +895,7 @@ def report(doc: dict, printed: dict, figs: list[Figure], work: Path) -> Path:
     real: list[Figure] = []
     for name in ("character", "mono"):
         imgs = open_dataset(str(d / name)).images[:64]
-        x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = torch.from_numpy(np.array(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
         real.append(Figure(save_grid(x, work / f"{name}-set.png", ncol=8), f"the {name} target set (first 64)"))
     body = [f"<h1>Paper tables ({doc['scale']['resolution']} px, {doc['scale']['device']})</h1>"]
     for key, title in (("t1", "Seed 1: DCGAN vs StyleGAN"), ("t2s", "Seed 2, Table II (summary)"),
@@ -648,6 +910,26 @@ def report(doc: dict, printed: dict, figs: list[Figure], work: Path) -> Path:
     return path
 
 
+def prepare(S: Scale, work: Path, seed: int) -> None:
+    """The GPU scale's parts of MLDS, made here (the lent machine has no ../shared) and copied to PARTS: the base
+    set, the monochrome block and the character run as zips, and partition.json; the held-out block stays here."""
+    meta = partition(S, work / "data", seed)
+    shutil.rmtree(PARTS, ignore_errors=True)
+    PARTS.mkdir()
+    for name in ("base", "mono", "character"):
+        shutil.copyfile(work / "data" / f"mlds-{name}.zip", PARTS / f"mlds-{name}.zip")
+    shutil.copyfile(work / "data" / "partition.json", PARTS / "partition.json")
+    size = sum(f.stat().st_size for f in PARTS.iterdir())
+    if size > CARRY_MAX_BYTES:
+        raise SystemExit(f"{PARTS} holds {size / 2**20:.1f} MiB, over {CARRY_MAX_BYTES / 2**20:.0f} MiB: lower the "
+                         "GPU scale's base_limit")
+    print(f"wrote {PARTS} ({size / 2**20:.1f} MiB; {len(meta['character_ids'])} character ids). On the lent GPU:\n"
+          f"  run command: {DEVICE_COMMAND}\n  carry: [\".papertables\"]  timeout_s: 540\n"
+          "then at once (the samples live on the warm machine), for K = 2 .. the 'parts' device.json names:\n"
+          "  PYTHONPATH=src python3 benchmarks/paper_tables.py --scale gpu --record --part K --out $OUT\n"
+          "and here: python benchmarks/paper_tables.py --scale gpu --score DIR1 DIR2 ...")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -655,19 +937,40 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="resumable working folder (default benchmarks/.work/...)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prepare", action="store_true", help="write the carried parts for the lent GPU (PARTS)")
+    ap.add_argument("--record", action="store_true",
+                    help="on the lent GPU: train and sample everything, no Inception; --out gets part 1")
+    ap.add_argument("--part", type=int, default=1, help="with --record: copy part K of a recorded run to --out")
+    ap.add_argument("--score", nargs="+", default=None, metavar="DIR",
+                    help="score a recorded run from its fetched parts, here, then write the tables")
     args = ap.parse_args()
-    if not MLDS.exists():
-        raise SystemExit(f"{MLDS} is missing: the paper tables need the shared MLDS faces")
     scale = "quick" if args.quick else args.scale
     S = SCALES[scale]
     work = Path(args.work or ROOT / "benchmarks" / ".work" / f"paper_tables-{scale}")
+    out = Path(args.out)
+    if args.record:  # on the lent machine (or a dry run of it): no ../shared, no Inception weights
+        if args.part == 1:
+            run(S, work, args.seed, record=True, parts=PARTS if PARTS.is_dir() else None)
+        elif not (work / "device.json").exists():
+            raise SystemExit(f"{work / 'device.json'} is missing: this machine holds no recorded run (it went "
+                             "cold?); run part 1 again, then every other part straight after")
+        print("part", args.part, "->", out, pack(work, out, args.part))
+        return
+    if not MLDS.exists():
+        raise SystemExit(f"{MLDS} is missing: the paper tables need the shared MLDS faces")
+    if args.prepare:
+        prepare(S, work, args.seed)
+        return
     t0 = time.perf_counter()
-    doc = run(S, work, args.seed)
-    doc["environment"] = environment(S.device)
-    doc["command"] = "python benchmarks/paper_tables.py" + (" --quick" if args.quick else f" --scale {scale}")
+    if args.score:
+        doc = score(S, work, [Path(p) for p in args.score], args.seed)
+    else:
+        doc = run(S, work, args.seed)
+    doc["environment"] = environment("cpu" if args.score else S.device)
+    doc["command"] = "python benchmarks/paper_tables.py" + (" --quick" if args.quick else f" --scale {scale}") + (
+        " --score ..." if args.score else "")
     printed = print_tables(doc)
     date = dt.date.today().isoformat()
-    out = Path(args.out)
     figs = figures(doc, work, out / f"paper_tables-{scale}")
     doc["report"] = str(report(doc, printed, figs, work))
     doc["wall_s_this_call"] = round(time.perf_counter() - t0, 1)

@@ -8,10 +8,68 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from helpers import SYN, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MLDS = ROOT.parent / "shared" / "datasets" / "mlds-anime-faces-64.zip"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_gpu_scale_split_scores_what_evaluate_scores(tmp_path):
+    """--scale gpu records samples on the lent GPU (no Inception there), packs them into the files the device tool
+    returns and scores them here: the FIDs, KIDs, interval and curve must be evaluate's own for the same model."""
+    import dataclasses
+
+    import paper_tables as pt
+
+    from animegen.train import run_train
+
+    model = tmp_path / "model"
+    run_train(tiny_config("stylegan", conditional=True, kimg=0.16, snapshot_kimg=0.08), SYN, model)
+    S = dataclasses.replace(pt.SCALES["quick"], grid_n=2, k_per_class=4, bootstrap=4)
+    direct = pt.evaluate(S, model, SYN, tmp_path / "eval", n_fid=40, n_curve=24, tagger=None)
+    dev = tmp_path / "device"
+    rec = pt.record_model(S, model, SYN, dev / "evals" / "m", n_fid=40, n_curve=24, tagger=None)
+    assert rec["sets"] == {"final": 40, "kimg-0000000.0": 24, "kimg-0000000.1": 24, "kimg-0000000.2": 24}
+    (dev / "device.json").write_text(json.dumps({"run_id": "r1", "models": {"m": rec}}))
+    pt.PACK_CHUNK_BYTES = 20_000  # several chunks, two parts
+    pt.PACK_CHUNKS_PER_PART = 2
+    fetched = []
+    for part in (1, 2):
+        pt.pack(dev, tmp_path / f"part{part}", part)
+        fetched.append(tmp_path / f"part{part}")
+    assert json.loads((fetched[0] / "device.json").read_text())["parts"] == 2
+    here = tmp_path / "here"
+    with pytest.raises(SystemExit, match="parts \\[1\\] of 2"):
+        pt.unpack(fetched[:1], here)
+    pt.unpack(fetched, here)
+    for key in rec["sets"]:  # lossless: the images scored here are the ones drawn there
+        assert np.array_equal(np.load(here / "evals" / "m" / f"samples-{key}.npy"),
+                              np.load(dev / "evals" / "m" / f"samples-{key}.npy"))
+    assert (here / "evals" / "m" / "mixing" / "mix_coarse.png").is_file()
+    scored = pt.score_model(S, rec, here / "evals" / "m", SYN)
+    for key in ("fid", "kid"):
+        assert scored[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9)
+    assert scored["fid_interval"] == pytest.approx(direct["fid_interval"], rel=1e-6)
+    assert [(p["kimg"], p["n"]) for p in scored["fid_over_kimg"]] == [(p["kimg"], p["n"])
+                                                                       for p in direct["fid_over_kimg"]]
+    assert [p["fid"] for p in scored["fid_over_kimg"]] == pytest.approx([p["fid"] for p in direct["fid_over_kimg"]],
+                                                                        rel=1e-6)
+    # the last curve point reuses the final samples only when whole batches make it: then they are the same images
+    from animegen.train.checkpoint import load_generator
+
+    G, _ = load_generator(model / "checkpoint.pt", "cpu")
+    b = pt.sample_batch(torch.device("cpu"))
+    assert np.array_equal(pt.generated_uint8(G, b, torch.device("cpu")),
+                          pt.generated_uint8(G, 2 * b + 3, torch.device("cpu"))[:b])
+    # parts of two different device runs (a machine gone cold between calls) are refused
+    doc = json.loads((fetched[1] / "device.json").read_text()) | {"run_id": "r2"}
+    (fetched[1] / "device.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="different device runs"):
+        pt.unpack(fetched, tmp_path / "again")
 
 
 @pytest.mark.skipif(not MLDS.exists(), reason=f"{MLDS} is absent (the shared MLDS faces)")

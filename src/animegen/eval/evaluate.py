@@ -151,6 +151,17 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- FID parts
+def feature_metrics(feats: np.ndarray, ref: fidlib.Stats, seed: int = 0, bootstrap: int = 0) -> dict[str, Any]:
+    """FID and KID of generated Inception features against the reference statistics (features from the same
+    extractor); with ``bootstrap`` resamples, FID's 90 % bootstrap interval over the samples too."""
+    fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, ref.extractor_id), ref)
+    kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=seed)
+    out = {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
+    if bootstrap:
+        out["fid_interval"] = [finite(v) for v in fidlib.fid_bootstrap(feats, ref, bootstrap, seed, fid=fid)]
+    return out
+
+
 def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, classes: np.ndarray | None,
              cfg: EvalConfig, device: torch.device, what: str = "", bootstrap: bool = False) -> dict[str, Any]:
     """FID and KID of ``n`` samples of G (streamed into the extractor) against the reference statistics; with
@@ -158,13 +169,7 @@ def _fid_kid(G, extractor: Extractor, ref: fidlib.Stats, n: int, psi: float, cla
     label = f"FID samples of {what or 'the model'} (ψ = {psi:g}): sampling + Inception features"
     feats = fidlib.generator_features(G, extractor, n, truncation_psi=psi, classes=classes, batch=cfg.batch,
                                       device=device, seed=cfg.seed, progress=label if cfg.progress else False)
-    fid = fidlib.fid_from_stats(fidlib.Stats.from_features(feats, extractor.id), ref)
-    kid_mean, kid_std = fidlib.kid(feats, ref.features, seed=cfg.seed)
-    out = {"fid": finite(fid), "kid": finite(kid_mean), "kid_std": finite(kid_std)}
-    if bootstrap:
-        out["fid_interval"] = [finite(v) for v in fidlib.fid_bootstrap(feats, ref, cfg.fid_bootstrap, cfg.seed,
-                                                                              fid=fid)]
-    return out
+    return feature_metrics(feats, ref, cfg.seed, cfg.fid_bootstrap if bootstrap else 0)
 
 
 def _snapshot_files(model_dir: Path) -> list[Path]:
@@ -191,8 +196,8 @@ def _snapshot_curve(files: list[Path], extractor: Extractor, ref: fidlib.Stats, 
     return sorted(curve, key=lambda p: p["kimg"])
 
 
-def _accuracy(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, device: torch.device
-              ) -> tuple[dict | None, dict | None, str | None]:
+def model_accuracy(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, device: torch.device
+                   ) -> tuple[dict | None, dict | None, str | None]:
     """(accuracy at ψ = 1, at ψ = cfg.psi, or the reason it was skipped)."""
     if not class_names:
         return None, None, "the model is unconditional: there is no requested class to check"
@@ -227,8 +232,8 @@ def _class_spec(class_names: list[str], multi_hot: bool | None) -> list[str] | N
     return ["+".join(class_names[i] for i in r.condition.nonzero().flatten().tolist()) for r in requested]
 
 
-def _pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, out: Path, device: torch.device
-              ) -> list[tuple[str, list[Figure]]]:
+def pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig, out: Path, device: torch.device
+             ) -> list[tuple[str, list[Figure]]]:
     """Sample grids, truncation grid, style mixing (StyleGAN) and the interpolation GIF via the latent tools."""
     from animegen.latent import interpolate, mix, sample, truncate
 
@@ -296,7 +301,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
                     bootstrap=cfg.fid_bootstrap > 0)
     at_psi = at_1 if cfg.psi == 1.0 else _fid_kid(G, extractor, ref, cfg.n_fid, cfg.psi, classes, cfg, device,
                                                   model_dir.name)
-    acc_1, acc_psi, acc_skipped = _accuracy(G, class_names, multi_hot, cfg, device)
+    acc_1, acc_psi, acc_skipped = model_accuracy(G, class_names, multi_hot, cfg, device)
 
     curve: list[dict[str, Any]] = []
     sections: list[tuple[str, list[Figure]]] = []
@@ -309,7 +314,7 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
             caption = f"FID (ψ = 1, {curve[0]['n']} generated images) of each snapshot"
             sections.append(("FID over training", [Figure(plot, caption)]))
     if cfg.grids:
-        sections += _pictures(G, class_names, multi_hot, cfg, out, device)
+        sections += pictures(G, class_names, multi_hot, cfg, out, device)
     if (model_dir / "loss.png").is_file():
         sections.append(("Training losses", [Figure(model_dir / "loss.png", f"{model_dir.name}/loss.png")]))
 
@@ -376,4 +381,5 @@ def run_fid(cfg: FidConfig, a: str, b: str, out_dir: str | Path) -> Path:
     return path
 
 
-__all__ = ["EvalConfig", "FidConfig", "reference_classes", "run_evaluate", "run_fid", "scalar_metrics"]
+__all__ = ["EvalConfig", "FidConfig", "feature_metrics", "model_accuracy", "pictures", "reference_classes",
+           "run_evaluate", "run_fid", "scalar_metrics"]
