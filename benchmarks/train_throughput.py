@@ -40,6 +40,8 @@ CONFIGS = {
     "dcgan-cond": dict(arch="dcgan", conditional=True),
     "stylegan": dict(arch="stylegan", conditional=False),
     "stylegan-cond": dict(arch="stylegan", conditional=True),
+    "stylegan2": dict(arch="stylegan2", conditional=False),
+    "stylegan2-cond": dict(arch="stylegan2", conditional=True),
 }
 # (steps, log_every) per device type. The first log interval is warm-up and is not counted, so every run has
 # at least two intervals. On CUDA log_every is a multiple of the lazy-regulariser interval (16), so each timed
@@ -48,7 +50,8 @@ CONFIGS = {
 # (those fall on steps 0, 16, ...), so the CPU StyleGAN img/s leaves out the amortised regulariser cost and
 # img_s_amortised_lower_bound brackets it.
 STEPS = {
-    "cpu": {"dcgan": (24, 1), "dcgan-cond": (14, 1), "stylegan": (4, 1), "stylegan-cond": (4, 1)},
+    "cpu": {"dcgan": (24, 1), "dcgan-cond": (14, 1), "stylegan": (4, 1), "stylegan-cond": (4, 1), "stylegan2": (4, 1),
+            "stylegan2-cond": (4, 1)},
     "cuda": {name: (384, 64) for name in CONFIGS},
 }
 QUICK_STEPS = {"cpu": {name: (2, 1) for name in CONFIGS}, "cuda": {name: (48, 16) for name in CONFIGS}}
@@ -59,6 +62,7 @@ TINY_RESOLUTION = 16
 TINY = {
     "dcgan": dict(z_dim=16, channel_base=128, channel_max=64, batch=8),
     "stylegan": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32, batch=8),
+    "stylegan2": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32, batch=8),
 }
 MARK = "TRAIN_THROUGHPUT_RESULT "
 
@@ -114,7 +118,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
     first_step, last_step = rows[0]["step"], rows[-1]["step"]  # timed steps: indices first_step .. last_step-1
     resolved = TrainConfig.from_dict(saved_cfg).with_arch_defaults()
     intervals = [resolved.r1_interval] if resolved.r1_gamma > 0 else []  # the loop's lazy regularisers
-    if resolved.pl_weight > 0 and resolved.arch == "stylegan":
+    if resolved.pl_weight > 0 and resolved.arch != "dcgan":
         intervals.append(resolved.pl_interval)
     intervals = [k for k in intervals if k > 0]
     reg_interval = min(intervals, default=0)

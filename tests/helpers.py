@@ -5,6 +5,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "dcgan": dict(z_dim=16, channel_base=128, channel_max=64),
     "stylegan": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32),
+    "stylegan2": dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=32),
 }
 SYN = "synthetic:?n=128&resolution=16&hair=blonde,blue,black&eyes=red,green"
 

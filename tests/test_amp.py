@@ -23,6 +23,7 @@ CONFIGS = {
     "stylegan": dict(arch="stylegan"),
     "stylegan-cond-concat": dict(arch="stylegan", conditional=True),
     "stylegan-cond-projection-multi-hot": dict(arch="stylegan", conditional=True, cond_mode="projection"),
+    "stylegan2-cond-ada": dict(arch="stylegan2", conditional=True, ada_kimg=0.2),  # ADA's p moves: augmented bf16
 }
 DATA = {"stylegan-cond-projection-multi-hot": SYN + "&labels=multi_hot"}  # the others: SYN
 
@@ -117,7 +118,7 @@ def test_amp_training_crosses_every_step_kind_and_resumes(amp_runs, name):
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 3, 4, 6]  # log every 2 steps, the snapshot at step 3, the resume
     assert all(torch.isfinite(torch.tensor([r["loss_d"], r["loss_g"]])).all() for r in rows)
-    if CONFIGS[name]["arch"] == "stylegan":
+    if CONFIGS[name]["arch"] != "dcgan":
         assert any("r1" in r for r in rows) and any("pl" in r for r in rows)
     state = load_checkpoint(out)
     assert state["step"] == 6 and state["config"]["amp"] == "on"
@@ -127,7 +128,7 @@ def test_amp_training_crosses_every_step_kind_and_resumes(amp_runs, name):
     for k, v in G.state_dict().items():
         if v.is_floating_point():
             assert v.dtype == torch.float32, k  # the weights stay float32; only the compute is bf16
-    if CONFIGS[name]["arch"] == "stylegan":
+    if CONFIGS[name]["arch"] != "dcgan":
         assert G.w_avg.abs().sum() > 0 and G.w_avg.dtype == torch.float32
     # G_ema moved away from G's start (EMA ran) and differs from G (it is an average)
     assert any(not torch.equal(state["G_ema"][k], state["G"][k]) for k in state["G"] if k.endswith("weight"))
@@ -153,18 +154,19 @@ def test_amp_resume_equals_an_uninterrupted_amp_run(amp_runs, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
-@pytest.mark.parametrize("name", ["dcgan-cond", "stylegan-cond-concat", "stylegan-cond-projection-multi-hot"])
+@pytest.mark.parametrize("name", ["dcgan-cond", "stylegan-cond-concat", "stylegan-cond-projection-multi-hot",
+                                  "stylegan2-cond-ada"])
 def test_latent_tools_on_an_amp_trained_model(amp_runs, tmp_path, name):
     root, _ = amp_runs
     G, meta = load_generator(root / name)
     names = meta["class_names"]
     files = sample(G, names, tmp_path / "s", n=2)
     assert files["images"] and all(p.stat().st_size > 0 for p in files["images"])
-    interpolate(G, names, tmp_path / "i", method="slerp", space="w" if G.arch == "stylegan" else "z", steps=2,
+    interpolate(G, names, tmp_path / "i", method="slerp", space="z" if G.arch == "dcgan" else "w", steps=2,
                 rows=1, n_keys=2)
     assert (tmp_path / "i" / "interp.gif").exists()
     truncate(G, names, tmp_path / "t", psis=[1.0, 0.0], n=2)
-    if G.arch == "stylegan":
+    if G.arch != "dcgan":
         mix(G, names, tmp_path / "m", n_rows=2, n_cols=2)
         assert list((tmp_path / "m").glob("*.png"))
 

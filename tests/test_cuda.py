@@ -24,6 +24,8 @@ CASES = {  # name: (arch, TrainConfig overrides, data)
     "stylegan-cond-concat": ("stylegan", dict(conditional=True, cond_mode="concat"), SYN),
     "stylegan-cond-projection": ("stylegan", dict(conditional=True, cond_mode="projection"), SYN),
     "stylegan-multi-hot": ("stylegan", dict(conditional=True), SYN + "&labels=multi_hot"),
+    "stylegan2-cond-ada": ("stylegan2", dict(conditional=True, ada_kimg=0.2), SYN),  # separate reg passes, ADA
+    "stylegan2-diffaugment": ("stylegan2", dict(augment="diffaugment"), SYN),
 }
 
 
@@ -44,7 +46,7 @@ def test_amp_training_on_cuda(tmp_path, tiny, case):
     assert res.device.startswith("cuda") and res.steps == 25 and res.peak_memory_bytes > 0
     rows = [r for r in log_rows(out) if "loss_d" in r]
     assert rows and all(math.isfinite(r[k]) for r in rows for k in ("loss_d", "loss_g"))
-    if arch == "stylegan":
+    if arch != "dcgan":
         assert any("r1" in r and math.isfinite(r["r1"]) for r in rows)
         assert any("pl" in r and math.isfinite(r["pl"]) for r in rows)
     state = load_checkpoint(out / "checkpoint.pt")

@@ -164,7 +164,7 @@ def test_style_ranges_follow_the_resolution():
 
 # ------------------------------------------------------------------------------------------------- truncation
 
-@pytest.mark.parametrize("arch", ["stylegan", "dcgan"])
+@pytest.mark.parametrize("arch", ["stylegan", "stylegan2", "dcgan"])
 def test_psi_zero_gives_one_image_for_every_z(arch):
     G = make_g(arch)
     z = torch.randn(4, G.z_dim)
@@ -202,7 +202,7 @@ def test_sample_writes_images_and_grids(model, tmp_path):
         assert set(files["class_grids"]) == set(names)
 
 
-@pytest.mark.parametrize("arch", ["stylegan", "dcgan"])
+@pytest.mark.parametrize("arch", ["stylegan", "stylegan2", "dcgan"])
 def test_sample_is_deterministic_and_takes_a_class_spec(arch, tmp_path):
     # DCGAN: BatchNorm samples with recalibrated statistics, still one image per latent at any batch size
     G = make_g(arch, 3)

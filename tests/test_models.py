@@ -205,9 +205,9 @@ def test_minibatch_stddev_matches_an_explicit_computation(n, group, expected_g):
         assert torch.allclose(feature, torch.full_like(feature, 1e-4))
 
 
-def psi_generator(cond_mode: str, c_dim: int = 4, seed: int = 0):
+def psi_generator(cond_mode: str, c_dim: int = 4, seed: int = 0, arch: str = "stylegan"):
     torch.manual_seed(seed)
-    G, _ = build_models("stylegan", c_dim=c_dim, resolution=16, z_dim=16, w_dim=16, mapping_layers=2,
+    G, _ = build_models(arch, c_dim=c_dim, resolution=16, z_dim=16, w_dim=16, mapping_layers=2,
                         channel_base=128, channel_max=32, cond_mode=cond_mode)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # known, distinct rows (all zero at initialisation would hide a wrong row)
@@ -217,9 +217,10 @@ def psi_generator(cond_mode: str, c_dim: int = 4, seed: int = 0):
     return G.eval()
 
 
+@pytest.mark.parametrize("arch", ["stylegan", "stylegan2"])
 @pytest.mark.parametrize("cond_mode", ["concat", "projection"])
-def test_psi_zero_is_the_class_mean_w(cond_mode):
-    G = psi_generator(cond_mode)
+def test_psi_zero_is_the_class_mean_w(cond_mode, arch):
+    G = psi_generator(cond_mode, arch=arch)
     z = torch.randn(5, 16)
     for k in range(4):
         c = torch.eye(4)[[k] * 5]

@@ -20,7 +20,8 @@ PAIRS = ["black hair green eyes", "black hair red eyes", "blonde hair green eyes
          "blue hair green eyes", "blue hair red eyes"]
 TAGS = ["black hair", "blonde hair", "blue hair", "green eyes", "red eyes"]
 TOL = dict(rtol=1e-4, atol=1e-5)
-ARCH_MODES = [("dcgan", "concat"), ("dcgan", "projection"), ("stylegan", "concat"), ("stylegan", "projection")]
+ARCH_MODES = [("dcgan", "concat"), ("dcgan", "projection"), ("stylegan", "concat"), ("stylegan", "projection"),
+              ("stylegan2", "projection"), ("stylegan2", "concat")]
 
 
 def perturb_(model: torch.nn.Module, seed: int) -> None:
@@ -216,7 +217,7 @@ def test_an_architecture_option_given_explicitly_is_kept_even_at_its_default(tmp
     assert cfg.arch == "dcgan" and cfg.resolution == 16
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan", "stylegan2"])
 def test_a_transfer_run_starts_its_fid_curve_at_the_source_model(tmp_path, arch):
     """The 0 kimg sampling snapshot of a transfer is the transferred model before any step: with the same classes it
     draws what the source's G_ema draws (the start of the transfer's FID-over-kimg curve is the source's FID)."""

@@ -250,11 +250,11 @@ def pictures(G, class_names: list[str], multi_hot: bool | None, cfg: EvalConfig,
     trunc = [Figure(t["grid"], "columns: ψ = " + ", ".join(f"{p:g}" for p in cfg.truncation_psis)
                     + "; rows: one latent each" + (" (classes in turn)" if class_names else ""), scale)]
     mixing = []
-    if G.arch == "stylegan":
+    if G.arch != "dcgan":  # StyleGAN, StyleGAN2: a w space
         m = mix(G, class_names, out / "mixing", truncation_psi=psi, class_name=spec, **kw)
         mixing = [Figure(m[band], f"{band} styles from the top row (ψ = {psi:g})", scale)
                   for band in ("coarse", "middle", "fine") if band in m]
-    space = "w" if G.arch == "stylegan" else "z"
+    space = "z" if G.arch == "dcgan" else "w"
     i = interpolate(G, class_names, out / "interpolation", method=cfg.interp_method, space=space,
                     steps=cfg.interp_steps, truncation_psi=psi, class_name=spec, **kw)
     interp = [Figure(i["gif"], f"looping {cfg.interp_method} interpolation in {space} (ψ = {psi:g})", scale),

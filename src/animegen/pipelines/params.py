@@ -101,7 +101,12 @@ class PipelineParams(Config):
     sg_channel_base: int = _stage(TrainConfig, "channel_base", 256, what="StyleGAN ",
                                   unset_means=_SG["channel_base"])
     sg_channel_max: int = _stage(TrainConfig, "channel_max", 64, what="StyleGAN ")
-    sg_cond_mode: str = _stage(TrainConfig, "cond_mode", "concat", what="conditional StyleGAN ")
+    sg_arch: str = _own("stylegan", "architecture of the conditional model, its transfers and their from-scratch "
+                             "baselines: stylegan (the papers') or stylegan2 (StyleGAN2-ADA's)",
+                        choices=("stylegan", "stylegan2"))
+    sg_cond_mode: str = _stage(TrainConfig, "cond_mode", "", what="conditional StyleGAN ",
+                               unset_means="the architecture's: concat stylegan, projection stylegan2")
+    sg_augment: str = _stage(TrainConfig, "augment", "", what="StyleGAN models: ")
     sg_r1_gamma: float = _stage(TrainConfig, "r1_gamma", -1.0, what="StyleGAN ", unset_means=_SG["r1_gamma"])
     # DCGAN
     kimg_dcgan: float = _own(0.3, "training length of the DCGAN")

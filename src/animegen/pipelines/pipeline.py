@@ -286,16 +286,17 @@ def _build(p: dict[str, Any], dag: _Dag) -> Any:
     store = dict(s3_endpoint=p["s3_endpoint"], s3_region=p["s3_region"], store_uri=p["store_uri"])
     ingest_common = dict(resolution=res, holdout=p["holdout"], seed=seed, s3_endpoint=p["s3_endpoint"],
                          options=p["ingest_options"])
-    sg_shape = dict(arch="stylegan", resolution=res, z_dim=p["sg_z_dim"], w_dim=p["sg_w_dim"],
+    sg_shape = dict(arch=p["sg_arch"], resolution=res, z_dim=p["sg_z_dim"], w_dim=p["sg_w_dim"],
                     mapping_layers=p["sg_mapping_layers"], channel_base=p["sg_channel_base"],
                     channel_max=p["sg_channel_max"], cond_mode=p["sg_cond_mode"], batch=p["sg_batch"],
-                    r1_gamma=p["sg_r1_gamma"])
+                    r1_gamma=p["sg_r1_gamma"], augment=p["sg_augment"])
     from kfp import dsl
     # checkpoint upload: a retried train/transfer task resumes from <checkpoint_root>/<run id>/<task name>
     run_common = dict(snapshot_kimg=p["snapshot_kimg"], seed=seed, device=device, options=p["train_options"],
                       gpus=p["gpus"], checkpoint_root=p["checkpoint_root"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                       task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER, **store)
-    transfer_common = dict(batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], freeze_d=p["freeze_d"],
+    transfer_common = dict(batch=p["sg_batch"], r1_gamma=p["sg_r1_gamma"], augment=p["sg_augment"],
+                           freeze_d=p["freeze_d"],
                            conditional=False, **run_common)
     eval_common = dict(n_fid=p["n_fid"], psi=p["psi"], k_per_class=p["k_per_class"],
                        max_reference=p["max_reference"], snapshots=p["eval_snapshots"], grids=p["eval_grids"],

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from animegen.config import Config, load_config_file, opt  # noqa: F401  (load_config_file: re-exported)
+from animegen.train.augment import SMALL_DATASET
 
 AMP_MODES = ("auto", "on", "off")
 # What older config.json files and checkpoints hold beside the options: the run's data, output and init model, now
@@ -15,10 +16,23 @@ RUN_KEYS = ("data", "out", "init_from")
 # Defaults that differ by architecture; a field left at None takes these (see TrainConfig.with_arch_defaults).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dcgan": dict(z_dim=100, channel_base=2048, batch=128, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999],
-                  real_label=[0.9, 1.0], r1_gamma=0.0, pl_weight=0.0, style_mixing=0.0, ema_kimg=0.0),
+                  real_label=[0.9, 1.0], r1_gamma=0.0, pl_weight=0.0, style_mixing=0.0, ema_kimg=0.0,
+                  cond_mode="concat"),
     "stylegan": dict(z_dim=512, channel_base=4096, batch=64, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99],
-                     real_label=[1.0, 1.0], r1_gamma=10.0, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0),
+                     real_label=[1.0, 1.0], r1_gamma=10.0, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
+                     cond_mode="concat"),
+    # StyleGAN2-ADA's settings (its 'auto' config): R1 gamma = 0.0002 * resolution^2 / batch (R1_AUTO, filled in
+    # by with_arch_defaults), lazy R1 / path length with the optimiser adjusted for the interval
+    "stylegan2": dict(z_dim=512, channel_base=8192, batch=32, lr_g=2.5e-3, lr_d=2.5e-3, betas=[0.0, 0.99],
+                      real_label=[1.0, 1.0], r1_gamma=None, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
+                      cond_mode="projection"),  # StyleGAN2-ADA's class embedding in G, projection in D
 }
+STYLE_ARCHS = ("stylegan", "stylegan2")  # a mapping network and a w space: style mixing, path length, truncation
+
+
+def r1_auto(resolution: int, batch: int) -> float:
+    """StyleGAN2-ADA's R1 weight heuristic: 0.0002 * resolution^2 / batch."""
+    return 0.0002 * resolution ** 2 / batch
 
 
 def _arch(help: str, key: str, **kw: Any) -> dict[str, Any]:
@@ -27,6 +41,8 @@ def _arch(help: str, key: str, **kw: Any) -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "0.0002*resolution^2/batch"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -39,9 +55,9 @@ class TrainConfig(Config):
     # model
     arch: str = field(default="dcgan", metadata=opt("architecture", choices=tuple(ARCH_DEFAULTS),
                                                     noun="architecture"))
-    cond_mode: str = field(default="concat", metadata=opt(
+    cond_mode: str | None = field(default=None, metadata=_arch(
         "conditioning: concat (class vector into G's input and D's input channels) or projection (learned class "
-        "embedding in G, projection term in D)", choices=("concat", "projection")))
+        "embedding in G, projection term in D)", "cond_mode", choices=("concat", "projection"), unset=""))
     z_dim: int | None = field(default=None, metadata=_arch("latent size", "z_dim", unset=0))
     w_dim: int = field(default=512, metadata=opt("StyleGAN w size"))
     mapping_layers: int = field(default=8, metadata=opt("StyleGAN mapping network depth"))
@@ -73,6 +89,14 @@ class TrainConfig(Config):
     ema_kimg: float | None = field(default=None, metadata=_arch(
         "half-life of G_ema in kimg (0: G_ema is a copy of G)", "ema_kimg", unset=-1))
     xflip: bool = field(default=True, metadata=opt("random horizontal flips (p 0.5) of the real images"))
+    augment: str | None = field(default=None, metadata=opt(
+        "augmentation of every image D sees: ada (adaptive, p tuned from D's overfitting r_t), diffaugment "
+        "(colour, translation, cutout) or none", choices=("ada", "diffaugment", "none"), unset="",
+        default_text=f"stylegan2: ada below {SMALL_DATASET:,} training images, else none; other architectures: "
+                     "none"))
+    ada_target: float = field(default=0.6, metadata=opt("ADA: the r_t = E[sign(D(real))] that p is tuned towards"))
+    ada_kimg: float = field(default=500.0, metadata=opt("ADA: thousands of images for p to move from 0 to 1"))
+    ada_interval: int = field(default=4, metadata=opt("ADA: steps between updates of p"))
     # bookkeeping
     seed: int = field(default=0, metadata=opt("seed for initialisation, data order and latents"))
     device: str = field(default="auto", metadata=opt("device", choices=("auto", "cpu", "cuda")))
@@ -119,6 +143,8 @@ class TrainConfig(Config):
         for key, default in ARCH_DEFAULTS[self.arch].items():
             if values[key] is None:
                 values[key] = default
+        if values["r1_gamma"] is None:  # stylegan2: the heuristic
+            values["r1_gamma"] = r1_auto(values["resolution"], values["batch"])
         if values["kimg"] is None and values["epochs"] is None:
             values["kimg"] = 100.0
         return TrainConfig(**values)

@@ -18,11 +18,25 @@ from animegen.image_files import save_grid
 from animegen.latent.tools import map_z, render_ws
 from animegen.models import build_models
 from animegen.models.batchnorm import batchnorm_layers
+from animegen.train.augment import SMALL_DATASET, AdaptiveAugment, make_augment
 from animegen.train.checkpoint import load_checkpoint, model_kwargs, recalibrate_for_sampling, save_checkpoint
-from animegen.train.config import TrainConfig
+from animegen.train.config import STYLE_ARCHS, TrainConfig
 from animegen.train.log import LossMeter, TrainingDiverged, TrainLog, plot_losses, truncate_log
 from animegen.train.losses import R1, PathLength, ema_beta, make_loss
-from animegen.train.phases import Autocast, d_main, d_reg, due, frozen, g_main, g_reg, generate, optimise, update_ema
+from animegen.train.phases import (
+    Autocast,
+    d_main,
+    d_reg,
+    d_reg_pass,
+    due,
+    frozen,
+    g_main,
+    g_reg,
+    g_reg_pass,
+    generate,
+    optimise,
+    update_ema,
+)
 from animegen.train.remote import CheckpointUploader, restore
 from animegen.train.state import BatchSampler, TrainData, TrainState, images_to_device, sampling_snapshot
 from animegen.train.transfer import inherit_architecture, init_from
@@ -94,6 +108,9 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     np.random.seed(cfg.seed % 2**32)
 
     data = _load_data(cfg, data_uri, device, channels_last, ckpt)
+    if cfg.augment is None:  # the default: ADA for StyleGAN2 on a small set, else none (recorded in config.json)
+        small = cfg.arch == "stylegan2" and data.n < SMALL_DATASET
+        cfg = dataclasses.replace(cfg, augment="ada" if small else "none")
     state = _build_state(cfg, data, device, channels_last, out, init_model if ckpt is None else None)
     if ckpt is not None:
         state.restore(ckpt, device)
@@ -139,7 +156,10 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
     total_images = int(round(cfg.kimg * 1000)) if cfg.kimg is not None else int(round(cfg.epochs * data.n))
     loss = make_loss(cfg.loss, cfg.real_label)
     ema_decay = ema_beta(cfg.batch, cfg.ema_kimg)
-    meter = LossMeter(["loss_d", "loss_g", "d_real", "d_fake"] + [r.name for r in state.regs], device)
+    ada = state.augment if isinstance(state.augment, AdaptiveAugment) else None
+    separate = cfg.arch == "stylegan2"  # its regularisers take passes and optimiser steps of their own
+    meter = LossMeter(["loss_d", "loss_g", "d_real", "d_fake", "rt"] + [r.name for r in state.regs]
+                      + (["ada_p"] if ada is not None else []), device)
     log = TrainLog(out / "train_log.jsonl", meter, state.images_seen,
                    _progress_bar(cfg, total_images, state.images_seen, data.conditions is not None))
     tick = int(round(cfg.snapshot_kimg * 1000))  # 0: no snapshot before the end
@@ -155,24 +175,38 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
         with torch.no_grad(), amp():
             fake, _ = generate(G, z, c_fake, cfg.style_mixing, update_w_avg=False)
         real, c_real = data.real_batch(state.sampler.next(cfg.batch), cfg.xflip)
-        loss_d, real_logits, fake_logits = d_main(D, loss, real, c_real, fake, c_fake, amp, bool(d_regs))
-        d_penalties = d_reg(d_regs, real, real_logits)
+        aug = state.augment
+        loss_d, real_logits, fake_logits = d_main(D, loss, real, c_real, fake, c_fake, amp,
+                                                  bool(d_regs) and not separate, aug)
+        d_penalties = {} if separate else d_reg(d_regs, real, real_logits)
         optimise(state.opt_D, state.d_params, loss_d, d_penalties)
+        if separate and d_regs:
+            d_penalties = d_reg_pass(D, d_regs, real, c_real, aug)
+            optimise(state.opt_D, state.d_params, torch.zeros((), device=device), d_penalties)
 
         # ---- G: Gmain (+ Greg when due) through D, whose parameters take no gradient
         with frozen(state.d_params):
             z = torch.randn(cfg.batch, G.z_dim, device=device)
             c_gen = data.fake_conditions(cfg.batch)
-            loss_g, fake, ws = g_main(G, D, loss, z, c_gen, cfg.style_mixing, amp, bool(g_regs))
-            g_penalties = g_reg(g_regs, fake, ws)
+            loss_g, fake, ws = g_main(G, D, loss, z, c_gen, cfg.style_mixing, amp, bool(g_regs) and not separate,
+                                      aug)
+            g_penalties = {} if separate else g_reg(g_regs, fake, ws)
             optimise(state.opt_G, list(G.parameters()), loss_g, g_penalties)
+            if separate and g_regs:
+                z = torch.randn(cfg.batch, G.z_dim, device=device)
+                g_penalties = g_reg_pass(G, g_regs, z, data.fake_conditions(cfg.batch), cfg.style_mixing)
+                optimise(state.opt_G, list(G.parameters()), torch.zeros((), device=device), g_penalties)
 
         update_ema(G, state.G_ema, ema_decay)
         state.step += 1
         state.images_seen += cfg.batch
+        if ada is not None:  # p follows r_t = E[sign(D(real))] of the augmented reals
+            ada.observe(real_logits)
+            ada.update(state.step, cfg.batch, state.images_seen)
         penalties = d_penalties | g_penalties  # logged without their weight and lazy interval
         meter.add({"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.detach().mean(),
-                   "d_fake": fake_logits.detach().mean(),
+                   "d_fake": fake_logits.detach().mean(), "rt": torch.sign(real_logits.detach()).mean(),
+                   **({"ada_p": torch.tensor(ada.p, device=device)} if ada is not None else {}),
                    **{r.name: penalties[r.name].detach() / (r.weight * r.interval) for r in d_regs + g_regs}})
         log.advance(cfg.batch)
         snap = state.images_seen >= total_images or state.images_seen >= next_snapshot
@@ -252,6 +286,8 @@ def _record_inputs(out: Path, data: str, init_model: str | None, ckpt: dict | No
 
 def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
     base = TrainConfig.from_dict(saved)
+    if cfg.augment is None:  # not given: the run's own (the default is resolved from the data at the start)
+        cfg = dataclasses.replace(cfg, augment=base.augment)
     diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_OVERRIDES and saved.get(k) != v]
     if diff:
         raise ValueError("--resume continues the run stored in the checkpoint; these options differ from it: "
@@ -289,13 +325,28 @@ def _build_state(cfg: TrainConfig, data: TrainData, device: torch.device, channe
         if channels_last:
             m.to(memory_format=torch.channels_last)
     d_params = [p for p in D.parameters() if p.requires_grad]
-    adam = dict(betas=tuple(cfg.betas), fused=True) if device.type == "cuda" else dict(betas=tuple(cfg.betas))
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, **adam)
-    opt_D = torch.optim.Adam(d_params, lr=cfg.lr_d, **adam)
     regs = [R1(cfg.r1_gamma, cfg.r1_interval), PathLength(cfg.pl_weight, cfg.pl_interval, cfg.pl_decay)]
-    if cfg.arch != "stylegan":
+    if cfg.arch not in STYLE_ARCHS:
         regs = [r for r in regs if r.target == "D"]  # path length needs a w space
-    return TrainState(G, D, G_ema, opt_G, opt_D, regs, BatchSampler(data.n, cfg.seed), d_params=d_params)
+    fused = dict(fused=True) if device.type == "cuda" else {}
+    lr_g, betas_g = lazy_adjusted(cfg, cfg.lr_g, [r for r in regs if r.target == "G"])
+    lr_d, betas_d = lazy_adjusted(cfg, cfg.lr_d, [r for r in regs if r.target == "D"])
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, **fused)
+    opt_D = torch.optim.Adam(d_params, lr=lr_d, betas=betas_d, **fused)
+    augment = make_augment(cfg.augment, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval)
+    return TrainState(G, D, G_ema, opt_G, opt_D, regs, BatchSampler(data.n, cfg.seed), d_params=d_params,
+                      augment=augment)
+
+
+def lazy_adjusted(cfg: TrainConfig, lr: float, regs: list) -> tuple[float, tuple[float, ...]]:
+    """The optimiser's lr and betas. StyleGAN2 runs a lazy regulariser as an extra step every ``interval`` steps;
+    its reference scales lr by c = interval / (interval + 1) and raises the betas to the power c, so the
+    optimiser's time constants per image stay those of the plain schedule. Other architectures: unchanged."""
+    on = [r for r in regs if r.weight > 0 and r.interval > 0]
+    if cfg.arch != "stylegan2" or not on:
+        return lr, tuple(cfg.betas)
+    c = on[0].interval / (on[0].interval + 1)
+    return lr * c, tuple(b ** c for b in cfg.betas)
 
 
 def _class_rows(conditions: torch.Tensor | None, limit: int = 24) -> torch.Tensor | None:

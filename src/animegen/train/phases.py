@@ -2,9 +2,10 @@
 
 Each phase is a plain function of what it reads. A lazy regulariser that is due adds its penalty to its network's
 main loss and the sum takes one backward pass and one optimiser step (so Dreg reuses Dmain's real logits, and Greg
-Gmain's images); running a regulariser as a pass of its own, with its own step, changes ``d_step`` / ``g_step``
-only. Every image D sees passes through ``augment`` (the hook for ADA-style augmentation), and every optimiser
-step is preceded by ``all_reduce_gradients`` (where data-parallel training would average the ranks' gradients).
+Gmain's images); StyleGAN2 runs each regulariser as a pass of its own, with its own step (``d_reg_pass`` /
+``g_reg_pass``), as its reference does, with the optimiser's lr and betas adjusted for the extra steps. Every image
+D sees passes through ``aug`` (ADA, DiffAugment or none: :mod:`animegen.train.augment`), and every optimiser step
+is preceded by ``all_reduce_gradients`` (where data-parallel training would average the ranks' gradients).
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ class Autocast:
         return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.bf16 and enabled else nullcontext()
 
 
-def augment(images: torch.Tensor) -> torch.Tensor:
-    """The augmentation hook: every batch D sees, real or generated, passes here. The identity for now."""
-    return images
+def augment(images: torch.Tensor, aug=None) -> torch.Tensor:
+    """Every batch D sees, real or generated, passes here: ``aug`` (an augmentation callable) or unchanged."""
+    return images if aug is None else aug(images)
 
 
 def all_reduce_gradients(params: list[nn.Parameter]) -> None:
@@ -50,16 +51,22 @@ def generate(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, mixing: floa
     return G.synthesis(ws), ws
 
 
-def d_main(D: nn.Module, loss, real, c_real, fake, c_fake, amp: Autocast, regularised: bool):
+def d_main(D: nn.Module, loss, real, c_real, fake, c_fake, amp: Autocast, regularised: bool, aug=None):
     """Dmain: D's loss on a real and a generated batch -> (loss, real logits, fake logits). When a D regulariser
     is due (``regularised``), the real pass runs in float32 with gradients w.r.t. the reals, for Dreg."""
     if regularised:
         real.requires_grad_(True)
     with amp(enabled=not regularised):  # R1's gradient w.r.t. the reals is taken through a float32 graph
-        real_logits = D(augment(real), c_real).float()
+        real_logits = D(augment(real, aug), c_real).float()
     with amp():
-        fake_logits = D(augment(fake.detach()), c_fake).float()
+        fake_logits = D(augment(fake.detach(), aug), c_fake).float()
     return loss.d_loss(real_logits, fake_logits), real_logits, fake_logits
+
+
+def d_reg_pass(D: nn.Module, regs: list[Regularizer], real, c_real, aug=None) -> dict[str, torch.Tensor]:
+    """Dreg as a pass of its own: the reals through D again in float32 (new augmentation draws), the penalties."""
+    real = real.detach().requires_grad_(True)
+    return d_reg(regs, real, D(augment(real, aug), c_real).float())
 
 
 def d_reg(regs: list[Regularizer], real: torch.Tensor, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,14 +74,20 @@ def d_reg(regs: list[Regularizer], real: torch.Tensor, real_logits: torch.Tensor
     return {r.name: r.penalty({"real": real, "real_logits": real_logits}) for r in regs}
 
 
-def g_main(G: nn.Module, D: nn.Module, loss, z, c, mixing: float, amp: Autocast, regularised: bool):
+def g_main(G: nn.Module, D: nn.Module, loss, z, c, mixing: float, amp: Autocast, regularised: bool, aug=None):
     """Gmain: G's loss on a generated batch -> (loss, images, ws). When a G regulariser is due, the generator
     runs in float32 (path length's Jacobian, mapping -> ws -> image)."""
     with amp(enabled=not regularised):
         fake, ws = generate(G, z, c, mixing, update_w_avg=True)
     with amp():
-        gen_logits = D(augment(fake), c).float()
+        gen_logits = D(augment(fake, aug), c).float()
     return loss.g_loss(gen_logits), fake, ws
+
+
+def g_reg_pass(G: nn.Module, regs: list[Regularizer], z, c, mixing: float) -> dict[str, torch.Tensor]:
+    """Greg as a pass of its own: new images in float32, the penalties."""
+    fake, ws = generate(G, z, c, mixing, update_w_avg=False)
+    return g_reg(regs, fake, ws)
 
 
 def g_reg(regs: list[Regularizer], fake: torch.Tensor, ws: torch.Tensor) -> dict[str, torch.Tensor]:

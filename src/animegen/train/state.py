@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     d_params: list[nn.Parameter] = field(default_factory=list)  # D's trainable parameters (freeze_d leaves out some)
+    augment: Any = None  # the augmentation of D's inputs (train/augment.py); ADA's p and its history are state
 
     def checkpoint(self, config: dict, class_names: list[str], img_channels: int, device: torch.device) -> dict:
         """The checkpoint.pt of this state (see checkpoint.py for its keys); ``sampling_snapshot`` cuts it down."""
@@ -82,6 +84,7 @@ class TrainState:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "step": self.step, "images_seen": self.images_seen, "rng": rng_state(device),
             "sampler": self.sampler.state_dict(), "regularizers": {r.name: r.state_dict() for r in self.regs},
+            "augment": self.augment.state_dict() if hasattr(self.augment, "state_dict") else None,
             "config": config, "class_names": class_names, "img_channels": img_channels, "version": __version__,
         }
 
@@ -94,6 +97,8 @@ class TrainState:
         for r in self.regs:
             r.load_state_dict(ckpt["regularizers"].get(r.name, {}) or r.state_dict())
         self.sampler.load_state_dict(ckpt["sampler"])
+        if hasattr(self.augment, "load_state_dict") and ckpt.get("augment"):
+            self.augment.load_state_dict(ckpt["augment"])
         self.step, self.images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
         set_rng_state(ckpt["rng"], device)
 

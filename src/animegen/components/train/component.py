@@ -20,8 +20,9 @@ def train(
     mapping_layers: int = 8,
     channel_base: int = 0,
     channel_max: int = 512,
-    cond_mode: str = "concat",
+    cond_mode: str = "",
     r1_gamma: float = -1.0,
+    augment: str = "",
     snapshot_kimg: float = 0.0,
     seed: int = 0,
     device: str = "auto",
@@ -34,9 +35,10 @@ def train(
     s3_region: str = "",
     store_uri: str = "",
 ):
-    """Train ``arch`` (dcgan | stylegan, ``conditional`` on the dataset's classes) on ``dataset`` for ``kimg``
+    """Train ``arch`` (dcgan | stylegan | stylegan2, ``conditional`` on the dataset's classes) on ``dataset`` for ``kimg``
     thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
-    snapshots/). 0 (and r1_gamma < 0) mean the architecture's default. ``options``: any other TrainConfig field.
+    snapshots/). 0, '' (and r1_gamma < 0) mean the architecture's default (augment '': ADA for a StyleGAN2 on
+    a small set). ``options``: any other TrainConfig field.
     A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume).
     ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
     ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
@@ -51,7 +53,7 @@ def train(
         "arch": arch, "conditional": conditional, "resolution": resolution,
         "kimg": kimg, "batch": batch, "z_dim": z_dim, "w_dim": w_dim,
         "mapping_layers": mapping_layers, "channel_base": channel_base, "channel_max": channel_max,
-        "cond_mode": cond_mode, "r1_gamma": r1_gamma,
+        "cond_mode": cond_mode, "r1_gamma": r1_gamma, "augment": augment,
         "snapshot_kimg": snapshot_kimg, "seed": seed, "device": device, "progress": False,
         "checkpoint_uri": checkpoint_uri})
     result = run_train(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file())

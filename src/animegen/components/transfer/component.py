@@ -18,6 +18,7 @@ def transfer(
     kimg: float = 10.0,
     batch: int = 0,
     r1_gamma: float = -1.0,
+    augment: str = "",
     snapshot_kimg: float = 0.0,
     seed: int = 0,
     device: str = "auto",
@@ -34,7 +35,8 @@ def transfer(
     ``options`` set them: ``animegen.train.run_transfer``) and train on ``dataset`` for ``kimg``. ``init_class``:
     the source class (or partial name such as "black hair", the mean of every class containing it) that unmapped
     new classes start from, or that an unconditional target is folded into; ``class_map``: new class -> old
-    class; ``freeze_d``: frozen discriminator blocks. ``init_report.json`` in the Model says what was loaded,
+    class; ``freeze_d``: frozen discriminator blocks; ``augment``: D's augmentation ('' = the default: ADA for a StyleGAN2
+    on a small set). ``init_report.json`` in the Model says what was loaded,
     remapped and skipped.
     ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
     ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
@@ -48,7 +50,7 @@ def transfer(
     cfg = rt.build_config(TrainConfig, options, {
         "init_class": init_class, "class_map": dict(class_map), "freeze_d": freeze_d,
         "conditional": conditional, "kimg": kimg, "batch": batch,
-        "r1_gamma": r1_gamma, "snapshot_kimg": snapshot_kimg, "seed": seed,
+        "r1_gamma": r1_gamma, "augment": augment, "snapshot_kimg": snapshot_kimg, "seed": seed,
         "device": device, "progress": False,
         "checkpoint_uri": checkpoint_uri})
     result = run_transfer(cfg, init_model.path, dataset.path, out, resume=(out / "checkpoint.pt").is_file(),
