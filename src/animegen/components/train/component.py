@@ -35,8 +35,8 @@ def train(
     s3_region: str = "",
     store_uri: str = "",
 ):
-    """Train ``arch`` (dcgan | stylegan | stylegan2, ``conditional`` on the dataset's classes) on ``dataset`` for ``kimg``
-    thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
+    """Train ``arch`` (dcgan | stylegan | stylegan2, ``conditional`` on the dataset's classes) on ``dataset`` for
+    ``kimg`` thousand images into the Model ``model`` (checkpoint.pt, config.json, train_log.jsonl, loss.png, samples/,
     snapshots/). 0, '' (and r1_gamma < 0) mean the architecture's default (augment '': ADA for a StyleGAN2 on
     a small set). ``options``: any other TrainConfig field.
     A retried task continues the checkpoint its previous attempt left in ``model`` (exact resume).

@@ -35,9 +35,8 @@ def transfer(
     ``options`` set them: ``animegen.train.run_transfer``) and train on ``dataset`` for ``kimg``. ``init_class``:
     the source class (or partial name such as "black hair", the mean of every class containing it) that unmapped
     new classes start from, or that an unconditional target is folded into; ``class_map``: new class -> old
-    class; ``freeze_d``: frozen discriminator blocks; ``augment``: D's augmentation ('' = the default: ADA for a StyleGAN2
-    on a small set). ``init_report.json`` in the Model says what was loaded,
-    remapped and skipped.
+    class; ``freeze_d``: frozen discriminator blocks; ``augment``: D's augmentation ('' = the default: ADA for a
+    StyleGAN2 on a small set). ``init_report.json`` in the Model says what was loaded, remapped and skipped.
     ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
     ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
     from animegen.components import runtime as rt
