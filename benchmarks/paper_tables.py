@@ -264,15 +264,16 @@ def prepare_data(S: Scale, work: Path, seed: int, parts: Path | None = None) -> 
 
 # ---------------------------------------------------------------------------------------------------- models
 def train_model(S: Scale, arch: str, data: str, out: Path, kimg: float, snap: float, seed: int,
-                conditional: bool = False, init: str | None = None) -> dict[str, Any]:
-    """run_train (or run_transfer from ``init``), continuing a run cut short; returns its summary.json."""
+                conditional: bool = False, init: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    """run_train (or run_transfer from ``init``), continuing a run cut short; returns its summary.json.
+    ``extra``: more TrainConfig options (augmentation)."""
     if (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
         if summary["kimg"] >= kimg:
             return summary
     widths = S.dcgan if arch == "dcgan" else S.stylegan
     opts = dict(arch=arch, resolution=S.resolution, conditional=conditional, kimg=kimg, snapshot_kimg=snap,
-                seed=seed, device=S.device, progress=False, log_every=25, **widths)
+                seed=seed, device=S.device, progress=False, log_every=25, **widths, **(extra or {}))
     resume = (out / "checkpoint.pt").exists()
     if init is None:
         run_train(TrainConfig.from_dict(opts), data, out, resume=resume)
@@ -710,6 +711,69 @@ def run(S: Scale, work: Path, seed: int, record: bool = False, parts: Path | Non
     return tables(S, d, fl, models, tagger_acc, cross, acc_curve, steps.seconds, work)
 
 
+# ------------------------------------------------------------------------------- StyleGAN2 vs StyleGAN (issue 13)
+SG2_ADA_KIMG = 10.0  # ADA's p may cross 0 -> 1 in 10 kimg: the transfers run 12 (the reference's 500 suits 1000s)
+
+
+def stylegan2_section(S: Scale, work: Path, seed: int) -> dict[str, Any]:
+    """StyleGAN2 against the main run's StyleGAN (v1) on the same data, budget, widths and regularisation
+    (STYLEGAN_SMALL), unconditional and conditional; then the single-character transfer from the conditional
+    StyleGAN2 with ADA and without augmentation (r_t logged). Reuses the main run's data, floors, tagger and v1
+    models (the same work folder: run the main benchmark first)."""
+    steps = Steps(work)
+    for need in ("data", "floors", "tagger", "eval-stylegan", "eval-stylegan_conditional"):
+        if not (steps.dir / f"{need}.json").exists():
+            raise SystemExit(f"--section stylegan2 reuses the main run's '{need}': run the main benchmark first")
+    d, fl = steps("data", None), steps("floors", None)
+    m, e, tagger = work / "models", work / "evals", str(work / "tagger")
+    models: dict[str, dict[str, Any]] = {n: steps(f"eval-{n}", None) for n in ("stylegan", "stylegan_conditional")}
+    for name, data, cond in (("stylegan2", d["base"], False), ("stylegan2_conditional", d["labelled"], True)):
+        steps(f"train-{name}", train_model, S, "stylegan2", data, m / name, S.kimg, S.snapshot_kimg, seed, cond,
+              extra={"augment": "none"})
+        models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
+                             tagger if cond else None)
+    for aug in ("ada", "none"):
+        name = f"character_transfer_sg2_{aug}"
+        steps(f"train-{name}", train_model, S, "stylegan2", d["character"], m / name, S.transfer_kimg,
+              S.transfer_snapshot_kimg, seed, init=str(m / "stylegan2_conditional"),
+              extra={"augment": aug, "ada_kimg": SG2_ADA_KIMG})
+        models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["character"], e / name, S.n_fid_transfer,
+                             S.n_curve_transfer, None)
+        log = [json.loads(x) for x in (m / name / "train_log.jsonl").read_text().splitlines()]
+        models[name]["rt"] = [{"kimg": r["kimg"], "rt": r["rt"], "p": r.get("ada_p")} for r in log if "rt" in r]
+    floor_curve = fl[f"mlds_{S.n_curve}"]
+    rows = []
+    for n in ("stylegan", "stylegan2", "stylegan_conditional", "stylegan2_conditional"):
+        mm = models[n]
+        rows.append({"model": n, "fid": mm["fid"], "fid_interval": mm["fid_interval"], "kid": mm.get("kid"),
+                     "img_per_s": mm["train"]["img_per_s"], "fid_over_kimg": mm["fid_over_kimg"],
+                     "learning": learned(mm["fid_over_kimg"], floor_curve),
+                     "hair_accuracy": mm.get("hair_accuracy"), "eye_accuracy": mm.get("eye_accuracy")})
+    transfer = []
+    for aug in ("ada", "none"):
+        mm = models[f"character_transfer_sg2_{aug}"]
+        late = [r["rt"] for r in mm["rt"] if r["kimg"] > S.transfer_kimg / 2]
+        transfer.append({"augment": aug, "fid": mm["fid"], "fid_interval": mm["fid_interval"],
+                         "fid_over_kimg": mm["fid_over_kimg"], "rt_late_mean": float(np.mean(late)) if late else None,
+                         "rt": mm["rt"], "floor_halves": fl["character_halves"]})
+    return {"benchmark": "paper_tables --section stylegan2", "scale": dataclasses.asdict(S), "floors": fl,
+            "seed1": rows, "character_transfer": transfer, "ada_kimg": SG2_ADA_KIMG,
+            "step_seconds": {k: v for k, v in steps.seconds.items() if "stylegan2" in k or "sg2" in k}}
+
+
+def print_stylegan2(doc: dict) -> None:
+    n = doc["scale"]["n_fid"]
+    print("\nStyleGAN2 vs StyleGAN (same data, budget, widths, regularisation)")
+    print_table(["model", f"FID ({n}) [90% bootstrap]", "KID", "img/s", "gap closed", "hair", "eye"],
+                [[r["model"], f"{fmt(r['fid'])} [{fmt(r['fid_interval'][0])}, {fmt(r['fid_interval'][1])}]",
+                  fmt(r["kid"], 4), fmt(r["img_per_s"], 0), f"{r['learning']['closed']:.2f}",
+                  fmt(r["hair_accuracy"], 3), fmt(r["eye_accuracy"], 3)] for r in doc["seed1"]])
+    print("\nSingle-character transfer from the conditional StyleGAN2: ADA vs no augmentation")
+    print_table(["augment", "FID [90% bootstrap]", "floor (halves)", "r_t (second half)"],
+                [[r["augment"], f"{fmt(r['fid'])} [{fmt(r['fid_interval'][0])}, {fmt(r['fid_interval'][1])}]",
+                  fmt(r["floor_halves"]), fmt(r["rt_late_mean"], 2)] for r in doc["character_transfer"]])
+
+
 def score(S: Scale, work: Path, dirs: list[Path], seed: int) -> dict[str, Any]:
     """A recorded device run (``dirs``: its fetched parts) scored here: the same partition of MLDS (``--prepare``
     made it; checked against the device's), floors, every FID from the device's samples, the cross-dataset FID,
@@ -941,6 +1005,9 @@ def main() -> None:
     ap.add_argument("--record", action="store_true",
                     help="on the lent GPU: train and sample everything, no Inception; --out gets part 1")
     ap.add_argument("--part", type=int, default=1, help="with --record: copy part K of a recorded run to --out")
+    ap.add_argument("--section", choices=("stylegan2",), default=None,
+                    help="stylegan2: StyleGAN2 vs StyleGAN and character transfer with/without ADA (after the main "
+                         "run, reusing its data and v1 models)")
     ap.add_argument("--score", nargs="+", default=None, metavar="DIR",
                     help="score a recorded run from its fetched parts, here, then write the tables")
     args = ap.parse_args()
@@ -962,6 +1029,22 @@ def main() -> None:
         prepare(S, work, args.seed)
         return
     t0 = time.perf_counter()
+    if args.section == "stylegan2":
+        doc = stylegan2_section(S, work, args.seed)
+        doc["environment"] = environment(S.device)
+        doc["command"] = f"python benchmarks/paper_tables.py --scale {scale} --section stylegan2"
+        print_stylegan2(doc)
+        fig = plot_fid_curves([{"run": "", "model": r["model"], "fid_over_kimg": r["fid_over_kimg"]}
+                               for r in doc["seed1"]], out / f"paper_tables-{scale}" / "stylegan2_fid_over_kimg.png",
+                              title="StyleGAN vs StyleGAN2: FID over kimg")
+        doc["figure"] = str(fig) if fig else None
+        for name in ("stylegan2", "stylegan2_conditional", "character_transfer_sg2_ada", "character_transfer_sg2_none"):
+            for f in picture_files(work / "evals" / name):
+                if f.name in ("grid.png", "mix_coarse.png") or f.name.startswith("grid_"):
+                    shutil.copyfile(f, out / f"paper_tables-{scale}" / f"{name}-{f.parent.name}-{f.name}")
+        doc["wall_s_this_call"] = round(time.perf_counter() - t0, 1)
+        print("wrote", write_result(out, f"paper_tables-stylegan2-{scale}-{dt.date.today().isoformat()}.json", doc))
+        return
     if args.score:
         doc = score(S, work, [Path(p) for p in args.score], args.seed)
     else:
