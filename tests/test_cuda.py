@@ -24,7 +24,7 @@ CASES = {  # name: (arch, TrainConfig overrides, data)
     "stylegan-cond-concat": ("stylegan", dict(conditional=True, cond_mode="concat"), SYN),
     "stylegan-cond-projection": ("stylegan", dict(conditional=True, cond_mode="projection"), SYN),
     "stylegan-multi-hot": ("stylegan", dict(conditional=True), SYN + "&labels=multi_hot"),
-    "stylegan2-cond-ada": ("stylegan2", dict(conditional=True, ada_kimg=0.2), SYN),  # separate reg passes, ADA
+    "stylegan2-cond-ada": ("stylegan2", dict(conditional=True, ada_kimg=0.05, ada_target=-1.0), SYN),  # p forced up
     "stylegan2-diffaugment": ("stylegan2", dict(augment="diffaugment"), SYN),
 }
 

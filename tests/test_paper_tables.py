@@ -105,3 +105,15 @@ def test_quick_paper_tables_write_the_four_tables_and_a_report(tmp_path):
     report = (work / "report.html").read_text()
     assert report.count("data:image/png;base64") >= 6 and "Table III" in report
     assert (out / "paper_tables-quick" / "accuracy_vs_class_size.png").is_file()
+    # issue 13's section: StyleGAN2 beside the same run's StyleGAN, the character transfer with and without ADA
+    run = subprocess.run(cmd + ["--section", "stylegan2"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "StyleGAN2 vs StyleGAN" in run.stdout and "ADA vs no augmentation" in run.stdout
+    sec = json.loads(next(out.glob("paper_tables-stylegan2-quick-*.json")).read_text())
+    assert [r["model"] for r in sec["seed1"]] == ["stylegan", "stylegan2", "stylegan_conditional",
+                                                  "stylegan2_conditional"]
+    assert sec["seed1"][0]["fid"] == doc["seed1"][3]["fid"]  # v1 is the main run's own model, not retrained
+    ada, none = sec["character_transfer"]
+    assert ada["augment"] == "ada" and none["augment"] == "none"
+    assert all(r["p"] is None for r in none["rt"]) and any(r["p"] is not None for r in ada["rt"])
+    assert all(-1 <= r["rt"] <= 1 for r in none["rt"]) and math.isfinite(ada["fid"])

@@ -201,3 +201,28 @@ def test_freeze_d_transfer_of_a_stylegan2(tmp_path):
     moved = [k for k in new["D"] if k.startswith("blocks.2.")]
     assert any(not torch.equal(new["D"][k], old["D"][k]) for k in moved)
     assert math.isfinite(float(new["augment"]["p"]))
+
+
+def test_r1_and_bf16_through_ada_with_p_above_zero(tmp_path):
+    """R1 differentiates D's gradient w.r.t. the reals through the augmentation (a double backward through
+    grid_sample), and under bf16 autocast the augmentation's matrices stay float32: a run whose p is forced up
+    (target -1: every r_t is above it) crosses R1 steps with p > 0, in float32 and in bf16, with finite losses."""
+    import json
+
+    for amp in ("off", "on"):
+        out = tmp_path / amp
+        run_train(tiny_config("stylegan2", conditional=True, kimg=0.24, snapshot_kimg=0.24, log_every=4,
+                              ada_target=-1.0, ada_kimg=0.05, amp=amp), SYN, out)
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in rows)
+        r1_rows = [r for r in rows if "r1" in r]
+        assert r1_rows and all(r["ada_p"] > 0.5 and r["r1"] > 0 for r in r1_rows[1:])
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    D = build_models("stylegan2", resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128,
+                     channel_max=32)[1]
+    (g,) = torch.autograd.grad(D(augment_images(x, 0.7)).sum(), x, create_graph=True)
+    g.square().sum().backward()  # R1's second derivative
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = augment_images(torch.rand(4, 3, 16, 16) * 2 - 1, 0.7)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()

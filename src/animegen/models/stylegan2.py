@@ -36,7 +36,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if demodulate:
         # sum over I, k, k of (w[o, i] * s[n, i])^2 = sum_i s[n, i]^2 * sum_kk w[o, i]^2, in float32 at least
         dt = torch.promote_types(styles.dtype, torch.float32)
-        dcoefs = (styles.to(dt).square() @ weight.to(dt).square().sum(dim=(2, 3)).t() + eps).rsqrt()  # [N, O]
+        with torch.autocast(x.device.type, enabled=False):
+            dcoefs = (styles.to(dt).square() @ weight.to(dt).square().sum(dim=(2, 3)).t() + eps).rsqrt()  # [N, O]
         out = out * dcoefs.to(out.dtype)[:, :, None, None]
     return out
 
@@ -124,8 +125,8 @@ class StyleGAN2Generator(StyleGANGenerator):
         for i, layer in enumerate(self.layers):
             x = layer(x, ws[:, i], noise_mode)
             if i == at:  # the last convolution of a resolution: its toRGB (with the next w), the skip sum
-                y = to_rgb(x, ws[:, i + 1])
+                y = to_rgb(x, ws[:, i + 1]).float()  # the running image is summed in float32 (as the reference)
                 img = y if img is None else F.interpolate(img, scale_factor=2, mode="bilinear",
-                                                          align_corners=False).to(y.dtype) + y
+                                                          align_corners=False) + y
                 at, to_rgb = next(rgb, (None, None))
         return img

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTS = ("ada", "diffaugment", "none")
+HISTORY_MAX = 10_000  # ADA updates kept in the checkpoint and the log (the latest)
 SMALL_DATASET = 30_000  # --augment auto: ADA below this many training images (the ADA paper's gains are large up
 #                         to ~30k images and vanish towards 100k+; MLDS's 36k sits at the edge)
 
@@ -62,38 +63,39 @@ def _rotate2(theta: torch.Tensor) -> torch.Tensor:
 
 def geometric_matrix(n: int, p: float, device, size: int) -> torch.Tensor:
     """[n, 3, 3]: the composed geometric transforms of the 'bg' part of ADA, in normalised coordinates [-1, 1]
-    (the sampling grid's), each transform present with probability p (rotation: 1 - sqrt(1 - p), twice)."""
+    (the sampling grid's), each transform present with probability p (rotation: 1 - sqrt(1 - p), twice), applied to
+    the image in the reference's order: x-flip first, fractional translation last (M = T_last ... T_first)."""
     m = torch.eye(3, device=device).repeat(n, 1, 1)
     # x-flip: scale x by 1 - 2 * {0, 1}
     flip = _pick(p, torch.randint(0, 2, (n,), device=device).float(), 0.0)
-    m = m @ _scale2(1 - 2 * flip, torch.ones(n, device=device))
+    m = _scale2(1 - 2 * flip, torch.ones(n, device=device)) @ m
     # 90-degree rotations
     k = _pick(p, torch.randint(0, 4, (n,), device=device).float(), 0.0)
-    m = m @ _rotate2(k * math.pi / 2)
+    m = _rotate2(k * math.pi / 2) @ m
     # integer translation up to 1/8 of the image (normalised: 2 * 0.125)
     t = (torch.rand(n, 2, device=device) * 2 - 1) * 0.125 * 2
     t = torch.round(t * size / 2) / (size / 2)  # whole pixels (a pixel is 2 / size in normalised coordinates)
     t = torch.where(_gate(p, n, device)[:, None], t, torch.zeros_like(t))
-    m = m @ _translate2(t[:, 0], t[:, 1])
+    m = _translate2(t[:, 0], t[:, 1]) @ m
     # isotropic scaling, lognormal(0, 0.2 ln 2)
     s = torch.exp2(torch.randn(n, device=device) * 0.2)
     s = torch.where(_gate(p, n, device), s, torch.ones_like(s))
-    m = m @ _scale2(s, s)
+    m = _scale2(s, s) @ m
     p_rot = 1 - math.sqrt(max(0.0, 1 - min(p, 1.0)))
     # arbitrary rotation (before anisotropic scaling)
     r = (torch.rand(n, device=device) * 2 - 1) * math.pi
-    m = m @ _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r)))
+    m = _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r))) @ m
     # anisotropic scaling
     a = torch.exp2(torch.randn(n, device=device) * 0.2)
     a = torch.where(_gate(p, n, device), a, torch.ones_like(a))
-    m = m @ _scale2(a, 1 / a)
+    m = _scale2(a, 1 / a) @ m
     # arbitrary rotation (after)
     r = (torch.rand(n, device=device) * 2 - 1) * math.pi
-    m = m @ _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r)))
+    m = _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r))) @ m
     # fractional translation, normal(0, 0.125) of the image
     t = torch.randn(n, 2, device=device) * 0.125 * 2
     t = torch.where(_gate(p, n, device)[:, None], t, torch.zeros_like(t))
-    return m @ _translate2(t[:, 0], t[:, 1])
+    return _translate2(t[:, 0], t[:, 1]) @ m
 
 
 def colour_matrix(n: int, p: float, device) -> torch.Tensor:
@@ -150,23 +152,24 @@ class AdaptiveAugment:
         return augment_images(images, self.p)
 
     def observe(self, real_logits: torch.Tensor) -> None:
-        """Accumulate sign(D(real)) of a step's (augmented) reals."""
-        self.sign_sum += float(torch.sign(real_logits.detach().float()).sum())
+        """Accumulate sign(D(real)) of a step's (augmented) reals (on the device: read at the next update)."""
+        self.sign_sum = self.sign_sum + torch.sign(real_logits.detach().float()).sum()
         self.count += real_logits.numel()
 
     def update(self, step: int, batch: int, images_seen: int) -> float | None:
         """Every ``interval`` steps: adjust p from the r_t accumulated since the last update; returns r_t."""
         if self.interval <= 0 or step % self.interval != 0 or self.count == 0:
             return None
-        rt = self.sign_sum / self.count
+        rt = float(self.sign_sum) / self.count
         adjust = math.copysign(1.0, rt - self.target) if rt != self.target else 0.0
         self.p = max(0.0, self.p + adjust * batch * self.interval / (self.ada_kimg * 1000))
         self.sign_sum, self.count = 0.0, 0
         self.history.append({"kimg": images_seen / 1000, "p": self.p, "rt": rt})
+        del self.history[:-HISTORY_MAX]
         return rt
 
     def state_dict(self) -> dict[str, Any]:
-        return {"p": self.p, "sign_sum": self.sign_sum, "count": self.count, "history": list(self.history)}
+        return {"p": self.p, "sign_sum": float(self.sign_sum), "count": self.count, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.p, self.sign_sum, self.count = float(state["p"]), float(state["sign_sum"]), int(state["count"])
@@ -179,13 +182,16 @@ def augment_images(images: torch.Tensor, p: float) -> torch.Tensor:
     if p <= 0:
         return images
     n, ch, h, w = images.shape
+    if h != w:
+        raise ValueError(f"ADA expects square images, got {h}x{w}")
     device, dtype = images.device, images.dtype
-    m = geometric_matrix(n, p, device, w)
-    grid = F.affine_grid(torch.linalg.inv(m)[:, :2, :], [n, ch, h, w], align_corners=False)
-    x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if ch == 3:
-        c = colour_matrix(n, p, device)
-        x = torch.einsum("nij,njhw->nihw", c[:, :3, :3], x) + c[:, :3, 3, None, None]
+    with torch.autocast(device.type, enabled=False):  # the matrices and the resampling in float32 under amp too
+        m = geometric_matrix(n, p, device, w)
+        grid = F.affine_grid(torch.linalg.inv(m)[:, :2, :], [n, ch, h, w], align_corners=False)
+        x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if ch == 3:
+            c = colour_matrix(n, p, device)
+            x = torch.einsum("nij,njhw->nihw", c[:, :3, :3], x) + c[:, :3, 3, None, None]
     return x.to(dtype)
 
 

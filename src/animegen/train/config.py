@@ -21,8 +21,11 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "stylegan": dict(z_dim=512, channel_base=4096, batch=64, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99],
                      real_label=[1.0, 1.0], r1_gamma=10.0, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
                      cond_mode="concat"),
-    # StyleGAN2-ADA's settings (its 'auto' config): R1 gamma = 0.0002 * resolution^2 / batch (R1_AUTO, filled in
-    # by with_arch_defaults), lazy R1 / path length with the optimiser adjusted for the interval
+    # StyleGAN2-ADA's settings where they bear on the comparison with v1: lr 0.0025, R1 gamma = 0.0002 *
+    # resolution^2 / batch (its 'auto' heuristic, filled in by with_arch_defaults), lazy R1 / path length as steps of
+    # their own with the optimiser adjusted for the interval. Unlike its 'auto' config: 8 mapping layers (auto: 2)
+    # and path length every 16 steps (the reference: 4) as v1, channel_base 8192 (auto: 16384), no EMA ramp-up,
+    # path length on the whole batch (the reference: half)
     "stylegan2": dict(z_dim=512, channel_base=8192, batch=32, lr_g=2.5e-3, lr_d=2.5e-3, betas=[0.0, 0.99],
                       real_label=[1.0, 1.0], r1_gamma=None, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
                       cond_mode="projection"),  # StyleGAN2-ADA's class embedding in G, projection in D
@@ -134,6 +137,8 @@ class TrainConfig(Config):
             self.amp = "auto" if self.amp else "off"
         if self.batch is not None and self.batch < 1:
             raise ValueError("batch must be >= 1")
+        if self.ada_interval < 1 or self.ada_kimg <= 0:
+            raise ValueError("ada_interval must be >= 1 and ada_kimg > 0")
         if self.snapshot_kimg < 0:
             raise ValueError("snapshot_kimg must be >= 0 (0: a snapshot only at the end)")
 
