@@ -290,3 +290,18 @@ def test_snapshot_kimg_zero_snapshots_only_at_the_end(tmp_path):
     assert load_checkpoint(out)["images_seen"] == 160
     with pytest.raises(ValueError, match="snapshot_kimg must be >= 0"):
         run_train(tiny_config("dcgan", kimg=0.16, snapshot_kimg=-1), SYN, tmp_path / "neg")
+
+
+def test_a_checkpoint_older_than_an_option_resumes(tmp_path):
+    """A run saved before an option existed (its config lacks the key) resumes with that option at its default;
+    giving the option another value is still refused."""
+    out = tmp_path / "run"
+    run_train(tiny_config("stylegan", kimg=0.08, snapshot_kimg=0.08), SYN, out)
+    state = load_checkpoint(out)
+    for key in ("ada_target", "ada_kimg", "ada_interval", "augment"):
+        del state["config"][key]
+    torch.save(dict(state), out / "checkpoint.pt")
+    run_train(tiny_config("stylegan", kimg=0.16, snapshot_kimg=0.08), SYN, out, resume=True)
+    assert load_checkpoint(out)["images_seen"] == 160
+    with pytest.raises(ValueError, match="ada_target"):
+        run_train(tiny_config("stylegan", kimg=0.24, snapshot_kimg=0.08, ada_target=0.9), SYN, out, resume=True)

@@ -288,10 +288,12 @@ def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
     base = TrainConfig.from_dict(saved)
     if cfg.augment is None:  # not given: the run's own (the default is resolved from the data at the start)
         cfg = dataclasses.replace(cfg, augment=base.augment)
-    diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_OVERRIDES and saved.get(k) != v]
+    # an option newer than the checkpoint is absent from it: the run used that option's default
+    recorded = base.to_dict()
+    diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_OVERRIDES and recorded.get(k) != v]
     if diff:
         raise ValueError("--resume continues the run stored in the checkpoint; these options differ from it: "
-                         + ", ".join(f"{k} ({saved.get(k)!r} -> {getattr(cfg, k)!r})" for k in diff)
+                         + ", ".join(f"{k} ({recorded.get(k)!r} -> {getattr(cfg, k)!r})" for k in diff)
                          + ". Drop them, or start a new run in another --out.")
     return dataclasses.replace(base, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
 
