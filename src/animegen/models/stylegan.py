@@ -88,11 +88,8 @@ class StyleGANGenerator(nn.Module):
                  img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 4096, channel_max: int = 512,
                  cond_mode: str = "concat", w_avg_beta: float = 0.995, mapping_lr_mul: float = 0.01):
         super().__init__()
-        log2 = check_resolution(resolution)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.resolution, self.img_channels, self.w_avg_beta = resolution, img_channels, w_avg_beta
-        self.mapping_net = MappingNetwork(z_dim, c_dim, w_dim, mapping_layers, mapping_lr_mul, cond_mode)
-        chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(2, log2 + 1)]  # 4 .. res
+        chans = self._init_mapping(z_dim, c_dim, w_dim, resolution, img_channels, mapping_layers, channel_base,
+                                   channel_max, cond_mode, w_avg_beta, mapping_lr_mul)
         self.const = nn.Parameter(torch.ones(1, chans[0], 4, 4))
         layers = [StyleLayer(chans[0], chans[0], w_dim, conv=False), StyleLayer(chans[0], chans[0], w_dim)]
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -100,8 +97,23 @@ class StyleGANGenerator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.to_rgb = EqualConv2d(chans[-1], img_channels, 1)
         self.num_ws = len(layers)
-        self.register_buffer("w_avg", torch.zeros(w_dim))
-        self.register_buffer("w_avg_class", torch.zeros(max(c_dim, 1), w_dim))
+        self._init_w_avg()
+
+    def _init_mapping(self, z_dim: int, c_dim: int, w_dim: int, resolution: int, img_channels: int,
+                      mapping_layers: int, channel_base: int, channel_max: int, cond_mode: str, w_avg_beta: float,
+                      mapping_lr_mul: float) -> list[int]:
+        """The sizes, the mapping network; returns the feature maps per resolution, 4 px .. ``resolution``
+        (shared with StyleGAN2, whose synthesis network differs)."""
+        log2 = check_resolution(resolution)
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.resolution, self.img_channels, self.w_avg_beta = resolution, img_channels, w_avg_beta
+        self.mapping_net = MappingNetwork(z_dim, c_dim, w_dim, mapping_layers, mapping_lr_mul, cond_mode)
+        return [channels_for(2 ** i, channel_base, channel_max) for i in range(2, log2 + 1)]
+
+    def _init_w_avg(self) -> None:
+        """The tracked mean w and its per-class rows (truncation centres)."""
+        self.register_buffer("w_avg", torch.zeros(self.w_dim))
+        self.register_buffer("w_avg_class", torch.zeros(max(self.c_dim, 1), self.w_dim))
 
     def class_layout(self) -> ClassLayout:
         if not self.c_dim:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.models.layers import LRELU_GAIN, EqualLinear, NoiseInjection, channels_for, check_resolution
-from animegen.models.stylegan import MappingNetwork, StyleGANGenerator
+from animegen.models.layers import LRELU_GAIN, EqualLinear, NoiseInjection
+from animegen.models.stylegan import StyleGANGenerator
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -96,12 +96,9 @@ class StyleGAN2Generator(StyleGANGenerator):
     def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, resolution: int = 64,
                  img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 16384, channel_max: int = 512,
                  cond_mode: str = "projection", w_avg_beta: float = 0.995, mapping_lr_mul: float = 0.01):
-        nn.Module.__init__(self)
-        log2 = check_resolution(resolution)
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.resolution, self.img_channels, self.w_avg_beta = resolution, img_channels, w_avg_beta
-        self.mapping_net = MappingNetwork(z_dim, c_dim, w_dim, mapping_layers, mapping_lr_mul, cond_mode)
-        chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(2, log2 + 1)]  # 4 .. res
+        nn.Module.__init__(self)  # not StyleGANGenerator's synthesis network: only its mapping part
+        chans = self._init_mapping(z_dim, c_dim, w_dim, resolution, img_channels, mapping_layers, channel_base,
+                                   channel_max, cond_mode, w_avg_beta, mapping_lr_mul)
         self.const = nn.Parameter(torch.randn(1, chans[0], 4, 4))
         layers = [SynthesisLayer(chans[0], chans[0], w_dim)]
         rgb_at = [0]  # per resolution: the index of its last convolution
@@ -112,8 +109,7 @@ class StyleGAN2Generator(StyleGANGenerator):
         self.to_rgbs = nn.ModuleList(ToRGB(c, img_channels, w_dim) for c in chans)
         self.rgb_at = rgb_at
         self.num_ws = len(layers) + 1
-        self.register_buffer("w_avg", torch.zeros(w_dim))
-        self.register_buffer("w_avg_class", torch.zeros(max(c_dim, 1), w_dim))
+        self._init_w_avg()
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         if ws.shape[1:] != (self.num_ws, self.w_dim):
