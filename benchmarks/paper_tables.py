@@ -97,6 +97,10 @@ class Scale:
     k_curve: int                # accuracy over kimg: per class per snapshot
     bootstrap: int              # resamples of the FID interval
     grid_n: int = 8
+    # training seeds of the comparisons that decide a claim (ours vs the tutorial DCGAN, transfer vs scratch on
+    # both targets): the seeds after the first retrain those models only (StyleGAN vs DCGAN is decided by a gap
+    # far wider than either's seed spread and bootstrap interval, and a second StyleGAN would not fit the budget)
+    seeds: int = 2
 
 
 STYLEGAN_SMALL = dict(lr_g=0.0025, lr_d=0.0025, r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0)
@@ -663,6 +667,64 @@ def plot_accuracy_vs_size(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def seed_suffix(k: int, seed: int) -> str:
+    """Name suffix of the k-th training seed's models (the first keeps the bare name)."""
+    return f"-seed{seed + k}" if k else ""
+
+
+def seed_values(models: dict, name: str) -> list[dict]:
+    """``name``'s models over the training seeds run (the bare name first)."""
+    return [models[name]] + [v for k, v in sorted(models.items()) if k.startswith(name + "-seed")]
+
+
+def speedup(tr: dict, sc: dict) -> dict[str, Any]:
+    """Transfer speed-up: scratch's kimg (and seconds, at each run's img/s) to reach its own final FID over the
+    transfer's kimg to reach the same FID (curve sample size)."""
+    goal = sc["fid_over_kimg"][-1]["fid"]
+    k_sc, k_tr = kimg_to_reach(sc["fid_over_kimg"], goal), kimg_to_reach(tr["fid_over_kimg"], goal)
+    sec = {k: (kk * 1000 / run["train"]["img_per_s"] if kk is not None else None)
+           for k, kk, run in (("scratch", k_sc, sc), ("transfer", k_tr, tr))}
+    return {"scratch_kimg_to_goal": k_sc, "transfer_kimg_to_goal": k_tr,
+            "speedup_kimg": (k_sc / k_tr if k_tr else math.inf) if k_sc is not None and k_tr is not None else None,
+            "speedup_seconds": (sec["scratch"] / sec["transfer"] if sec["transfer"] else math.inf)
+            if sec["scratch"] is not None and sec["transfer"] is not None else None}
+
+
+COMPARISONS = (("ours vs the tutorial DCGAN", "dcgan", "dcgan_tutorial"),
+               ("StyleGAN vs DCGAN", "stylegan", "dcgan"),
+               ("monochrome: transfer vs scratch", "mono_transfer", "mono_scratch"),
+               ("single character: transfer vs scratch", "character_transfer", "character_scratch"))
+
+
+def spread(models: dict) -> list[dict[str, Any]]:
+    """The comparisons that decide a claim, with their spread: each side's final FID per training seed (and 90 %
+    bootstrap interval). Decided 'beyond the seed spread' when every seed of one side is below every seed of the
+    other and both have two seeds or more; with one seed on a side, 'beyond the bootstrap intervals' when the
+    intervals do not overlap; otherwise 'inside the spread'."""
+    rows = []
+    for title, a, b in COMPARISONS:
+        va, vb = seed_values(models, a), seed_values(models, b)
+        fa, fb = [v["fid"] for v in va], [v["fid"] for v in vb]
+        lower = a if np.mean(fa) < np.mean(fb) else b
+        if len(fa) > 1 and len(fb) > 1:
+            decided = max(fa) < min(fb) or max(fb) < min(fa)
+            how = "beyond the seed spread" if decided else "inside the seed spread"
+        else:
+            ia = [v["fid_interval"] for v in va]
+            ib = [v["fid_interval"] for v in vb]
+            decided = max(i[1] for i in ia) < min(i[0] for i in ib) or max(i[1] for i in ib) < min(i[0] for i in ia)
+            how = "beyond the bootstrap intervals" if decided else "inside the bootstrap intervals"
+        row = {"comparison": title, "a": a, "b": b, "fid_a": fa, "fid_b": fb,
+               "interval_a": [v["fid_interval"] for v in va], "interval_b": [v["fid_interval"] for v in vb],
+               "mean_a": float(np.mean(fa)), "mean_b": float(np.mean(fb)), "lower": lower, "decided": decided,
+               "verdict": f"{lower} lower, {how}"}
+        if a.endswith("_transfer"):
+            row["speedup_kimg"] = [speedup(t, s)["speedup_kimg"] for t, s in zip(va, vb)]
+            row["speedup_seconds"] = [speedup(t, s)["speedup_seconds"] for t, s in zip(va, vb)]
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def run(S: Scale, work: Path, seed: int, record: bool = False, parts: Path | None = None) -> dict[str, Any]:
     """Every step here; with ``record`` (the lent GPU: no Inception weights there) the steps that need Inception
@@ -687,15 +749,23 @@ def run(S: Scale, work: Path, seed: int, record: bool = False, parts: Path | Non
         steps(f"train-{name}", train_model, S, arch, data, m / name, S.kimg, S.snapshot_kimg, seed, cond)
         models[name] = steps(f"eval-{name}", measure, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
                              tagger if cond else None)
-    models["dcgan_tutorial"] = steps("tutorial-dcgan", reference_dcgan, S, d["base"], d["ref"], m / "tutorial",
-                                     S.kimg, seed, e / "dcgan_tutorial" if record else None)
     transfers = {"mono_transfer": (d["mono"], True), "mono_scratch": (d["mono"], False),
                  "character_transfer": (d["character"], True), "character_scratch": (d["character"], False)}
-    for name, (data, tr) in transfers.items():
-        steps(f"train-{name}", train_model, S, "stylegan", data, m / name, S.transfer_kimg, S.transfer_snapshot_kimg,
-              seed, init=str(m / "stylegan_conditional") if tr else None)
-        models[name] = steps(f"eval-{name}", measure, S, m / name, data, e / name, S.n_fid_transfer,
-                             S.n_curve_transfer, None)
+    for k in range(S.seeds):  # the first seed: every model; the others: the decisive comparisons (Scale.seeds)
+        sfx = seed_suffix(k, seed)
+        if k:
+            name = "dcgan" + sfx
+            steps(f"train-{name}", train_model, S, "dcgan", d["base"], m / name, S.kimg, S.snapshot_kimg, seed + k)
+            models[name] = steps(f"eval-{name}", measure, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve, None)
+        name = "dcgan_tutorial" + sfx
+        models[name] = steps("tutorial-dcgan" + sfx, reference_dcgan, S, d["base"], d["ref"], m / ("tutorial" + sfx),
+                             S.kimg, seed + k, e / name if record else None)
+        for base, (data, tr) in transfers.items():
+            name = base + sfx
+            steps(f"train-{name}", train_model, S, "stylegan", data, m / name, S.transfer_kimg,
+                  S.transfer_snapshot_kimg, seed + k, init=str(m / "stylegan_conditional") if tr else None)
+            models[name] = steps(f"eval-{name}", measure, S, m / name, data, e / name, S.n_fid_transfer,
+                                 S.n_curve_transfer, None)
     acc_curve = steps("accuracy-over-kimg", accuracy_curve, S, m / "stylegan_conditional", tagger)
     if record:
         run_id = work / "run_id"
@@ -788,7 +858,8 @@ def score(S: Scale, work: Path, dirs: list[Path], seed: int) -> dict[str, Any]:
     fl = steps("floors", floors, S, d["base"], d["ref"], d["mono"], d["character"])
     refs = {"mono_transfer": d["mono"], "mono_scratch": d["mono"], "character_transfer": d["character"],
             "character_scratch": d["character"]}
-    models = {name: steps(f"score-{name}", score_model, S, rec, work / "evals" / name, refs.get(name, d["ref"]))
+    models = {name: steps(f"score-{name}", score_model, S, rec, work / "evals" / name,
+                          refs.get(name.split("-seed")[0], d["ref"]))
               for name, rec in dev["models"].items()}
     cross = steps("cross-fid", lambda: json.loads(run_fid(FidConfig(device="cpu", progress=False), d["mono"],
                                                           d["character"], work / "evals" / "cross").read_text()))
@@ -830,28 +901,21 @@ def tables(S: Scale, d: dict, fl: dict, models: dict, tagger_acc: dict, cross: d
     table3 = []
     for target in ("mono", "character"):
         tr, sc = models[f"{target}_transfer"], models[f"{target}_scratch"]
-        goal = sc["fid_over_kimg"][-1]["fid"]  # scratch's own final FID (curve sample size, like the transfer's)
-        k_sc = kimg_to_reach(sc["fid_over_kimg"], goal)
-        k_tr = kimg_to_reach(tr["fid_over_kimg"], goal)
-        sec = {k: (kk * 1000 / models[f"{target}_{k}"]["train"]["img_per_s"] if kk is not None else None)
-               for k, kk in (("scratch", k_sc), ("transfer", k_tr))}
         table3.append({
             "target": target, "images": d["counts"][target], "floor_halves": fl[f"{target}_halves"],
             "floor_half_n": fl[f"{target}_half_n"],
             "transfer_fid": tr["fid"], "transfer_interval": tr["fid_interval"],
             "scratch_fid": sc["fid"], "scratch_interval": sc["fid_interval"],
             "transfer_fid_0": sorted(tr["fid_over_kimg"], key=lambda p: p["kimg"])[0]["fid"],
-            "scratch_kimg_to_goal": k_sc, "transfer_kimg_to_goal": k_tr,
-            "speedup_kimg": (k_sc / k_tr if k_tr else math.inf) if k_sc is not None and k_tr is not None else None,
-            "speedup_seconds": (sec["scratch"] / sec["transfer"] if sec["transfer"] else math.inf)
-            if sec["scratch"] is not None and sec["transfer"] is not None else None,
+            **speedup(tr, sc),
             "first_snapshot_kimg": S.transfer_snapshot_kimg,
             "transfer_learning": learned(tr["fid_over_kimg"], fl[f"{target}_halves"]),
             "scratch_learning": learned(sc["fid_over_kimg"], fl[f"{target}_halves"])})
     doc = {"benchmark": "paper_tables", "scale": dataclasses.asdict(S), "data": {k: d[k] for k in (
         "counts", "class_names", "class_sizes", "character_ids", "ref_ids_sha256", "blocks")},
         "floors": fl, "seed1": seed1, "equal_time_s": equal_s, "table2": table2, "table2_summary": table2_summary,
-        "table3": table3, "cross_fid": {"mono_vs_character": cross["fid"], "kid": cross.get("kid")},
+        "table3": table3, "spread": spread(models),
+        "cross_fid": {"mono_vs_character": cross["fid"], "kid": cross.get("kid")},
         "models": {k: {kk: v.get(kk) for kk in ("fid", "fid_interval", "kid", "n_fid", "fid_over_kimg", "train",
                                                  "hair_accuracy", "eye_accuracy")} for k, v in models.items()},
         "step_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
@@ -893,13 +957,17 @@ def print_tables(doc: dict) -> dict[str, list]:
     h3 = ["target", "images", "floor (halves)", "transfer FID", "scratch FID", "transfer FID at 0",
           "transfer kimg to goal", "scratch kimg to goal", "speed-up (kimg)", "speed-up (s)"]
     t4 = [["monochrome vs single character", fmt(doc["cross_fid"]["mono_vs_character"])]]
+    t5 = [[r["comparison"], " / ".join(fmt(f) for f in r["fid_a"]), " / ".join(fmt(f) for f in r["fid_b"]),
+           " / ".join(fmt(x, 2) for x in r.get("speedup_kimg", [])) or "-", r["verdict"]] for r in doc["spread"]]
+    h5 = ["comparison", "FID A (per seed)", "FID B (per seed)", "speed-up (kimg, per seed)", "verdict"]
     for title, h, rows in (("Seed 1: DCGAN vs StyleGAN", h1, t1),
                            ("Seed 2, Table II: summary", ["", "hair", "eye"], t2s),
-                           ("Seed 2, Table III: transfer vs scratch", h3, t3), ("Cross-dataset FID", ["", "FID"], t4)):
+                           ("Seed 2, Table III: transfer vs scratch", h3, t3), ("Cross-dataset FID", ["", "FID"], t4),
+                           ("The decisive comparisons over training seeds (A vs B)", h5, t5)):
         print(f"\n{title}")
         print_table(h, rows)
     return {"t1": [h1, t1], "t2": [h2, t2], "t2s": [["", "hair", "eye"], t2s], "t3": [h3, t3],
-            "t4": [["", "FID"], t4]}
+            "t4": [["", "FID"], t4], "t5": [h5, t5]}
 
 
 def picture_files(ev: Path) -> list[Path]:
@@ -915,12 +983,13 @@ def figures(doc: dict, work: Path, fig_dir: Path) -> list[Figure]:
     """Generated-image figures (committed) and the curves; returns them for the report."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = []
-    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in doc["models"].items()
+    first = {k: v for k, v in doc["models"].items() if "-seed" not in k}  # the curves of the first seed
+    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in first.items()
             if not k.startswith(("mono", "character"))]
     p = plot_fid_curves(rows, fig_dir / "seed1_fid_over_kimg.png", title="Seed 1: FID over kimg (curve samples)")
     if p:
         figs.append(Figure(p, "seed 1: FID over kimg"))
-    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in doc["models"].items()
+    rows = [{"run": "", "model": k, "fid_over_kimg": v["fid_over_kimg"]} for k, v in first.items()
             if k.startswith(("mono", "character"))]
     p = plot_fid_curves(rows, fig_dir / "transfer_fid_over_kimg.png", title="Transfer vs scratch: FID over kimg")
     if p:
@@ -964,7 +1033,7 @@ def report(doc: dict, printed: dict, figs: list[Figure], work: Path) -> Path:
     body = [f"<h1>Paper tables ({doc['scale']['resolution']} px, {doc['scale']['device']})</h1>"]
     for key, title in (("t1", "Seed 1: DCGAN vs StyleGAN"), ("t2s", "Seed 2, Table II (summary)"),
                        ("t2", "Seed 2, Table II (per class)"), ("t3", "Seed 2, Table III: transfer vs scratch"),
-                       ("t4", "Cross-dataset FID")):
+                       ("t4", "Cross-dataset FID"), ("t5", "The decisive comparisons over training seeds")):
         h, rows = printed[key]
         body.append(f"<h2>{title}</h2>" + html_table(h, rows))
     body += [figure_html(f) for f in figs + real]

@@ -72,6 +72,31 @@ def test_gpu_scale_split_scores_what_evaluate_scores(tmp_path):
         pt.unpack(fetched, tmp_path / "again")
 
 
+def test_spread_decides_a_comparison_only_beyond_its_seeds_or_intervals():
+    import paper_tables as pt
+
+    def m(fid, lo=None, hi=None):
+        return {"fid": fid, "fid_interval": [lo or fid - 1, hi or fid + 1]}
+
+    models = {"dcgan": m(200), "dcgan-seed1": m(210), "dcgan_tutorial": m(190), "dcgan_tutorial-seed1": m(205),
+              "stylegan": m(150), "mono_transfer": m(100), "mono_transfer-seed1": m(101), "mono_scratch": m(120),
+              "mono_scratch-seed1": m(125), "character_transfer": m(100, 90, 110), "character_scratch": m(105, 95, 115)}
+    for k in ("mono_transfer", "mono_transfer-seed1", "mono_scratch", "mono_scratch-seed1", "character_transfer",
+              "character_scratch"):  # curves for the speed-up: scratch reaches its final FID at 2 kimg
+        models[k] |= {"fid_over_kimg": [{"kimg": 0.0, "fid": 300.0}, {"kimg": 2.0, "fid": models[k]["fid"]}],
+                      "train": {"img_per_s": 10.0}}
+    rows = {r["comparison"]: r for r in pt.spread(models)}
+    ours = rows["ours vs the tutorial DCGAN"]
+    assert ours["fid_a"] == [200, 210] and ours["fid_b"] == [190, 205] and ours["mean_b"] == 197.5
+    assert ours["verdict"] == "dcgan_tutorial lower, inside the seed spread" and not ours["decided"]
+    assert rows["StyleGAN vs DCGAN"]["verdict"] == "stylegan lower, beyond the bootstrap intervals"
+    mono = rows["monochrome: transfer vs scratch"]
+    assert mono["verdict"] == "mono_transfer lower, beyond the seed spread" and mono["decided"]
+    assert len(mono["speedup_kimg"]) == 2 and all(x > 1 for x in mono["speedup_kimg"])
+    assert rows["single character: transfer vs scratch"]["verdict"] == \
+        "character_transfer lower, inside the bootstrap intervals"
+
+
 @pytest.mark.skipif(not MLDS.exists(), reason=f"{MLDS} is absent (the shared MLDS faces)")
 def test_quick_paper_tables_write_the_four_tables_and_a_report(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
@@ -102,6 +127,12 @@ def test_quick_paper_tables_write_the_four_tables_and_a_report(tmp_path):
     assert [r["target"] for r in doc["table3"]] == ["mono", "character"]
     assert all(math.isfinite(r["transfer_fid"]) and math.isfinite(r["scratch_fid"]) for r in doc["table3"])
     assert math.isfinite(doc["cross_fid"]["mono_vs_character"])
+    # the decisive comparisons over two training seeds (a second DCGAN, tutorial DCGAN and four transfer runs)
+    sp = {r["comparison"]: r for r in doc["spread"]}
+    assert [len(r["fid_a"]) for r in doc["spread"]] == [2, 1, 2, 2] and all(len(r["fid_b"]) == 2 for r in sp.values())
+    assert sp["ours vs the tutorial DCGAN"]["fid_a"][1] == doc["models"]["dcgan-seed1"]["fid"]
+    assert len(set(sp["ours vs the tutorial DCGAN"]["fid_a"])) == 2  # another seed, another model
+    assert len(sp["monochrome: transfer vs scratch"]["speedup_kimg"]) == 2 and "decisive comparisons" in run.stdout
     report = (work / "report.html").read_text()
     assert report.count("data:image/png;base64") >= 6 and "Table III" in report
     assert (out / "paper_tables-quick" / "accuracy_vs_class_size.png").is_file()
