@@ -130,11 +130,12 @@ def test_conditional_stylegan(cond_mode):
     G, D = build_models("stylegan", c_dim=4, resolution=16, z_dim=32, w_dim=32, mapping_layers=2,
                         channel_base=256, channel_max=32, cond_mode=cond_mode)
     z = torch.randn(3, 32)
-    if cond_mode == "concat":
-        assert G.mapping_net.layers[0].weight.shape[1] == 32 + 4  # class vector concatenated to z
-        assert D.blocks[0].conv.weight.shape[1] == 3 + 4
+    if cond_mode == "concat":  # the class's columns of the first mapping layer / fromRGB, at gain 1
+        assert G.mapping_net.class_in.weight.shape == (32, 4) and G.mapping_net.layers[0].weight.shape[1] == 32
+        rgb = D.blocks[0].conv.weight
+        assert D.class_in.weight.shape == (rgb.shape[0], 4) and rgb.shape[1] == 3
     else:
-        assert D.embed is not None and G.mapping_net.embed is not None
+        assert D.cmap is not None and G.mapping_net.embed is not None
     c1, c2 = torch.eye(4)[[0, 1, 2]], torch.eye(4)[[3, 3, 3]]
     assert not torch.allclose(G(z, c1, noise_mode="const"), G(z, c2, noise_mode="const"))
     multi = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 1]])
@@ -261,3 +262,71 @@ def test_bad_resolution_and_arch_are_refused():
         DCGANGenerator(resolution=48)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_models("vae", z_dim=8, channel_base=64)
+
+
+@pytest.mark.parametrize("arch", ["stylegan", "stylegan2"])
+def test_a_fresh_conditional_mapping_reads_the_class_as_strongly_as_z(arch):
+    """The class's weights take gain 1 (a one-hot vector's fan-in): with the dense gain 1/sqrt(z_dim + c_dim)
+    and the mapping's lr multiplier, a 117-class model's w moved 8x less with the class than with z and sampled
+    every class alike. At init, changing the class moves w about as far as changing z, and D's logit too."""
+    torch.manual_seed(0)
+    G, D = build_models(arch, c_dim=117, resolution=16, z_dim=128, w_dim=128, mapping_layers=4,
+                        channel_base=256, channel_max=32, cond_mode="concat")
+    n = 256
+    z, z2 = torch.randn(n, 128), torch.randn(n, 128)
+    c1, c2 = torch.eye(117)[torch.randint(0, 117, (n,))], torch.eye(117)[torch.randint(0, 117, (n,))]
+    w = G.mapping(z, c1)
+    by_class = (w - G.mapping(z, c2)).norm(dim=-1).mean()
+    by_z = (w - G.mapping(z2, c1)).norm(dim=-1).mean()
+    assert 0.5 < by_class / by_z < 2, (by_class, by_z)
+    x = torch.randn(n, 3, 16, 16)
+    d = D(x, c1)
+    assert (d - D(x, c2)).std() > 0.25 * (d - D(torch.randn_like(x), c1)).std()
+
+
+@pytest.mark.parametrize("cond_mode", ["concat", "projection"])
+def test_checkpoints_with_the_old_class_weights_load_as_the_same_function(cond_mode):
+    """A conditional StyleGAN saved before ClassWeight (class columns inside the first mapping layer and fromRGB
+    at their dense gains; D's projection embedding at gain 1/sqrt(c_dim)) loads into today's model and computes
+    what it computed then (the old layers written out here with their old gains)."""
+    import math
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(1)
+    c_dim, z_dim = 5, 16
+    G, D = build_models("stylegan", c_dim=c_dim, resolution=16, z_dim=z_dim, w_dim=16, mapping_layers=2,
+                        channel_base=256, channel_max=32, cond_mode=cond_mode)
+    g_old, d_old = dict(G.state_dict()), dict(D.state_dict())
+    if cond_mode == "concat":
+        for k in ("mapping_net.class_in.weight", "class_in.weight"):
+            g_old.pop(k, None), d_old.pop(k, None)
+        g_old["mapping_net.layers.0.weight"] = torch.randn(16, z_dim + c_dim) * 100  # lr_mul 0.01's init
+        d_old["blocks.0.conv.weight"] = torch.randn(D.blocks[0].conv.weight.shape[0], 3 + c_dim, 1, 1)
+    else:
+        d_old["embed.weight"] = torch.randn(D.cmap.weight.shape[0], c_dim)
+        d_old.pop("cmap.weight")
+    G.load_state_dict(g_old)
+    D.load_state_dict(d_old)
+    z, c = torch.randn(4, z_dim), torch.eye(c_dim)[[0, 3, 4, 1]]
+    img = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        if cond_mode == "concat":
+            w_old = g_old["mapping_net.layers.0.weight"]
+            b = g_old["mapping_net.layers.0.bias"]
+            x = torch.cat([z / z.square().mean(1, keepdim=True).add(1e-8).sqrt(), c], dim=1)
+            old_first = F.linear(x, w_old * 0.01 / math.sqrt(z_dim + c_dim), b * 0.01)
+            mapping = G.mapping_net
+            new_first = mapping.layers[0](pixel_norm_(z)) + mapping.class_in(c)
+            torch.testing.assert_close(new_first, old_first, rtol=1e-5, atol=1e-5)
+            maps = c[:, :, None, None].expand(-1, -1, 16, 16)
+            old_rgb = F.conv2d(torch.cat([img, maps], 1), d_old["blocks.0.conv.weight"] / math.sqrt(3 + c_dim),
+                               d_old["blocks.0.conv.bias"])
+            new_rgb = D.blocks[0].conv(img) + D.class_in(c)[:, :, None, None]
+            torch.testing.assert_close(new_rgb, old_rgb, rtol=1e-5, atol=1e-5)
+        else:
+            torch.testing.assert_close(D.cmap(c), F.linear(c, d_old["embed.weight"] / math.sqrt(c_dim)))
+
+
+def pixel_norm_(z):
+    return z / z.square().mean(1, keepdim=True).add(1e-8).sqrt()

@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import signal
 import subprocess
@@ -167,18 +166,15 @@ def test_init_from_with_another_class_count(tmp_path):
                                     "blonde hair red eyes": "blonde hair red eyes",
                                     "red hair green eyes": "blue hair green eyes",
                                     "red hair red eyes": "black hair red eyes"}
-    # frozen D blocks are exactly the source's, except the first conv, whose fan-in (3 + classes) changed: its
-    # stored weights are rescaled so that the weights it applies (stored x 1/sqrt(fan-in)) are the source's
+    # frozen D blocks are exactly the source's (fromRGB reads the image; its class input channels are class_in)
     for name, value in new["D"].items():
-        if name.startswith(("blocks.0.", "blocks.1.")) and name != "blocks.0.conv.weight":
+        if name.startswith(("blocks.0.", "blocks.1.")):
             assert torch.equal(value, old["D"][name]), name
-    w_old, w_new = old["D"]["blocks.0.conv.weight"], new["D"]["blocks.0.conv.weight"]
-    assert w_new.shape[1] == 3 + 4 and w_old.shape[1] == 3 + 6
-    applied_old, applied_new = w_old / math.sqrt(3 + 6), w_new / math.sqrt(3 + 4)
-    torch.testing.assert_close(applied_new[:, :3], applied_old[:, :3], rtol=1e-6, atol=1e-7)
-    for k, new_name in enumerate(names):
+    c_old, c_new = old["D"]["class_in.weight"], new["D"]["class_in.weight"]
+    assert c_new.shape[1] == 4 and c_old.shape[1] == 6
+    for k, new_name in enumerate(names):  # each new class starts as the source class it was mapped to
         j = old_names.index(report["class_init"][new_name])
-        torch.testing.assert_close(applied_new[:, 3 + k], applied_old[:, 3 + j], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(c_new[:, k], c_old[:, j], rtol=0, atol=0)
 
 
 def test_init_from_conditional_into_unconditional_and_back(tmp_path):
@@ -305,3 +301,41 @@ def test_a_checkpoint_older_than_an_option_resumes(tmp_path):
     assert load_checkpoint(out)["images_seen"] == 160
     with pytest.raises(ValueError, match="ada_target"):
         run_train(tiny_config("stylegan", kimg=0.24, snapshot_kimg=0.08, ada_target=0.9), SYN, out, resume=True)
+
+
+def test_a_conditional_stylegan_saved_before_class_weights_samples_alike_and_refuses_to_resume(tmp_path):
+    """A checkpoint written when the concat class was extra columns of the first mapping layer and of fromRGB (at
+    the dense gains) loads as the same generator; resuming it is refused with what to do (its optimiser state
+    belongs to the old parameters)."""
+    import math
+
+    from animegen.train.checkpoint import CheckpointError, save_checkpoint
+
+    run = tmp_path / "run"
+    cfg = tiny_config("stylegan", conditional=True, kimg=0.08, snapshot_kimg=0.08)
+    run_train(cfg, SYN, run)
+    ckpt = dict(load_checkpoint(run))
+    z_dim, lr_mul = cfg.z_dim, 0.01
+    for key in ("G", "G_ema"):  # the old layout: [w, z + c] at gain lr_mul / sqrt(z + c)
+        sd = dict(ckpt[key])
+        dense, cls = sd["mapping_net.layers.0.weight"], sd.pop("mapping_net.class_in.weight")
+        g_old = lr_mul / math.sqrt(z_dim + cls.shape[1])
+        sd["mapping_net.layers.0.weight"] = torch.cat([dense * (lr_mul / math.sqrt(z_dim)) / g_old, cls / g_old], 1)
+        ckpt[key] = sd
+    sd = dict(ckpt["D"])
+    rgb, cls = sd["blocks.0.conv.weight"], sd.pop("class_in.weight")
+    g_old = 1 / math.sqrt(3 + cls.shape[1])
+    sd["blocks.0.conv.weight"] = torch.cat([rgb * (1 / math.sqrt(3)) / g_old, cls[:, :, None, None] / g_old], 1)
+    ckpt["D"] = sd
+    old = tmp_path / "old"
+    old.mkdir()
+    save_checkpoint(ckpt, old / "checkpoint.pt")
+    (old / "config.json").write_text((run / "config.json").read_text())
+    G_new, meta = load_generator(run)
+    G_old, _ = load_generator(old)
+    z, c = torch.randn(4, G_new.z_dim), torch.eye(len(meta["class_names"]))[[0, 1, 2, 0]]
+    torch.testing.assert_close(G_old(z, c, noise_mode="const"), G_new(z, c, noise_mode="const"), rtol=1e-4,
+                               atol=1e-5)
+    with pytest.raises(CheckpointError, match="cannot resume; start a new run from it with --init-from"):
+        run_train(tiny_config("stylegan", conditional=True, kimg=0.16, snapshot_kimg=0.08), SYN, old, resume=True)
+    run_transfer(tiny_config("stylegan", conditional=True, kimg=0.08, snapshot_kimg=0.08), old, SYN, tmp_path / "t")

@@ -63,6 +63,26 @@ class EqualLinear(nn.Module):
         return F.linear(x, self.weight * self.weight_gain, b)
 
 
+class ClassWeight(nn.Module):
+    """What a one- or multi-hot class vector adds to a layer: ``c @ weight.T`` with weight [out, c_dim] ~ N(0, 1)
+    applied at gain 1 and trained at the optimiser's full learning rate.
+
+    Equalised learning rate scales a dense input's weights by 1/sqrt(fan-in). A one-hot vector has one active
+    entry, so its fan-in is 1: counted as c_dim more inputs of a layer (or of an embedding), each class's weights
+    start and learn sqrt(fan-in) times smaller, and inside the mapping network (lr multiplier 0.01) a hundred
+    times slower again. Measured on 117 MLDS classes: G's w moved 8x less with the class than with z, and the
+    conditional StyleGAN sampled every class alike (accuracy at chance).
+    """
+
+    def __init__(self, c_dim: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, c_dim))
+        self.weight_gain = 1.0
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return c @ self.weight.to(c.dtype).t()
+
+
 class EqualConv2d(nn.Module):
     """Conv2d with equalised learning rate and 'same' padding."""
 

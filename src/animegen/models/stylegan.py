@@ -18,6 +18,7 @@ from animegen.models.layers import (
     ClassInput,
     ClassLayout,
     ClassProjection,
+    ClassWeight,
     EqualConv2d,
     EqualLinear,
     NoiseInjection,
@@ -42,22 +43,40 @@ class MappingNetwork(nn.Module):
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_layers: int = 8, lr_mul: float = 0.01,
                  cond_mode: str = "concat"):
         super().__init__()
-        self.z_dim, self.c_dim, self.cond_mode = z_dim, c_dim, cond_mode
+        self.z_dim, self.c_dim, self.cond_mode, self.lr_mul = z_dim, c_dim, cond_mode, lr_mul
         self.embed = EqualLinear(c_dim, z_dim, bias=False) if c_dim and cond_mode == "projection" else None
-        in_dim = z_dim + (z_dim if self.embed is not None else c_dim)
-        dims = [in_dim] + [w_dim] * num_layers
+        # concat: the class's columns of the first layer, at gain 1 and full learning rate (ClassWeight)
+        self.class_in = ClassWeight(c_dim, w_dim) if c_dim and cond_mode == "concat" else None
+        dims = [z_dim * (2 if self.embed is not None else 1)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=lr_mul) for a, b in zip(dims[:-1], dims[1:]))
+        self.register_load_state_dict_pre_hook(_split_mapping_class_columns)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         x = pixel_norm(z.float())
-        if self.c_dim:
-            if c is None:
-                raise ValueError(f"conditional generator needs a class vector of width {self.c_dim}")
-            y = c.float() if self.embed is None else pixel_norm(self.embed(c.float()))
-            x = torch.cat([x, y], dim=1)
-        for layer in self.layers:
+        if self.c_dim and c is None:
+            raise ValueError(f"conditional generator needs a class vector of width {self.c_dim}")
+        if self.embed is not None:
+            x = torch.cat([x, pixel_norm(self.embed(c.float()))], dim=1)
+        x = self.layers[0](x)
+        if self.class_in is not None:
+            x = x + self.class_in(c.float())
+        x = lrelu(x)
+        for layer in self.layers[1:]:
             x = lrelu(layer(x))
         return x
+
+
+def _split_mapping_class_columns(module: MappingNetwork, state: dict, prefix: str, *args) -> None:
+    """An older checkpoint (before ClassWeight) whose concat mapping read the class as extra columns of its first
+    layer (gain lr_mul / sqrt(z_dim + c_dim)): split them into ``class_in`` (gain 1), the same function."""
+    key = prefix + "layers.0.weight"
+    w = state.get(key)
+    if module.class_in is None or prefix + "class_in.weight" in state or w is None \
+            or w.shape[1] != module.z_dim + module.c_dim:
+        return
+    old = module.lr_mul / math.sqrt(w.shape[1])
+    state[key] = w[:, :module.z_dim] * (old / module.layers[0].weight_gain)
+    state[prefix + "class_in.weight"] = w[:, module.z_dim:] * old
 
 
 class StyleLayer(nn.Module):
@@ -122,7 +141,7 @@ class StyleGANGenerator(nn.Module):
             first = ClassInput("mapping_net.layers.0.weight", "mapping_net.layers.0.bias", self.z_dim,
                                embed="mapping_net.embed.weight", normalise=True)
         else:
-            first = ClassInput("mapping_net.layers.0.weight", "mapping_net.layers.0.bias", self.c_dim)
+            first = ClassInput("mapping_net.class_in.weight", "mapping_net.layers.0.bias", self.c_dim)
         return ClassLayout(inputs=(first,), per_class=(("w_avg_class", "w_avg"),))
 
     def truncation_center(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -176,8 +195,10 @@ class FromRGB(nn.Module):
         super().__init__()
         self.conv = EqualConv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lrelu(self.conv(x))
+    def forward(self, x: torch.Tensor, class_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``class_bias`` [N, out]: a conditional D's per-class term (what constant class maps would add)."""
+        y = self.conv(x)
+        return lrelu(y if class_bias is None else y + class_bias[:, :, None, None])
 
 
 class ResidualDBlock(nn.Module):
@@ -212,8 +233,9 @@ class DEpilogue(nn.Module):
 class StyleGANDiscriminator(nn.Module):
     """fromRGB -> residual blocks down to 4x4 -> minibatch stddev epilogue -> one logit.
 
-    Conditional: class channels concatenated to the input ('concat'), or a projection term from a learned
-    class embedding ('projection', Miyato & Koyama 2018); both accept multi-hot class vectors.
+    Conditional: the class as input channels ('concat': constant class maps through a 1x1 fromRGB are a per-class
+    bias of its output, computed as one), or a projection term from a learned class embedding ('projection',
+    Miyato & Koyama 2018); both accept multi-hot class vectors, both with ClassWeight's gain.
     """
 
     def __init__(self, c_dim: int = 0, resolution: int = 64, img_channels: int = 3, channel_base: int = 4096,
@@ -224,31 +246,51 @@ class StyleGANDiscriminator(nn.Module):
             raise ValueError(f"cond_mode must be 'concat' or 'projection', got {cond_mode!r}")
         self.c_dim, self.resolution, self.cond_mode = c_dim, resolution, cond_mode
         chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(log2, 1, -1)]  # res .. 4
-        extra = c_dim if cond_mode == "concat" else 0
-        blocks = [FromRGB(img_channels + extra, chans[0])]
+        self.img_channels = img_channels
+        blocks = [FromRGB(img_channels, chans[0])]
         blocks += [ResidualDBlock(cin, cout) for cin, cout in zip(chans[:-1], chans[1:])]
         blocks.append(DEpilogue(chans[-1], mbstd_group))
         self.blocks = nn.ModuleList(blocks)
         self.out = EqualLinear(chans[-1], 1)
-        self.embed = EqualLinear(c_dim, chans[-1], bias=False) if c_dim and cond_mode == "projection" else None
+        # the class (ClassWeight: gain 1, full learning rate): a per-class bias of fromRGB's pre-activation
+        # ('concat': the class as constant input maps of a 1x1 conv), or a per-class embedding ('projection')
+        self.class_in = ClassWeight(c_dim, chans[0]) if c_dim and cond_mode == "concat" else None
+        self.cmap = ClassWeight(c_dim, chans[-1]) if c_dim and cond_mode == "projection" else None
+        self.register_load_state_dict_pre_hook(_old_discriminator_class_weights)
 
     def class_layout(self) -> ClassLayout:
         if not self.c_dim:
             return ClassLayout()
-        if self.embed is not None:
-            return ClassLayout(projections=(ClassProjection("embed.weight", "out.weight",
+        if self.cmap is not None:
+            return ClassLayout(projections=(ClassProjection("cmap.weight", "out.weight",
                                                             1 / math.sqrt(self.out.weight.shape[1])),))
-        return ClassLayout(inputs=(ClassInput("blocks.0.conv.weight", "blocks.0.conv.bias", self.c_dim),))
+        return ClassLayout(inputs=(ClassInput("class_in.weight", "blocks.0.conv.bias", self.c_dim),))
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.c_dim and c is None:
             raise ValueError(f"conditional discriminator needs a class vector of width {self.c_dim}")
-        x = img
-        if self.c_dim and self.embed is None:
-            x = torch.cat([x, c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
-        for block in self.blocks:
+        x = self.blocks[0](img, self.class_in(c.to(img.dtype)) if self.class_in is not None else None)
+        for block in self.blocks[1:]:
             x = block(x)
         out = self.out(x).squeeze(1)
-        if self.embed is not None:
-            out = out + (self.embed(c.to(x.dtype)) * x).sum(dim=1) / math.sqrt(x.shape[1])
+        if self.cmap is not None:
+            out = out + (self.cmap(c.to(x.dtype)) * x).sum(dim=1) / math.sqrt(x.shape[1])
         return out
+
+
+def _old_discriminator_class_weights(module: StyleGANDiscriminator, state: dict, prefix: str, *args) -> None:
+    """An older checkpoint (before ClassWeight) whose class weights took the equalised gain of a dense input:
+    'concat' read the class as input channels of fromRGB (gain 1 / sqrt(img_channels + c_dim)), 'projection'
+    embedded it at gain 1 / sqrt(c_dim). Rewritten for ClassWeight (gain 1): the same function."""
+    if not module.c_dim:
+        return
+    key = prefix + "blocks.0.conv.weight"
+    w = state.get(key)
+    if module.class_in is not None and prefix + "class_in.weight" not in state and w is not None \
+            and w.shape[1] == module.img_channels + module.c_dim:
+        old = 1 / math.sqrt(w.shape[1])
+        state[key] = w[:, :module.img_channels] * (old / module.blocks[0].conv.weight_gain)
+        state[prefix + "class_in.weight"] = w[:, module.img_channels:, 0, 0] * old
+    if module.cmap is not None and prefix + "cmap.weight" not in state and prefix + "embed.weight" in state:
+        e = state.pop(prefix + "embed.weight")
+        state[prefix + "cmap.weight"] = e / math.sqrt(e.shape[1])

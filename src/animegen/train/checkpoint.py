@@ -28,6 +28,7 @@ DAMAGED = "damaged checkpoint"
 FOREIGN = "not an animegen checkpoint"
 NEWER = "checkpoint of a newer animegen"
 PARTIAL = "not a full checkpoint"
+OLDER = "checkpoint of an older model layout"
 
 
 class CheckpointError(ValueError):

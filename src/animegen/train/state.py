@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from animegen import __version__
-from animegen.train.checkpoint import SNAPSHOT_KEYS, load_weights
+from animegen.train.checkpoint import OLDER, SNAPSHOT_KEYS, CheckpointError, load_weights
 from animegen.train.losses import Regularizer
 
 
@@ -89,8 +89,16 @@ class TrainState:
         }
 
     def restore(self, ckpt: dict, device: torch.device) -> None:
-        """Continue from ``ckpt`` (a checkpoint of a run with the same options); the global RNG state included."""
+        """Continue from ``ckpt`` (a checkpoint of a run with the same options); the global RNG state included.
+        A checkpoint whose tensors are named for an older model (loading migrates them: models/stylegan.py) has
+        optimiser state for other parameters: it is refused, with what to do instead."""
         for module, key in ((self.G, "G"), (self.D, "D"), (self.G_ema, "G_ema")):
+            names, mine = set(ckpt[key]), set(module.state_dict())
+            if names != mine:
+                raise CheckpointError(getattr(ckpt, "path", "checkpoint"), OLDER, (
+                    f"its {key} has tensors {sorted(names - mine)[:3]} where this animegen's model has "
+                    f"{sorted(mine - names)[:3]}: written by another version of animegen, it samples, evaluates "
+                    "and transfers (--init-from) but cannot resume; start a new run from it with --init-from"))
             load_weights(module, ckpt, key)
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])

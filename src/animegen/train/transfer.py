@@ -172,7 +172,9 @@ def _class_inputs(s: dict[str, torch.Tensor], d: dict[str, torch.Tensor], s_lay:
     unconditional target). A layer whose other dimensions differ is left out (``transfer_weights`` skips it)."""
     new: dict[str, torch.Tensor] = {}
     for inp in (d_lay if d_c else s_lay).inputs:
-        s_w, d_w = s[inp.weight], d[inp.weight]
+        # a layer that reads only the class (ClassWeight) exists in the conditional model only: zero columns
+        s_w = s.get(inp.weight, s[inp.bias][:, None][:, :0])
+        d_w = d.get(inp.weight, d[inp.bias][:, None][:, :0])
         s_base, d_base = s_w.shape[1] - _width(s_lay, inp.weight), d_w.shape[1] - _width(d_lay, inp.weight)
         if s_base != d_base or s_w.shape[0] != d_w.shape[0] or s_w.shape[2:] != d_w.shape[2:]:
             continue  # an incompatible layer: skipped below
@@ -191,7 +193,9 @@ def _class_inputs(s: dict[str, torch.Tensor], d: dict[str, torch.Tensor], s_lay:
                 y = pixel_norm(y[None], dim=1)[0] if inp.normalise else y
             taps = s_cls.sum(dim=tuple(range(2, s_cls.ndim))) if s_cls.ndim > 2 else s_cls
             bias = bias + taps @ y
-        new[inp.weight], new[inp.bias] = w, bias
+        if inp.weight in d:
+            new[inp.weight] = w
+        new[inp.bias] = bias
     return new
 
 
