@@ -47,9 +47,9 @@ from animegen.eval.evaluate import (
     feature_metrics,
     model_accuracy,
     pictures,
-    reference_classes,
     run_evaluate,
     run_fid,
+    sample_classes,
 )
 from animegen.eval.html import Figure, figure_html, html_page, html_table
 from animegen.eval.inception import CPU_BATCH_MAX, CPU_CHUNK, CUDA_BATCH, resolve_extractor
@@ -288,11 +288,13 @@ def train_model(S: Scale, arch: str, data: str, out: Path, kimg: float, snap: fl
 
 
 def evaluate(S: Scale, model: Path, reference: str, out: Path, n_fid: int, n_curve: int,
-             tagger: str | None) -> dict[str, Any]:
+             tagger: str | None, class_mix: str | None = None) -> dict[str, Any]:
+    """run_evaluate (FID + curve, accuracy with ``tagger``, pictures); a conditional model's FID samples follow
+    ``class_mix``'s classes (its labelled training set: the held-out block has no pair labels)."""
     if not (out / "metrics.json").exists():
         cfg = EvalConfig(n_fid=n_fid, n_fid_snapshots=n_curve, snapshots=True, psi=1.0, tagger=tagger,
                          k_per_class=S.k_per_class, fid_bootstrap=S.bootstrap, grid_n=S.grid_n, device=S.device,
-                         progress=False, seed=0)
+                         progress=False, seed=0, class_mix=class_mix)
         run_evaluate(cfg, model, reference, out)
     m = json.loads((out / "metrics.json").read_text())
     keep = ("fid", "kid", "kid_std", "fid_interval", "n_fid", "n_reference", "hair_accuracy", "eye_accuracy",
@@ -438,7 +440,7 @@ def score_sets(sets: dict[str, np.ndarray], curve: list[dict], ref: fidlib.Stats
 
 
 def record_model(S: Scale, model: Path, reference: str | None, out: Path, n_fid: int, n_curve: int,
-                 tagger: str | None) -> dict[str, Any]:
+                 tagger: str | None, class_mix: str | None = None) -> dict[str, Any]:
     """The lent GPU's `evaluate`: what it measures without Inception (per-class accuracy, the pictures) the same
     way, and the uint8 samples its FIDs are computed from (final and per snapshot), saved for ``--score``."""
     device = torch.device(S.device)
@@ -447,10 +449,9 @@ def record_model(S: Scale, model: Path, reference: str | None, out: Path, n_fid:
     G, meta = load_generator(model / "checkpoint.pt", device)
     names = meta["class_names"]
     # the class mix of the samples as evaluate draws it: the reference's own conditions when it is labelled with
-    # the model's classes (the held-out block, absent there, is not labelled: uniform classes, as here)
+    # the model's classes, else class_mix's (the held-out block, absent there, is not labelled)
     imageset = open_dataset(reference) if reference else None
-    classes = reference_classes(imageset, names) if imageset is not None else None
-    multi_hot = imageset.label_kind == "multi_hot" if classes is not None else None
+    classes, multi_hot, _ = sample_classes(imageset, names, class_mix)
     acc, _, skipped = model_accuracy(G, names, multi_hot, cfg, device)
     pictures(G, names, multi_hot, cfg, out, device)
     sets = {"final": generated_uint8(G, n_fid, device, classes=classes)}
@@ -463,8 +464,8 @@ def record_model(S: Scale, model: Path, reference: str | None, out: Path, n_fid:
         last = m["images_seen"] == meta["images_seen"] and n_curve <= n_fid and n_curve % sample_batch(device) == 0
         key = "final" if last else f"kimg-{kimg:09.1f}"
         if key != "final":
-            sets[key] = generated_uint8(Gs, n_curve, device, classes=reference_classes(imageset, m["class_names"])
-                                        if imageset is not None else None)
+            sets[key] = generated_uint8(Gs, n_curve, device,
+                                        classes=sample_classes(imageset, m["class_names"], class_mix)[0])
         curve.append({"kimg": kimg, "snapshot": snap.name, "n": n_curve, "set": key})
     summary = json.loads((model / "summary.json").read_text())
     return {"n_fid": n_fid, "accuracy": acc, "accuracy_skipped": skipped,
@@ -748,7 +749,7 @@ def run(S: Scale, work: Path, seed: int, record: bool = False, parts: Path | Non
     for name, (arch, data, cond) in seed1.items():
         steps(f"train-{name}", train_model, S, arch, data, m / name, S.kimg, S.snapshot_kimg, seed, cond)
         models[name] = steps(f"eval-{name}", measure, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
-                             tagger if cond else None)
+                             tagger if cond else None, d["labelled"] if cond else None)
     transfers = {"mono_transfer": (d["mono"], True), "mono_scratch": (d["mono"], False),
                  "character_transfer": (d["character"], True), "character_scratch": (d["character"], False)}
     for k in range(S.seeds):  # the first seed: every model; the others: the decisive comparisons (Scale.seeds)
@@ -801,7 +802,7 @@ def stylegan2_section(S: Scale, work: Path, seed: int) -> dict[str, Any]:
         steps(f"train-{name}", train_model, S, "stylegan2", data, m / name, S.kimg, S.snapshot_kimg, seed, cond,
               extra={"augment": "none"})
         models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
-                             tagger if cond else None)
+                             tagger if cond else None, d["labelled"] if cond else None)
     for aug in ("ada", "none"):
         name = f"character_transfer_sg2_{aug}"
         steps(f"train-{name}", train_model, S, "stylegan2", d["character"], m / name, S.transfer_kimg,

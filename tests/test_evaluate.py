@@ -404,3 +404,24 @@ def test_evaluate_samples_a_dcgan_with_recalibrated_batchnorm_statistics(dataset
                                        "seed": batchnorm.RECAL_SEED}
     assert len(m["fid_over_kimg"]) == 3 and all(math.isfinite(p["fid"]) for p in m["fid_over_kimg"])
     assert len(calls) == 4  # the model, then each of the 3 snapshots (0 kimg too): once each (the tools reuse it)
+
+
+def test_fid_samples_of_a_conditional_model_follow_the_class_mix_asked_for():
+    """A reference without the model's labels: FID samples draw classes uniformly (noted), or follow --class-mix's
+    label rows (e.g. the training set's, whose class mix the reference shares); a class mix with other classes
+    is refused."""
+    from animegen.data.dataset import open_dataset
+    from animegen.eval.evaluate import sample_classes
+
+    unlabelled = open_dataset("synthetic:?n=32&resolution=16&labels=none")
+    train = open_dataset(SYN)
+    names = list(train.class_names)
+    classes, multi_hot, note = sample_classes(unlabelled, names, None)
+    assert classes is None and "uniformly" in note
+    classes, multi_hot, note = sample_classes(unlabelled, names, SYN)
+    assert np.array_equal(classes, train.conditions()) and multi_hot is False and SYN in note
+    own, _, note = sample_classes(train, names, "synthetic:?n=8&resolution=16&hair=red&eyes=red")
+    assert np.array_equal(own, train.conditions()) and note is None  # the reference's own labels come first
+    with pytest.raises(ValueError, match="not the model's"):
+        sample_classes(unlabelled, names, "synthetic:?n=8&resolution=16&hair=red&eyes=red")
+    assert sample_classes(unlabelled, [], SYN) == (None, None, None)  # an unconditional model

@@ -71,6 +71,10 @@ class EvalConfig(Config):
         "Inception weights path or URI", default_text="the usual resolution order"))
     inception_backend: str = field(default="auto", metadata=opt("Inception feature extractor back-end",
                                                                 choices=EXTRACTORS))
+    class_mix: str | None = field(default=None, metadata=opt(
+        "a dataset labelled with the model's classes (e.g. its training set) whose class mix a conditional model's "
+        "FID samples follow when the reference set has no such labels", default_text="the reference's own labels, "
+        "else classes drawn uniformly"))
     reference_split: str = field(default="all", metadata=opt("which reference images", choices=SPLITS))
     max_reference: int | None = field(default=None, metadata=opt(
         "reference images per FID", default_text="every image of the split", unset=0))
@@ -143,6 +147,27 @@ def reference_classes(imageset: ImageSet, class_names: list[str]) -> np.ndarray 
     return imageset.conditions()
 
 
+def sample_classes(imageset: ImageSet | None, class_names: list[str], class_mix: str | None
+                   ) -> tuple[np.ndarray | None, bool | None, str | None]:
+    """(condition rows, multi-hot, note) of a conditional model's FID samples: the reference's own label rows,
+    else ``class_mix``'s (a dataset with the model's classes: the reference has none, so its class mix is the
+    training set's), else None: uniform classes (a uniform mix is not the reference's, so FID also measures that:
+    noted)."""
+    classes = reference_classes(imageset, class_names) if imageset is not None else None
+    if classes is not None or not class_names:
+        return classes, (imageset.label_kind == "multi_hot" if classes is not None else None), None
+    if class_mix:
+        mix = open_dataset(str(class_mix))
+        classes = reference_classes(mix, class_names)
+        if classes is None:
+            raise ValueError(f"--class-mix {class_mix}: its classes ({len(mix.class_names)}) are not the model's "
+                             f"{len(class_names)} classes")
+        return classes, mix.label_kind == "multi_hot", (f"the reference set has no labels of the model's classes: "
+                                                        f"FID samples follow the class mix of {class_mix}")
+    return None, None, ("the dataset's classes differ from the model's: FID samples draw the model's classes "
+                        "uniformly (--class-mix DATASET gives them a dataset's class mix)")
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric headline values of a metrics.json, flat (for a KFP Metrics artifact's log_metric)."""
     keys = ("fid", "fid_psi", "kid", "kid_std", "kid_psi", "kid_psi_std", "psi", "n_fid", "n_reference",
@@ -189,8 +214,8 @@ def _snapshot_curve(files: list[Path], extractor: Extractor, ref: fidlib.Stats, 
     curve = []
     for path in files:
         G, meta = load_generator(path, device)
-        point = _fid_kid(G, extractor, ref, n, 1.0, reference_classes(imageset, meta["class_names"]), cfg, device,
-                         f"snapshot {path.name}")
+        classes = sample_classes(imageset, meta["class_names"], cfg.class_mix)[0]
+        point = _fid_kid(G, extractor, ref, n, 1.0, classes, cfg, device, f"snapshot {path.name}")
         curve.append({"kimg": meta["images_seen"] / 1000, "snapshot": path.name, "n": n, **point})
         del G
     return sorted(curve, key=lambda p: p["kimg"])
@@ -287,10 +312,9 @@ def run_evaluate(cfg: EvalConfig, model: str | Path, dataset: str, out_dir: str 
     if imageset.resolution != G.resolution:
         notes.append(f"the model generates {G.resolution} px images but the reference set is {imageset.resolution} "
                      "px; both are resized to Inception's 299 px, yet FID also measures that difference")
-    classes = reference_classes(imageset, class_names)
-    multi_hot = imageset.label_kind == "multi_hot" if classes is not None else None  # else guessed from the names
-    if class_names and classes is None:
-        notes.append("the dataset's classes differ from the model's: FID samples draw the model's classes uniformly")
+    classes, multi_hot, note = sample_classes(imageset, class_names, cfg.class_mix)  # multi_hot None: guessed
+    if note:
+        notes.append(note)
 
     extractor = resolve_extractor(cfg.inception_weights, cfg.inception_backend, device)
     split = None if cfg.reference_split == "all" else cfg.reference_split
