@@ -803,6 +803,12 @@ def stylegan2_section(S: Scale, work: Path, seed: int) -> dict[str, Any]:
               extra={"augment": "none"})
         models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve,
                              tagger if cond else None, d["labelled"] if cond else None)
+    for k in range(1, S.seeds):  # the unconditional pair with the other seeds: the spread of the comparison
+        for arch in ("stylegan", "stylegan2"):
+            name = arch + seed_suffix(k, seed)
+            steps(f"train-{name}", train_model, S, arch, d["base"], m / name, S.kimg, S.snapshot_kimg, seed + k,
+                  extra={"augment": "none"})
+            models[name] = steps(f"eval-{name}", evaluate, S, m / name, d["ref"], e / name, S.n_fid, S.n_curve, None)
     for aug in ("ada", "none"):
         name = f"character_transfer_sg2_{aug}"
         steps(f"train-{name}", train_model, S, "stylegan2", d["character"], m / name, S.transfer_kimg,
@@ -816,7 +822,8 @@ def stylegan2_section(S: Scale, work: Path, seed: int) -> dict[str, Any]:
     rows = []
     for n in ("stylegan", "stylegan2", "stylegan_conditional", "stylegan2_conditional"):
         mm = models[n]
-        rows.append({"model": n, "fid": mm["fid"], "fid_interval": mm["fid_interval"], "kid": mm.get("kid"),
+        rows.append({"model": n, "fid": mm["fid"], "fid_seeds": [v["fid"] for v in seed_values(models, n)],
+                     "fid_interval": mm["fid_interval"], "kid": mm.get("kid"),
                      "img_per_s": mm["train"]["img_per_s"], "fid_over_kimg": mm["fid_over_kimg"],
                      "learning": learned(mm["fid_over_kimg"], floor_curve),
                      "hair_accuracy": mm.get("hair_accuracy"), "eye_accuracy": mm.get("eye_accuracy")})
@@ -827,18 +834,30 @@ def stylegan2_section(S: Scale, work: Path, seed: int) -> dict[str, Any]:
         transfer.append({"augment": aug, "fid": mm["fid"], "fid_interval": mm["fid_interval"],
                          "fid_over_kimg": mm["fid_over_kimg"], "rt_late_mean": float(np.mean(late)) if late else None,
                          "rt": mm["rt"], "floor_halves": fl["character_halves"]})
+    v1, v2 = rows[0]["fid_seeds"], rows[1]["fid_seeds"]
+    spread_verdict = ("stylegan2 lower beyond the seed spread" if max(v2) < min(v1) else
+                      "stylegan lower beyond the seed spread" if max(v1) < min(v2) else "inside the seed spread") \
+        if len(v1) > 1 and len(v2) > 1 else "one seed: see the bootstrap intervals"
     return {"benchmark": "paper_tables --section stylegan2", "scale": dataclasses.asdict(S), "floors": fl,
-            "seed1": rows, "character_transfer": transfer, "ada_kimg": SG2_ADA_KIMG,
-            "step_seconds": {k: v for k, v in steps.seconds.items() if "stylegan2" in k or "sg2" in k}}
+            "seed1": rows, "unconditional_over_seeds": {"stylegan": v1, "stylegan2": v2, "verdict": spread_verdict,
+                                                         "mean_gap": float(np.mean(v1) - np.mean(v2))},
+            "character_transfer": transfer, "ada_kimg": SG2_ADA_KIMG,
+            "step_seconds": {k: v for k, v in steps.seconds.items() if "stylegan2" in k or "sg2" in k
+                             or k.startswith(("train-stylegan-seed", "eval-stylegan-seed"))}}
 
 
 def print_stylegan2(doc: dict) -> None:
     n = doc["scale"]["n_fid"]
     print("\nStyleGAN2 vs StyleGAN (same data, budget, widths, regularisation)")
-    print_table(["model", f"FID ({n}) [90% bootstrap]", "KID", "img/s", "gap closed", "hair", "eye"],
+    print_table(["model", f"FID ({n}) [90% bootstrap]", "FID per seed", "KID", "img/s", "gap closed", "hair",
+                 "eye"],
                 [[r["model"], f"{fmt(r['fid'])} [{fmt(r['fid_interval'][0])}, {fmt(r['fid_interval'][1])}]",
-                  fmt(r["kid"], 4), fmt(r["img_per_s"], 0), f"{r['learning']['closed']:.2f}",
+                  " / ".join(fmt(f) for f in r["fid_seeds"]), fmt(r["kid"], 4), fmt(r["img_per_s"], 0),
+                  f"{r['learning']['closed']:.2f}",
                   fmt(r["hair_accuracy"], 3), fmt(r["eye_accuracy"], 3)] for r in doc["seed1"]])
+    u = doc["unconditional_over_seeds"]
+    print(f"unconditional over seeds: StyleGAN {u['stylegan']} vs StyleGAN2 {u['stylegan2']}: {u['verdict']} "
+          f"(means {u['mean_gap']:+.1f} apart)")
     print("\nSingle-character transfer from the conditional StyleGAN2: ADA vs no augmentation")
     print_table(["augment", "FID [90% bootstrap]", "floor (halves)", "r_t (second half)"],
                 [[r["augment"], f"{fmt(r['fid'])} [{fmt(r['fid_interval'][0])}, {fmt(r['fid_interval'][1])}]",

@@ -144,6 +144,9 @@ def test_quick_paper_tables_write_the_four_tables_and_a_report(tmp_path):
     assert [r["model"] for r in sec["seed1"]] == ["stylegan", "stylegan2", "stylegan_conditional",
                                                   "stylegan2_conditional"]
     assert sec["seed1"][0]["fid"] == doc["seed1"][3]["fid"]  # v1 is the main run's own model, not retrained
+    u = sec["unconditional_over_seeds"]  # and a second seed of the unconditional pair, for the spread
+    assert len(u["stylegan"]) == len(u["stylegan2"]) == 2 and u["stylegan"][0] == sec["seed1"][0]["fid"]
+    assert "seed spread" in u["verdict"] and "unconditional over seeds" in run.stdout
     ada, none = sec["character_transfer"]
     assert ada["augment"] == "ada" and none["augment"] == "none"
     assert all(r["p"] is None for r in none["rt"]) and any(r["p"] is not None for r in ada["rt"])
