@@ -133,7 +133,7 @@ def test_conditional_stylegan(cond_mode):
     if cond_mode == "concat":  # the class's columns of the first mapping layer / fromRGB, at gain 1
         assert G.mapping_net.class_in.weight.shape == (32, 4) and G.mapping_net.layers[0].weight.shape[1] == 32
         rgb = D.blocks[0].conv.weight
-        assert D.class_in.weight.shape == (rgb.shape[0], 4) and rgb.shape[1] == 3
+        assert D.blocks[0].class_in.weight.shape == (rgb.shape[0], 4) and rgb.shape[1] == 3
     else:
         assert D.cmap is not None and G.mapping_net.embed is not None
     c1, c2 = torch.eye(4)[[0, 1, 2]], torch.eye(4)[[3, 3, 3]]
@@ -293,13 +293,15 @@ def test_checkpoints_with_the_old_class_weights_load_as_the_same_function(cond_m
 
     import torch.nn.functional as F
 
+    from animegen.models.layers import pixel_norm
+
     torch.manual_seed(1)
     c_dim, z_dim = 5, 16
     G, D = build_models("stylegan", c_dim=c_dim, resolution=16, z_dim=z_dim, w_dim=16, mapping_layers=2,
                         channel_base=256, channel_max=32, cond_mode=cond_mode)
     g_old, d_old = dict(G.state_dict()), dict(D.state_dict())
     if cond_mode == "concat":
-        for k in ("mapping_net.class_in.weight", "class_in.weight"):
+        for k in ("mapping_net.class_in.weight", "blocks.0.class_in.weight"):
             g_old.pop(k, None), d_old.pop(k, None)
         g_old["mapping_net.layers.0.weight"] = torch.randn(16, z_dim + c_dim) * 100  # lr_mul 0.01's init
         d_old["blocks.0.conv.weight"] = torch.randn(D.blocks[0].conv.weight.shape[0], 3 + c_dim, 1, 1)
@@ -314,19 +316,15 @@ def test_checkpoints_with_the_old_class_weights_load_as_the_same_function(cond_m
         if cond_mode == "concat":
             w_old = g_old["mapping_net.layers.0.weight"]
             b = g_old["mapping_net.layers.0.bias"]
-            x = torch.cat([z / z.square().mean(1, keepdim=True).add(1e-8).sqrt(), c], dim=1)
+            x = torch.cat([pixel_norm(z), c], dim=1)
             old_first = F.linear(x, w_old * 0.01 / math.sqrt(z_dim + c_dim), b * 0.01)
             mapping = G.mapping_net
-            new_first = mapping.layers[0](pixel_norm_(z)) + mapping.class_in(c)
+            new_first = mapping.layers[0](pixel_norm(z)) + mapping.class_in(c)
             torch.testing.assert_close(new_first, old_first, rtol=1e-5, atol=1e-5)
             maps = c[:, :, None, None].expand(-1, -1, 16, 16)
             old_rgb = F.conv2d(torch.cat([img, maps], 1), d_old["blocks.0.conv.weight"] / math.sqrt(3 + c_dim),
                                d_old["blocks.0.conv.bias"])
-            new_rgb = D.blocks[0].conv(img) + D.class_in(c)[:, :, None, None]
+            new_rgb = D.blocks[0].conv(img) + D.blocks[0].class_in(c)[:, :, None, None]
             torch.testing.assert_close(new_rgb, old_rgb, rtol=1e-5, atol=1e-5)
         else:
             torch.testing.assert_close(D.cmap(c), F.linear(c, d_old["embed.weight"] / math.sqrt(c_dim)))
-
-
-def pixel_norm_(z):
-    return z / z.square().mean(1, keepdim=True).add(1e-8).sqrt()

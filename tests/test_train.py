@@ -166,11 +166,11 @@ def test_init_from_with_another_class_count(tmp_path):
                                     "blonde hair red eyes": "blonde hair red eyes",
                                     "red hair green eyes": "blue hair green eyes",
                                     "red hair red eyes": "black hair red eyes"}
-    # frozen D blocks are exactly the source's (fromRGB reads the image; its class input channels are class_in)
+    # frozen D blocks are exactly the source's, except fromRGB's class input (blocks.0.class_in), remapped
     for name, value in new["D"].items():
-        if name.startswith(("blocks.0.", "blocks.1.")):
+        if name.startswith(("blocks.0.", "blocks.1.")) and name != "blocks.0.class_in.weight":
             assert torch.equal(value, old["D"][name]), name
-    c_old, c_new = old["D"]["class_in.weight"], new["D"]["class_in.weight"]
+    c_old, c_new = old["D"]["blocks.0.class_in.weight"], new["D"]["blocks.0.class_in.weight"]
     assert c_new.shape[1] == 4 and c_old.shape[1] == 6
     for k, new_name in enumerate(names):  # each new class starts as the source class it was mapped to
         j = old_names.index(report["class_init"][new_name])
@@ -323,7 +323,7 @@ def test_a_conditional_stylegan_saved_before_class_weights_samples_alike_and_ref
         sd["mapping_net.layers.0.weight"] = torch.cat([dense * (lr_mul / math.sqrt(z_dim)) / g_old, cls / g_old], 1)
         ckpt[key] = sd
     sd = dict(ckpt["D"])
-    rgb, cls = sd["blocks.0.conv.weight"], sd.pop("class_in.weight")
+    rgb, cls = sd["blocks.0.conv.weight"], sd.pop("blocks.0.class_in.weight")
     g_old = 1 / math.sqrt(3 + cls.shape[1])
     sd["blocks.0.conv.weight"] = torch.cat([rgb * (1 / math.sqrt(3)) / g_old, cls[:, :, None, None] / g_old], 1)
     ckpt["D"] = sd

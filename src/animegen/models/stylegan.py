@@ -191,14 +191,19 @@ class StyleGANGenerator(nn.Module):
 
 
 class FromRGB(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    """1x1 conv of the image; with ``c_dim`` (a 'concat' D) the class's input channels too: constant class maps
+    through a 1x1 conv are a per-class bias of its output, computed as one (ClassWeight)."""
+
+    def __init__(self, in_channels: int, out_channels: int, c_dim: int = 0):
         super().__init__()
         self.conv = EqualConv2d(in_channels, out_channels, 1)
+        self.class_in = ClassWeight(c_dim, out_channels) if c_dim else None
 
-    def forward(self, x: torch.Tensor, class_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``class_bias`` [N, out]: a conditional D's per-class term (what constant class maps would add)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv(x)
-        return lrelu(y if class_bias is None else y + class_bias[:, :, None, None])
+        if self.class_in is not None:
+            y = y + self.class_in(c.to(y.dtype))[:, :, None, None]
+        return lrelu(y)
 
 
 class ResidualDBlock(nn.Module):
@@ -247,14 +252,13 @@ class StyleGANDiscriminator(nn.Module):
         self.c_dim, self.resolution, self.cond_mode = c_dim, resolution, cond_mode
         chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(log2, 1, -1)]  # res .. 4
         self.img_channels = img_channels
-        blocks = [FromRGB(img_channels, chans[0])]
+        blocks = [FromRGB(img_channels, chans[0], c_dim if cond_mode == "concat" else 0)]
         blocks += [ResidualDBlock(cin, cout) for cin, cout in zip(chans[:-1], chans[1:])]
         blocks.append(DEpilogue(chans[-1], mbstd_group))
         self.blocks = nn.ModuleList(blocks)
         self.out = EqualLinear(chans[-1], 1)
-        # the class (ClassWeight: gain 1, full learning rate): a per-class bias of fromRGB's pre-activation
-        # ('concat': the class as constant input maps of a 1x1 conv), or a per-class embedding ('projection')
-        self.class_in = ClassWeight(c_dim, chans[0]) if c_dim and cond_mode == "concat" else None
+        # the class (ClassWeight: gain 1, full learning rate): fromRGB's class input ('concat', part of the first
+        # block, so FreezeD freezes it with that block), or a per-class embedding ('projection')
         self.cmap = ClassWeight(c_dim, chans[-1]) if c_dim and cond_mode == "projection" else None
         self.register_load_state_dict_pre_hook(_old_discriminator_class_weights)
 
@@ -264,12 +268,12 @@ class StyleGANDiscriminator(nn.Module):
         if self.cmap is not None:
             return ClassLayout(projections=(ClassProjection("cmap.weight", "out.weight",
                                                             1 / math.sqrt(self.out.weight.shape[1])),))
-        return ClassLayout(inputs=(ClassInput("class_in.weight", "blocks.0.conv.bias", self.c_dim),))
+        return ClassLayout(inputs=(ClassInput("blocks.0.class_in.weight", "blocks.0.conv.bias", self.c_dim),))
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.c_dim and c is None:
             raise ValueError(f"conditional discriminator needs a class vector of width {self.c_dim}")
-        x = self.blocks[0](img, self.class_in(c.to(img.dtype)) if self.class_in is not None else None)
+        x = self.blocks[0](img, c)
         for block in self.blocks[1:]:
             x = block(x)
         out = self.out(x).squeeze(1)
@@ -286,11 +290,12 @@ def _old_discriminator_class_weights(module: StyleGANDiscriminator, state: dict,
         return
     key = prefix + "blocks.0.conv.weight"
     w = state.get(key)
-    if module.class_in is not None and prefix + "class_in.weight" not in state and w is not None \
+    rgb = module.blocks[0]
+    if rgb.class_in is not None and prefix + "blocks.0.class_in.weight" not in state and w is not None \
             and w.shape[1] == module.img_channels + module.c_dim:
         old = 1 / math.sqrt(w.shape[1])
-        state[key] = w[:, :module.img_channels] * (old / module.blocks[0].conv.weight_gain)
-        state[prefix + "class_in.weight"] = w[:, module.img_channels:, 0, 0] * old
+        state[key] = w[:, :module.img_channels] * (old / rgb.conv.weight_gain)
+        state[prefix + "blocks.0.class_in.weight"] = w[:, module.img_channels:, 0, 0] * old
     if module.cmap is not None and prefix + "cmap.weight" not in state and prefix + "embed.weight" in state:
         e = state.pop(prefix + "embed.weight")
         state[prefix + "cmap.weight"] = e / math.sqrt(e.shape[1])

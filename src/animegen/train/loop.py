@@ -322,8 +322,6 @@ def _build_state(cfg: TrainConfig, data: TrainData, device: torch.device, channe
         init_from(G, D, G_ema, cfg, init_model, data.class_names, out)
     for block in list(D.blocks)[: cfg.freeze_d]:
         block.requires_grad_(False)
-    if cfg.freeze_d and getattr(D, "class_in", None) is not None:
-        D.class_in.requires_grad_(False)  # the class input channels of fromRGB, the first block
     for m in (G, D, G_ema):
         m.to(device)
         if channels_last:
