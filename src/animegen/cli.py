@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from animegen.train import run_train, run_transfer
     from animegen.train.transfer import inherit_architecture
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args.nproc, args.argv)
     cfg, data, out, init_model = _train_config(args)
     given = set(_given(args)) | set(load_config_file(args.config) if args.config else {})  # kept over the source's
     if args.print_config:
@@ -128,6 +132,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_train(cfg, data, out, resume=args.resume)
     return 0
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``animegen train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m animegen.cli train ...``:
+    N data-parallel processes on this machine (animegen.parallel), whose exit status this returns."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "animegen.cli", *rest]
+    print("launching:", " ".join(cmd[1:]), flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -290,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
                    "(exactly: weights, optimisers, counters, RNG states); --kimg may extend it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes on this machine "
+                   "(torchrun; one per GPU, or gloo on the CPU); --batch is the global batch, split among them")
     p.add_argument("--data", help="training data: synthetic:[?n=&seed=&hair=&eyes=&labels=], a packed Dataset "
                    "directory, or an image folder (default: synthetic:; on --resume, the run's recorded data)")
     p.add_argument("--out", help="output Model directory: config.json, inputs.json, checkpoint.pt, train_log.jsonl, "
@@ -388,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

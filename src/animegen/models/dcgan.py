@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animegen.models.layers import ClassInput, ClassLayout, ClassProjection, channels_for, check_resolution
+from animegen.models.layers import (
+    BatchNorm2d,
+    ClassInput,
+    ClassLayout,
+    ClassProjection,
+    channels_for,
+    check_resolution,
+)
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -37,9 +44,9 @@ class DCGANGenerator(nn.Module):
         self.num_ws, self.w_dim = 1, z_dim + c_dim
         chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(2, log2)]  # 4 .. res/2
         self.project = nn.Linear(z_dim + c_dim, chans[0] * 16)
-        self.project_bn = nn.BatchNorm2d(chans[0])
+        self.project_bn = BatchNorm2d(chans[0])
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+            nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), BatchNorm2d(cout), nn.ReLU(True))
             for cin, cout in zip(chans[:-1], chans[1:]))
         self.to_rgb = nn.Sequential(nn.ConvTranspose2d(chans[-1], img_channels, 4, 2, 1), nn.Tanh())
         self.c0 = chans[0]
@@ -87,7 +94,7 @@ class DCGANDiscriminator(nn.Module):
         extra = c_dim if cond_mode == "concat" else 0
         chans = [channels_for(2 ** i, channel_base, channel_max) for i in range(log2 - 1, 1, -1)]  # res/2 .. 4
         blocks = [nn.Sequential(nn.Conv2d(img_channels + extra, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, True))]
-        blocks += [nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+        blocks += [nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), BatchNorm2d(cout),
                                  nn.LeakyReLU(0.2, True)) for cin, cout in zip(chans[:-1], chans[1:])]
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(chans[-1] * 16, 1)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animegen.parallel import sharded, world
+
 LRELU_GAIN = math.sqrt(2.0)
 
 
@@ -113,7 +115,7 @@ class NoiseInjection(nn.Module):
                 g = torch.Generator(device="cpu").manual_seed(h)  # fixed maps per resolution
                 noise = torch.randn(1, 1, h, w, generator=g).to(x.device, x.dtype)
             else:
-                noise = torch.randn(n, 1, h, w, device=x.device, dtype=x.dtype)
+                noise = sharded(lambda m: torch.randn(m, 1, h, w, device=x.device, dtype=x.dtype), n)
         return x + self.weight.to(x.dtype) * noise
 
 
@@ -153,3 +155,34 @@ def check_resolution(resolution: int) -> int:
     if resolution < 8 or 2 ** log2 != resolution:
         raise ValueError(f"resolution must be a power of two >= 8 (got {resolution}); 64, 128 and 256 are the usual")
     return log2
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose training statistics are the global batch's when ``sync`` is set and the process is one
+    rank of a data-parallel job: each rank's per-channel sums and sums of squares are all-reduced (differentiably:
+    the gradient through the statistics reaches every rank's samples). PyTorch's SyncBatchNorm refuses CPU
+    tensors; this one runs on gloo and NCCL alike. Otherwise (one process, eval mode, ``sync`` unset: sampling on
+    one rank) it is nn.BatchNorm2d itself, bit for bit. Same parameters and buffers, so checkpoints load either way."""
+
+    sync = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = world()
+        if not (self.sync and self.training and w.size > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf = x.float()
+        sums = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), xf.square().sum(dim=(0, 2, 3))]))
+        count = x.shape[0] * x.shape[2] * x.shape[3] * w.size
+        mean, sq = sums[:self.num_features] / count, sums[self.num_features:] / count
+        var = (sq - mean.square()).clamp(min=0)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 1.0 / (float(self.num_batches_tracked) + 1)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * count / max(count - 1, 1), m)
+            self.num_batches_tracked += 1
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)

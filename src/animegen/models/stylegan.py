@@ -27,6 +27,7 @@ from animegen.models.layers import (
     minibatch_stddev,
     pixel_norm,
 )
+from animegen.parallel import all_mean, all_sum
 
 
 def lrelu(x: torch.Tensor, gain: float = LRELU_GAIN) -> torch.Tensor:
@@ -163,12 +164,12 @@ class StyleGANGenerator(nn.Module):
             # per-class matmul below in bf16)
             with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
                 wd = w.detach().float()
-                self.w_avg.lerp_(wd.mean(dim=0), 1.0 - self.w_avg_beta)
+                self.w_avg.lerp_(all_mean(wd.mean(dim=0)), 1.0 - self.w_avg_beta)  # the global batch's mean
                 if self.c_dim:
                     cf = c.detach().float()
-                    count = cf.sum(dim=0)
+                    count = all_sum(cf.sum(dim=0))
                     seen = count > 0
-                    mean_c = (cf.t() @ wd) / count.clamp(min=1e-8)[:, None]
+                    mean_c = all_sum(cf.t() @ wd) / count.clamp(min=1e-8)[:, None]
                     self.w_avg_class[seen] = self.w_avg_class[seen].lerp(mean_c[seen], 1.0 - self.w_avg_beta)
         ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
         if truncation_psi != 1:

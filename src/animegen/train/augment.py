@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from animegen.parallel import all_sum, sharded, world
+
 AUGMENTS = ("ada", "diffaugment", "none")
 HISTORY_MAX = 10_000  # ADA updates kept in the checkpoint and the log (the latest)
 SMALL_DATASET = 30_000  # --augment auto: ADA below this many training images (the ADA paper's gains are large up
@@ -29,12 +31,21 @@ SMALL_DATASET = 30_000  # --augment auto: ADA below this many training images (t
 
 
 def _rand(n: int, device, *shape) -> torch.Tensor:
-    return torch.rand(n, *shape, device=device)
+    """U[0, 1) [n, *shape]: a per-sample draw, this rank's share of the global batch's (animegen.parallel)."""
+    return sharded(lambda m: torch.rand(m, *shape, device=device), n)
+
+
+def _randn(n: int, device, *shape) -> torch.Tensor:
+    return sharded(lambda m: torch.randn(m, *shape, device=device), n)
+
+
+def _randint(lo: int, hi: int, n: int, device, *shape) -> torch.Tensor:
+    return sharded(lambda m: torch.randint(lo, hi, (m, *shape), device=device), n)
 
 
 def _gate(p: float, n: int, device) -> torch.Tensor:
     """[n] booleans, each True with probability p."""
-    return torch.rand(n, device=device) < p
+    return _rand(n, device) < p
 
 
 def _pick(p: float, value: torch.Tensor, identity: float) -> torch.Tensor:
@@ -67,33 +78,33 @@ def geometric_matrix(n: int, p: float, device, size: int) -> torch.Tensor:
     the image in the reference's order: x-flip first, fractional translation last (M = T_last ... T_first)."""
     m = torch.eye(3, device=device).repeat(n, 1, 1)
     # x-flip: scale x by 1 - 2 * {0, 1}
-    flip = _pick(p, torch.randint(0, 2, (n,), device=device).float(), 0.0)
+    flip = _pick(p, _randint(0, 2, n, device).float(), 0.0)
     m = _scale2(1 - 2 * flip, torch.ones(n, device=device)) @ m
     # 90-degree rotations
-    k = _pick(p, torch.randint(0, 4, (n,), device=device).float(), 0.0)
+    k = _pick(p, _randint(0, 4, n, device).float(), 0.0)
     m = _rotate2(k * math.pi / 2) @ m
     # integer translation up to 1/8 of the image (normalised: 2 * 0.125)
-    t = (torch.rand(n, 2, device=device) * 2 - 1) * 0.125 * 2
+    t = (_rand(n, device, 2) * 2 - 1) * 0.125 * 2
     t = torch.round(t * size / 2) / (size / 2)  # whole pixels (a pixel is 2 / size in normalised coordinates)
     t = torch.where(_gate(p, n, device)[:, None], t, torch.zeros_like(t))
     m = _translate2(t[:, 0], t[:, 1]) @ m
     # isotropic scaling, lognormal(0, 0.2 ln 2)
-    s = torch.exp2(torch.randn(n, device=device) * 0.2)
+    s = torch.exp2(_randn(n, device) * 0.2)
     s = torch.where(_gate(p, n, device), s, torch.ones_like(s))
     m = _scale2(s, s) @ m
     p_rot = 1 - math.sqrt(max(0.0, 1 - min(p, 1.0)))
     # arbitrary rotation (before anisotropic scaling)
-    r = (torch.rand(n, device=device) * 2 - 1) * math.pi
+    r = (_rand(n, device) * 2 - 1) * math.pi
     m = _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r))) @ m
     # anisotropic scaling
-    a = torch.exp2(torch.randn(n, device=device) * 0.2)
+    a = torch.exp2(_randn(n, device) * 0.2)
     a = torch.where(_gate(p, n, device), a, torch.ones_like(a))
     m = _scale2(a, 1 / a) @ m
     # arbitrary rotation (after)
-    r = (torch.rand(n, device=device) * 2 - 1) * math.pi
+    r = (_rand(n, device) * 2 - 1) * math.pi
     m = _rotate2(torch.where(_gate(p_rot, n, device), r, torch.zeros_like(r))) @ m
     # fractional translation, normal(0, 0.125) of the image
-    t = torch.randn(n, 2, device=device) * 0.125 * 2
+    t = _randn(n, device, 2) * 0.125 * 2
     t = torch.where(_gate(p, n, device)[:, None], t, torch.zeros_like(t))
     return _translate2(t[:, 0], t[:, 1]) @ m
 
@@ -104,24 +115,24 @@ def colour_matrix(n: int, p: float, device) -> torch.Tensor:
     luma = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)
     c = eye.clone()
     # brightness: add normal(0, 0.2)
-    b = torch.where(_gate(p, n, device), torch.randn(n, device=device) * 0.2, torch.zeros(n, device=device))
+    b = torch.where(_gate(p, n, device), _randn(n, device) * 0.2, torch.zeros(n, device=device))
     t = eye.clone()
     t[:, :3, 3] = b[:, None]
     c = t @ c
     # contrast: scale by lognormal(0, 0.5 ln 2)
-    k = torch.where(_gate(p, n, device), torch.exp2(torch.randn(n, device=device) * 0.5), torch.ones(n, device=device))
+    k = torch.where(_gate(p, n, device), torch.exp2(_randn(n, device) * 0.5), torch.ones(n, device=device))
     t = eye.clone()
     t[:, 0, 0] = t[:, 1, 1] = t[:, 2, 2] = k
     c = t @ c
     # luma flip: Householder reflection through the luma axis
-    f = _pick(p, torch.randint(0, 2, (n,), device=device).float(), 0.0)
+    f = _pick(p, _randint(0, 2, n, device).float(), 0.0)
     c = (eye - 2 * torch.outer(luma, luma)[None] * f[:, None, None]) @ c
     # hue rotation around the luma axis
-    theta = torch.where(_gate(p, n, device), (torch.rand(n, device=device) * 2 - 1) * math.pi,
+    theta = torch.where(_gate(p, n, device), (_rand(n, device) * 2 - 1) * math.pi,
                         torch.zeros(n, device=device))
     c = _rotate_about(luma[:3], theta) @ c
     # saturation: scale the part orthogonal to luma by lognormal(0, ln 2)
-    s = torch.where(_gate(p, n, device), torch.exp2(torch.randn(n, device=device)), torch.ones(n, device=device))
+    s = torch.where(_gate(p, n, device), torch.exp2(_randn(n, device)), torch.ones(n, device=device))
     ll = torch.outer(luma, luma)[None]
     c = (ll + (eye - ll) * s[:, None, None]) @ c
     return c
@@ -160,7 +171,8 @@ class AdaptiveAugment:
         """Every ``interval`` steps: adjust p from the r_t accumulated since the last update; returns r_t."""
         if self.interval <= 0 or step % self.interval != 0 or self.count == 0:
             return None
-        rt = float(self.sign_sum) / self.count
+        # r_t over the global batch: every rank's signs (each rank has seen count of them)
+        rt = float(all_sum(torch.as_tensor(self.sign_sum, dtype=torch.float64))) / (self.count * world().size)
         adjust = math.copysign(1.0, rt - self.target) if rt != self.target else 0.0
         self.p = max(0.0, self.p + adjust * batch * self.interval / (self.ada_kimg * 1000))
         self.sign_sum, self.count = 0.0, 0
@@ -215,8 +227,8 @@ def diff_augment(x: torch.Tensor, translation: float = 0.125, cutout: float = 0.
     x = (x - mean) * (_rand(n, dev, 1, 1, 1).to(dt) + 0.5) + mean
     # translation by up to 1/8, zero fill
     sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)
-    tx = torch.randint(-sh, sh + 1, (n, 1, 1), device=dev)
-    ty = torch.randint(-sw, sw + 1, (n, 1, 1), device=dev)
+    tx = _randint(-sh, sh + 1, n, dev, 1, 1)
+    ty = _randint(-sw, sw + 1, n, dev, 1, 1)
     gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
     gy = torch.clamp(gy[None] + tx + 1, 0, h + 1)
     gx = torch.clamp(gx[None] + ty + 1, 0, w + 1)
@@ -224,8 +236,8 @@ def diff_augment(x: torch.Tensor, translation: float = 0.125, cutout: float = 0.
     x = padded.permute(0, 2, 3, 1)[torch.arange(n, device=dev)[:, None, None], gy, gx].permute(0, 3, 1, 2)
     # cutout: a zeroed square of half the size
     ch_, cw = int(h * cutout + 0.5), int(w * cutout + 0.5)
-    oy = torch.randint(0, h + (1 - ch_ % 2), (n, 1, 1), device=dev)
-    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=dev)
+    oy = _randint(0, h + (1 - ch_ % 2), n, dev, 1, 1)
+    ox = _randint(0, w + (1 - cw % 2), n, dev, 1, 1)
     gy, gx = torch.meshgrid(torch.arange(ch_, device=dev), torch.arange(cw, device=dev), indexing="ij")
     gy = torch.clamp(gy[None] + oy - ch_ // 2, 0, h - 1)
     gx = torch.clamp(gx[None] + ox - cw // 2, 0, w - 1)

@@ -77,6 +77,8 @@ class TrainConfig(Config):
     lr_g: float | None = field(default=None, metadata=_arch("generator learning rate", "lr_g", unset=0))
     lr_d: float | None = field(default=None, metadata=_arch("discriminator learning rate", "lr_d", unset=0))
     betas: list[float] | None = field(default=None, metadata=_arch("Adam betas", "betas"))
+    adam_eps: float = field(default=1e-8, metadata=opt(
+        "Adam's epsilon (the papers' 1e-8; larger damps the steps of parameters whose gradient is near zero)"))
     loss: str = field(default="bce", metadata=opt("bce (non-saturating logistic) or hinge", choices=("bce", "hinge")))
     real_label: list[float] | None = field(default=None, metadata=_arch(
         "real targets drawn from U[LO, HI] (label smoothing; 1 1 = none)", "real_label"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from animegen.parallel import all_mean, world
 from animegen.utils import atomic_replace, atomic_write_text
 
 
@@ -37,8 +38,9 @@ class LossMeter:
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        """The mean of each value over the steps that reported it (one host sync)."""
-        return {k: s / n for k, s, n in zip(self.keys, self.sums.tolist(), self.counts) if n > 0}
+        """The mean of each value over the steps that reported it (one host sync); under data parallelism the mean
+        over the ranks too (every rank calls this at the same step: a NaN on any rank is seen by all)."""
+        return {k: s / n for k, s, n in zip(self.keys, all_mean(self.sums).tolist(), self.counts) if n > 0}
 
 
 class TrainLog:
@@ -83,6 +85,8 @@ class TrainLog:
         self.t_last = time.perf_counter()
 
     def _append(self, row: dict) -> None:
+        if not world().main:  # one writer: rank 0
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from animegen import parallel
 from animegen.data import open_dataset
 from animegen.image_files import save_grid
 from animegen.latent.tools import map_z, render_ws
 from animegen.models import build_models
 from animegen.models.batchnorm import batchnorm_layers
+from animegen.models.layers import BatchNorm2d
 from animegen.train.augment import SMALL_DATASET, AdaptiveAugment, make_augment
 from animegen.train.checkpoint import load_checkpoint, model_kwargs, recalibrate_for_sampling, save_checkpoint
 from animegen.train.config import STYLE_ARCHS, TrainConfig
@@ -89,19 +91,26 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 
 
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
-    """run_train / run_transfer: set up (or restore) the run, train it, write summary.json."""
+    """run_train / run_transfer: set up (or restore) the run, train it, write summary.json. In a torchrun job
+    (animegen.parallel) every rank runs this; rank 0 alone writes files."""
     cfg = cfg.with_arch_defaults()
+    device = resolve_device(cfg.device)
+    w = parallel.init(device.type)
+    if cfg.batch % w.size:
+        raise ValueError(f"--batch {cfg.batch} is the global batch: it must divide among {w.size} processes")
     restored = None
     if cfg.checkpoint_uri and not resume:  # a retried task with a fresh --out continues its last upload
-        restored = restore(cfg.checkpoint_uri, out)
+        restored = restore(cfg.checkpoint_uri, out) if w.main else None
+        restored = parallel.broadcast_object(restored)
         resume = restored is not None
     ckpt = _previous_run(out / "checkpoint.pt", resume)
+    parallel.barrier()  # every rank has looked for a previous run before rank 0 writes anything
     if ckpt is not None:
         cfg = _resume_config(cfg, ckpt["config"]).with_arch_defaults()
     for folder in (out, out / "samples", out / "snapshots"):
         folder.mkdir(parents=True, exist_ok=True)
-    _record_inputs(out, data_uri, init_model, ckpt)
-    device = resolve_device(cfg.device)
+    if w.main:
+        _record_inputs(out, data_uri, init_model, ckpt)
     amp = Autocast(device.type, cfg.uses_amp(device.type))
     channels_last = amp.bf16 or device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -114,10 +123,12 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     state = _build_state(cfg, data, device, channels_last, out, init_model if ckpt is None else None)
     if ckpt is not None:
         state.restore(ckpt, device)
-        truncate_log(out / "train_log.jsonl", state.step)
-    cfg.save(out / "config.json")
+        if w.main:
+            truncate_log(out / "train_log.jsonl", state.step)
+    if w.main:
+        cfg.save(out / "config.json")
     fixed = _fixed_latents(state.G, cfg, _class_rows(data.conditions))
-    if ckpt is None:
+    if ckpt is None and w.main:
         reals = (data.images[: cfg.grid_size ** 2].float().cpu() / 127.5 - 1)
         save_grid(reals, out / "samples" / "reals.png", ncol=cfg.grid_size)
         # the initialised model (after init-from: the transferred one) as the 0 kimg point of FID-over-kimg curves
@@ -126,7 +137,7 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
 
     start_seen, t_start = state.images_seen, time.perf_counter()
     uploader = CheckpointUploader(cfg.checkpoint_uri, cfg.checkpoint_interval_s, restored) \
-        if cfg.checkpoint_uri else None
+        if cfg.checkpoint_uri and w.main else None
     try:
         _train_loop(cfg, state, data, amp, out, fixed, uploader)
     finally:
@@ -136,8 +147,10 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     result = TrainResult(out=out, images_seen=state.images_seen, steps=state.step, wall_s=wall,
                          img_per_s=(state.images_seen - start_seen) / max(wall, 1e-9),
                          peak_memory_bytes=peak_memory_bytes(device), device=str(device))
+    if not w.main:
+        return result
     summary = dataclasses.asdict(result) | {"out": str(out), "kimg": result.images_seen / 1000,
-                                            "torch": torch.__version__}
+                                            "torch": torch.__version__, "processes": w.size}
     write_json(out / "summary.json", summary)
     print(f"done: {result.images_seen / 1000:.1f} kimg, {result.steps} steps in {wall:.1f} s, "
           f"{result.img_per_s:.1f} img/s, peak memory {human_bytes(result.peak_memory_bytes)} ({device}); "
@@ -151,8 +164,11 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
                 fixed: FixedLatents, uploader: CheckpointUploader | None = None) -> None:
     """Steps until ``cfg``'s duration: D step, G step, EMA, a log line every ``log_every`` steps, a snapshot
     (sample grid, checkpoint, sampling snapshot) every ``snapshot_kimg`` and at the end; with an ``uploader``,
-    at a log line once its interval has passed, the checkpoint of that step uploaded (in the background)."""
+    at a log line once its interval has passed, the checkpoint of that step uploaded (in the background).
+    Data parallel: each rank steps on its share ``n`` of the global batch (animegen.parallel)."""
     G, D, device = state.G, state.D, data.images.device
+    w = parallel.world()
+    n = cfg.batch // w.size
     total_images = int(round(cfg.kimg * 1000)) if cfg.kimg is not None else int(round(cfg.epochs * data.n))
     loss = make_loss(cfg.loss, cfg.real_label)
     ema_decay = ema_beta(cfg.batch, cfg.ema_kimg)
@@ -170,11 +186,11 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
         d_regs, g_regs = due(state.regs, "D", state.step), due(state.regs, "G", state.step)
 
         # ---- D: Dmain (+ Dreg when due) on a generated and a real batch
-        z = torch.randn(cfg.batch, G.z_dim, device=device)
-        c_fake = data.fake_conditions(cfg.batch)
+        z = _latents(n, G.z_dim, device)
+        c_fake = data.fake_conditions(n)
         with torch.no_grad(), amp():
             fake, _ = generate(G, z, c_fake, cfg.style_mixing, update_w_avg=False)
-        real, c_real = data.real_batch(state.sampler.next(cfg.batch), cfg.xflip)
+        real, c_real = data.real_batch(state.sampler.next(cfg.batch)[w.rank::w.size], cfg.xflip)
         aug = state.augment
         loss_d, real_logits, fake_logits = d_main(D, loss, real, c_real, fake, c_fake, amp,
                                                   bool(d_regs) and not separate, aug)
@@ -186,15 +202,15 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
 
         # ---- G: Gmain (+ Greg when due) through D, whose parameters take no gradient
         with frozen(state.d_params):
-            z = torch.randn(cfg.batch, G.z_dim, device=device)
-            c_gen = data.fake_conditions(cfg.batch)
+            z = _latents(n, G.z_dim, device)
+            c_gen = data.fake_conditions(n)
             loss_g, fake, ws = g_main(G, D, loss, z, c_gen, cfg.style_mixing, amp, bool(g_regs) and not separate,
                                       aug)
             g_penalties = {} if separate else g_reg(g_regs, fake, ws)
             optimise(state.opt_G, list(G.parameters()), loss_g, g_penalties)
             if separate and g_regs:
-                z = torch.randn(cfg.batch, G.z_dim, device=device)
-                g_penalties = g_reg_pass(G, g_regs, z, data.fake_conditions(cfg.batch), cfg.style_mixing)
+                z = _latents(n, G.z_dim, device)
+                g_penalties = g_reg_pass(G, g_regs, z, data.fake_conditions(n), cfg.style_mixing)
                 optimise(state.opt_G, list(G.parameters()), torch.zeros((), device=device), g_penalties)
 
         update_ema(G, state.G_ema, ema_decay)
@@ -226,8 +242,17 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
     log.close()
 
 
+def _latents(n: int, z_dim: int, device: torch.device) -> torch.Tensor:
+    """This rank's ``n`` latents of the global batch's draw."""
+    return parallel.sharded(lambda m: torch.randn(m, z_dim, device=device), n)
+
+
 def _snapshot(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path, fixed: FixedLatents) -> None:
-    """A sample grid of G_ema, the checkpoint (after a finiteness check of G), a sampling snapshot, loss.png."""
+    """A sample grid of G_ema, the checkpoint (after a finiteness check of G), a sampling snapshot, loss.png
+    (rank 0; the other ranks check G too, so a diverged G stops every rank at the same step)."""
+    if not parallel.world().main:
+        _check_finite(state.G, state.images_seen / 1000, out)
+        return
     device = data.images.device
     kimg = state.images_seen / 1000
     # the grid samples a copy of G_ema with recalibrated BatchNorm statistics (as load_generator does for the
@@ -246,14 +271,17 @@ def _snapshot(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path, f
 
 def _save_checkpoint(state: TrainState, cfg: TrainConfig, data: TrainData, out: Path) -> dict:
     """``out/checkpoint.pt`` of the current step, after a finiteness check of G (a diverged G is never saved)."""
-    kimg = state.images_seen / 1000
-    for name, p in state.G.named_parameters():
-        if not torch.isfinite(p).all():
-            raise TrainingDiverged(f"parameter {name} is not finite at {kimg:.1f} kimg; the last good checkpoint "
-                                   f"in {out} was kept")
+    _check_finite(state.G, state.images_seen / 1000, out)
     ckpt = state.checkpoint(cfg.to_dict(), data.class_names, data.img_channels, data.images.device)
     save_checkpoint(ckpt, out / "checkpoint.pt")
     return ckpt
+
+
+def _check_finite(G: torch.nn.Module, kimg: float, out: Path) -> None:
+    for name, p in G.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(f"parameter {name} is not finite at {kimg:.1f} kimg; the last good checkpoint "
+                                   f"in {out} was kept")
 
 
 def _previous_run(ckpt_file: Path, resume: bool) -> dict | None:
@@ -319,7 +347,11 @@ def _build_state(cfg: TrainConfig, data: TrainData, device: torch.device, channe
     G, D = build_models(cfg.arch, **model_kwargs(cfg, len(data.class_names), data.img_channels))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     if init_model:
-        init_from(G, D, G_ema, cfg, init_model, data.class_names, out)
+        init_from(G, D, G_ema, cfg, init_model, data.class_names, out if parallel.world().main else None)
+    if parallel.world().size > 1:  # DCGAN's BatchNorm: the global batch's statistics in G and D's steps
+        for m in list(G.modules()) + list(D.modules()):
+            if isinstance(m, BatchNorm2d):
+                m.sync = True
     for block in list(D.blocks)[: cfg.freeze_d]:
         block.requires_grad_(False)
     for m in (G, D, G_ema):
@@ -333,8 +365,8 @@ def _build_state(cfg: TrainConfig, data: TrainData, device: torch.device, channe
     fused = dict(fused=True) if device.type == "cuda" else {}
     lr_g, betas_g = lazy_adjusted(cfg, cfg.lr_g, [r for r in regs if r.target == "G"])
     lr_d, betas_d = lazy_adjusted(cfg, cfg.lr_d, [r for r in regs if r.target == "D"])
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, **fused)
-    opt_D = torch.optim.Adam(d_params, lr=lr_d, betas=betas_d, **fused)
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, eps=cfg.adam_eps, **fused)
+    opt_D = torch.optim.Adam(d_params, lr=lr_d, betas=betas_d, eps=cfg.adam_eps, **fused)
     augment = make_augment(cfg.augment, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval)
     return TrainState(G, D, G_ema, opt_G, opt_D, regs, BatchSampler(data.n, cfg.seed), d_params=d_params,
                       augment=augment)
@@ -373,7 +405,7 @@ def _fixed_latents(G: torch.nn.Module, cfg: TrainConfig, class_rows: torch.Tenso
 
 
 def _progress_bar(cfg: TrainConfig, total_images: int, images_seen: int, conditional: bool):
-    if not cfg.progress:
+    if not cfg.progress or not parallel.world().main:
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total_images, initial=images_seen, unit="img", unit_scale=True, dynamic_ncols=True,

@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from animegen.parallel import all_mean, sharded
+
 
 class BCELoss:
     """Binary cross-entropy on logits; with real targets 1 it is the non-saturating logistic loss.
@@ -20,7 +22,9 @@ class BCELoss:
         if self.lo == self.hi:
             targets = torch.full_like(real_logits, self.lo)
         else:
-            targets = torch.empty_like(real_logits).uniform_(self.lo, self.hi)
+            x = real_logits
+            targets = sharded(lambda m: torch.empty(m, *x.shape[1:], device=x.device, dtype=x.dtype).uniform_(
+                self.lo, self.hi), len(x))
         return (F.binary_cross_entropy_with_logits(real_logits, targets)
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
@@ -88,11 +92,12 @@ class PathLength(Regularizer):
 
     def penalty(self, ctx: dict) -> torch.Tensor:
         img, ws = ctx["fake"], ctx["ws"]
-        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        noise = sharded(lambda m: torch.randn(m, *img.shape[1:], device=img.device, dtype=img.dtype), len(img))
+        noise = noise / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()
         self.pl_mean = self.pl_mean.to(lengths.device)
-        self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), self.decay)
+        self.pl_mean = self.pl_mean.lerp(all_mean(lengths.mean().detach()), self.decay)  # the global batch's
         return (lengths - self.pl_mean).square().mean() * self.weight * self.interval
 
     def state_dict(self) -> dict:
@@ -113,9 +118,10 @@ def style_mix(G, z: torch.Tensor, c, ws: torch.Tensor, prob: float) -> torch.Ten
     the w of a second latent."""
     if prob <= 0 or G.num_ws < 2:
         return ws
-    n = len(z)
-    cutoff = torch.randint(1, G.num_ws, (n,), device=ws.device)
-    cutoff = torch.where(torch.rand(n, device=ws.device) < prob, cutoff, torch.full_like(cutoff, G.num_ws))
-    ws2 = G.mapping(torch.randn_like(z), c)
+    n, dev = len(z), ws.device
+    cutoff = sharded(lambda m: torch.randint(1, G.num_ws, (m,), device=dev), n)
+    mixed = sharded(lambda m: torch.rand(m, device=dev), n) < prob
+    cutoff = torch.where(mixed, cutoff, torch.full_like(cutoff, G.num_ws))
+    ws2 = G.mapping(sharded(lambda m: torch.randn(m, *z.shape[1:], device=z.device, dtype=z.dtype), n), c)
     layer = torch.arange(G.num_ws, device=ws.device)[None, :, None]
     return torch.where(layer < cutoff[:, None, None], ws, ws2)

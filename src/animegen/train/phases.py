@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from animegen.parallel import average_gradients
 from animegen.train.losses import Regularizer, style_mix
 
 
@@ -35,8 +36,10 @@ def augment(images: torch.Tensor, aug=None) -> torch.Tensor:
 
 
 def all_reduce_gradients(params: list[nn.Parameter]) -> None:
-    """The gradient all-reduce point, between backward and the optimiser step. One process: nothing to reduce;
-    with data parallelism, each rank's ``p.grad`` is averaged over the ranks here."""
+    """The gradient all-reduce point, between backward and the optimiser step: with data parallelism each rank's
+    ``p.grad`` is averaged over the ranks (animegen.parallel; an explicit all-reduce rather than DDP's hooks, since
+    one step runs several backward passes through G and D, frozen and lazy); one process: nothing to reduce."""
+    average_gradients(params)
 
 
 def due(regs: list[Regularizer], target: str, step: int) -> list[Regularizer]:

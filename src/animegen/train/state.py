@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from animegen import __version__
+from animegen.parallel import sharded
 from animegen.train.checkpoint import OLDER, SNAPSHOT_KEYS, CheckpointError, load_weights
 from animegen.train.losses import Regularizer
 
@@ -139,7 +140,7 @@ class TrainData:
         idx = idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else idx
         x = self.images[idx].float().div_(127.5).sub_(1.0)
         if xflip:
-            flip = torch.rand(len(x), 1, 1, 1, device=device) < 0.5
+            flip = sharded(lambda m: torch.rand(m, 1, 1, 1, device=device), len(x)) < 0.5
             x = torch.where(flip, x.flip(3), x)
         return x, (self.conditions[idx] if self.conditions is not None else None)
 
@@ -147,4 +148,4 @@ class TrainData:
         """Conditions for ``n`` generated images, drawn as often as the data has them (None: unconditional)."""
         if self.conditions is None:
             return None
-        return self.conditions[torch.randint(self.n, (n,), device=self.images.device)]
+        return self.conditions[sharded(lambda m: torch.randint(self.n, (m,), device=self.images.device), n)]
