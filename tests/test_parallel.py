@@ -15,9 +15,15 @@ from helpers import ROOT, SYN, tiny_config
 from animegen.train import run_train
 from animegen.train.checkpoint import load_checkpoint
 
-# float32 sums in another order (a gradient averaged over 2 ranks, BatchNorm's statistics from two halves) for
-# 20 Adam steps: the weights agree to this, where a run that differs in one sample or draw is off by > 1e-2
-ATOL, RTOL = 2e-4, 1e-3
+# Float32 sums in another order (a gradient averaged over 2 ranks, BatchNorm's statistics from two halves) make
+# the gradients differ by ~1e-6 relative; GAN training amplifies that ~10x per step (two single-process runs with 1
+# and 2 torch threads diverge as fast), so the weights are compared after K = 2-3 steps, with the lazy R1 and path
+# length due within them (StyleGAN v1: 1 step), to ATOL in stored units (a wrong draw, slice or reduction is off by > 1e-3 at step 1).
+# One parameter is left out: StyleGAN v1's bias at its 4x4 constant input, which the instance normalisation after
+# it removes wherever the activations keep one sign: its gradient is float noise that Adam turns into +-lr steps in
+# either run alike.
+ATOL, RTOL = 5e-5, 1e-4
+NULL_SPACE = {"layers.0.bias"}
 
 
 def train_2ranks(cfg, out, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -31,10 +37,12 @@ def train_2ranks(cfg, out, *extra: str, timeout: int = 300) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
+def assert_same_weights(a: dict, b: dict, v1: bool) -> None:
     for key in ("G", "D", "G_ema"):
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
+            if v1 and key != "D" and name in NULL_SPACE:
+                continue
             other = b[key][name]
             if value.is_floating_point():
                 torch.testing.assert_close(other, value, atol=ATOL, rtol=RTOL, msg=f"{key}.{name}")
@@ -42,37 +50,40 @@ def assert_same_weights(a: dict, b: dict) -> None:
                 assert torch.equal(other, value), f"{key}.{name}"
 
 
-CASES = {
-    # StyleGAN with R1 and path length every 4 steps (their own passes for StyleGAN2), style mixing, G_ema
-    "stylegan": dict(r1_interval=4, pl_interval=4, pl_weight=2.0, style_mixing=0.9),
-    "stylegan-conditional": dict(conditional=True, r1_interval=4, pl_interval=4, pl_weight=2.0),
-    "dcgan": dict(),  # BatchNorm in G and D: the global batch's statistics
-    "stylegan2-ada": dict(augment="ada", ada_kimg=0.05, ada_interval=2, r1_interval=4, pl_interval=4),
+CASES = {  # (options, steps): lazy regularisers due within the steps (StyleGAN2: as passes of their own)
+    # StyleGAN v1: one step (R1 and path length due at step 0), since its null-space bias (below) flips by +-lr
+    # at step 1 and its next steps carry that on
+    "stylegan": (dict(r1_interval=2, pl_interval=2, pl_weight=2.0, style_mixing=0.9), 1),
+    "stylegan-conditional": (dict(conditional=True, r1_interval=2, pl_interval=2, pl_weight=2.0, style_mixing=0.9),
+                             1),
+    "dcgan": (dict(), 3),  # BatchNorm in G and D: the global batch's statistics
+    "dcgan-conditional": (dict(conditional=True, real_label=[0.9, 1.0]), 3),  # label smoothing's draws too
+    "stylegan2-ada": (dict(augment="ada", ada_kimg=0.01, ada_interval=1, r1_interval=2, pl_interval=2), 3),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_ranks_on_half_batches_train_the_weights_of_one_on_the_whole(tmp_path, case):
     arch = case.split("-")[0]
-    cfg = tiny_config(arch, kimg=0.16, snapshot_kimg=0.08, batch=8, **CASES[case])  # 20 steps
+    options, steps = CASES[case]
+    cfg = tiny_config(arch, kimg=0.008 * steps, snapshot_kimg=0, batch=8, **options)
     one = run_train(cfg, SYN, tmp_path / "one")
     run = train_2ranks(cfg, tmp_path / "two")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     a, b = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
-    assert b["images_seen"] == a["images_seen"] == one.images_seen and b["step"] == a["step"] == 20
-    assert_same_weights(a, b)
-    if arch != "dcgan":  # the tracked mean w (per class too): the global batch's
-        torch.testing.assert_close(b["G_ema"]["w_avg"], a["G_ema"]["w_avg"], atol=ATOL, rtol=RTOL)
-    for name, state in a["regularizers"].items():
+    assert b["images_seen"] == a["images_seen"] == one.images_seen and b["step"] == a["step"] == steps
+    assert_same_weights(a, b, v1=arch == "stylegan")
+    for name, state in a["regularizers"].items():  # path length's running mean: the global batch's
         for k, v in state.items():
             torch.testing.assert_close(torch.as_tensor(b["regularizers"][name][k]), torch.as_tensor(v),
                                        atol=ATOL, rtol=RTOL)
-    if CASES[case].get("augment") == "ada":
+    if options.get("augment") == "ada":  # p from the global batch's r_t, moved at every step
         assert a["augment"]["p"] > 0 and b["augment"]["p"] == pytest.approx(a["augment"]["p"], abs=1e-9)
     # one writer: rank 0's log, one summary saying how many processes trained
-    log = [json.loads(x) for x in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [r["step"] for r in map(json.loads, (tmp_path / "one" / "train_log.jsonl")
-                                                                .read_text().splitlines())]
+    rows = [json.loads(x) for x in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref]
+    assert rows[-1]["loss_d"] == pytest.approx(ref[-1]["loss_d"], rel=1e-3)  # the ranks' mean: the whole batch's
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
 
 
