@@ -105,7 +105,8 @@ def _rank_pids(rank: int) -> list[int]:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"animegen.cli" in cmd and f"LOCAL_RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
+        ranked = f"LOCAL_RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env)
+        if b"animegen.train.launch" in cmd and ranked:
             pids.append(int(proc.name))
     return pids
 
@@ -146,3 +147,66 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path):
     for key in ("G", "D", "G_ema"):
         for name, value in a[key].items():
             assert torch.equal(b[key][name], value), f"{key}.{name}"
+
+
+# ------------------------------------------------------------------------------------------------ the launcher
+def test_the_torchrun_command_carries_the_call_every_rank_makes():
+    from animegen.train.launch import job, run_job, torchrun_command
+
+    cfg = tiny_config("dcgan", kimg=0.02)
+    doc = job(cfg, SYN, "/tmp/out", resume=True, init_model="/m", keep={"arch"})
+    one = torchrun_command(doc, 4, python="python3")
+    assert one[:4] == ["python3", "-m", "torch.distributed.run", "--standalone"]
+    assert one[4:7] == ["--nproc_per_node=4", "-m", "animegen.train.launch"]
+    assert json.loads(one[-1]) == doc and doc["config"] == cfg.to_dict() and doc["keep"] == ["arch"]
+    many = torchrun_command(doc, 8, nnodes=3, python="python3")  # the rendezvous comes from the pod's PET_* env
+    assert "--standalone" not in many and "--nnodes=3" in many and "--nproc_per_node=8" in many
+    with pytest.raises(ValueError, match=">= 1"):
+        torchrun_command(doc, 0)
+    assert callable(run_job)
+
+
+def test_the_compiled_train_and_transfer_tasks_train_in_one_process_per_gpu():
+    """In the committed YAML every train and transfer task runs its training through the launcher with the
+    process count read at run time from the ``gpus`` parameter (the same one its accelerator limit takes)."""
+    import yaml
+
+    spec = next(yaml.safe_load_all((ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()))
+    bodies = {name: "".join(ex["container"]["command"]) for name, ex in spec["deploymentSpec"]["executors"].items()}
+    training = {k: v for k, v in bodies.items() if "def train(" in v or "def transfer(" in v}
+    assert len(training) >= 7
+    for name, body in training.items():
+        assert "rt.training_task(gpus, device" in body, name
+        assert "train_processes(cfg, " in body and "nproc=nproc" in body, name
+        assert "run_train(" not in body and "run_transfer(" not in body, name  # no path around the launcher
+
+
+def test_a_kfp_local_train_and_transfer_task_with_gpus_2_run_two_processes(tmp_path, monkeypatch):
+    """The pipeline's train and transfer components under kfp.local with gpus="2" on the CPU: each task runs
+    torchrun with 2 gloo processes (its CPU twin of a 2-GPU pod) and hands on a Model trained by both."""
+    from kfp import dsl, local
+
+    from animegen.components.ingest.component import ingest
+    from animegen.components.train.component import train
+    from animegen.components.transfer.component import transfer
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    widths = dict(z_dim=16, channel_base=128, channel_max=64)
+
+    @dsl.pipeline(name="two-process-probe")
+    def probe():
+        data = ingest(source="synthetic:?n=32&resolution=16&labels=none", resolution=16, holdout=0.0)
+        base = train(dataset=data.outputs["dataset"], arch="dcgan", resolution=16, kimg=0.032, batch=8,
+                     snapshot_kimg=0.0, device="cpu", gpus="2", **widths)
+        transfer(init_model=base.outputs["model"], dataset=data.outputs["dataset"], kimg=0.048, batch=8,
+                 device="cpu", gpus="2")
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    probe()
+    summaries = {json.loads(p.read_text())["kimg"]: json.loads(p.read_text())
+                 for p in (tmp_path / "root").rglob("summary.json")}
+    assert sorted(summaries) == [0.032, 0.048]
+    for summary in summaries.values():
+        assert summary["processes"] == 2 and summary["steps"] == summary["images_seen"] // 8
+    (transferred,) = [p.parent for p in (tmp_path / "root").rglob("init_report.json")]
+    assert json.loads((transferred / "config.json").read_text())["arch"] == "dcgan"  # the source's, inherited

@@ -117,20 +117,34 @@ def test_launcher_reads_the_count_at_run_time_and_exports_it(monkeypatch, capsys
 
     monkeypatch.delenv(rt.GPUS_ENV, raising=False)
     _cuda(monkeypatch, 1)
-    assert rt.launch_gpus("1", "auto") == "auto"
+    assert rt.launch_gpus("1", "auto") == ("auto", 1)
     assert rt.os.environ[rt.GPUS_ENV] == "1"
     captured = capsys.readouterr()
-    assert "gpus=1 requested, 1 visible, training on one GPU" in captured.out and "warning" not in captured.err
+    assert "gpus=1 requested, 1 visible, training on 1 GPU(s)" in captured.out and "warning" not in captured.err
 
 
-def test_launcher_warns_when_more_gpus_than_training_uses(monkeypatch, capsys):
+def test_launcher_trains_on_every_gpu_of_the_pod_one_process_each(monkeypatch, capsys):
     from animegen.components import runtime as rt
 
-    _cuda(monkeypatch, 2)
-    assert rt.launch_gpus("2", "cuda") == "cuda"
-    assert rt.os.environ[rt.GPUS_ENV] == "2"
-    err = capsys.readouterr().err
-    assert "training uses one GPU" in err and "1 GPU(s) of this pod stay idle: set gpus=1" in err
+    _cuda(monkeypatch, 4)
+    assert rt.launch_gpus("4", "cuda") == ("cuda", 4)
+    assert rt.launch_gpus("4", "auto") == ("auto", 4)
+    assert rt.os.environ[rt.GPUS_ENV] == "4"
+    captured = capsys.readouterr()
+    assert "training on 4 GPU(s), 4 processes (torchrun)" in captured.out and "warning" not in captured.err
+    _cuda(monkeypatch, 2)  # fewer visible than asked: the visible ones, warned
+    assert rt.launch_gpus("4", "cuda") == ("cuda", 2)
+    assert "gpus=4 requested but 2 GPU(s) visible" in capsys.readouterr().err
+
+
+def test_launcher_on_the_cpu_runs_gpus_gloo_processes(monkeypatch, capsys):
+    """A local run (no GPU) with gpus=2 runs the pod's two-process job as 2 gloo processes: its CPU twin."""
+    from animegen.components import runtime as rt
+
+    _no_cuda(monkeypatch)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert rt.launch_gpus("2", "cpu") == ("cpu", 2)
+    assert "training on cpu, 2 processes (torchrun)" in capsys.readouterr().out
 
 
 def test_launcher_warns_when_the_pod_sees_fewer_gpus(monkeypatch, capsys):
@@ -138,14 +152,15 @@ def test_launcher_warns_when_the_pod_sees_fewer_gpus(monkeypatch, capsys):
 
     _no_cuda(monkeypatch)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert rt.launch_gpus("1", "auto") == "auto"  # a local run (kfp.local): no pod asked for a GPU, no warning
+    assert rt.launch_gpus("1", "auto") == ("auto", 1)  # a local run (kfp.local): no pod asked for a GPU, no warning
     captured = capsys.readouterr()
     assert "warning" not in captured.err and "gpus=1 requested, 0 visible, training on auto" in captured.out
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # in a pod given one GPU
-    assert rt.launch_gpus("1", "auto") == "auto"
+    assert rt.launch_gpus("1", "auto") == ("auto", 1)
     assert "gpus=1 requested but 0 GPU(s) visible in this container (training on the CPU)" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="whole number"):
-        rt.launch_gpus("1.0")
+    for bad in ("1.0", "0", "two"):
+        with pytest.raises(ValueError, match="whole number"):
+            rt.launch_gpus(bad)
 
 
 def test_object_store_env_includes_the_fid_statistics_store(monkeypatch):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -116,39 +115,18 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from animegen.train import run_train, run_transfer
+    from animegen.train.launch import train_processes
     from animegen.train.transfer import inherit_architecture
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_torchrun(args.nproc, args.argv)
     cfg, data, out, init_model = _train_config(args)
     given = set(_given(args)) | set(load_config_file(args.config) if args.config else {})  # kept over the source's
     if args.print_config:
         cfg = inherit_architecture(cfg, init_model, keep=given) if init_model else cfg
         print(json.dumps(cfg.with_arch_defaults().to_dict(), indent=2))
         return 0
-    if init_model:
-        run_transfer(cfg, init_model, data, out, resume=args.resume, keep=given)
-    else:
-        run_train(cfg, data, out, resume=args.resume)
+    nproc = 1 if "WORLD_SIZE" in os.environ else args.nproc  # already a rank of a torchrun job: train
+    train_processes(cfg, data, out, resume=args.resume, nproc=nproc, init_model=init_model, keep=given)
     return 0
-
-
-def _launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """``animegen train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m animegen.cli train ...``:
-    N data-parallel processes on this machine (animegen.parallel), whose exit status this returns."""
-    rest, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "animegen.cli", *rest]
-    print("launching:", " ".join(cmd[1:]), flush=True)
-    return subprocess.run(cmd).returncode
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

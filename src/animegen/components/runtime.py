@@ -79,50 +79,47 @@ def set_object_store_env(endpoint: str = "", region: str = "", store: str = "") 
 GPUS_ENV = "ANIMEGEN_GPUS"
 
 
-def launch_gpus(gpus: str | int, device: str = "auto") -> str:
+def launch_gpus(gpus: str | int, device: str = "auto") -> tuple[str, int]:
     """The training launcher's view of the GPU count, read at run time (a run parameter, ``gpus``, the same value
-    the pod's accelerator limit was given). It is exported as ``ANIMEGEN_GPUS`` for the training code and checked
-    against what the container sees. Training uses one GPU today (data-parallel training is a later issue): with
-    more, a warning says the others stay idle, and training goes on on the first. In a pod (or with device
-    ``cuda``), fewer visible GPUs than requested is warned about (``auto`` then falls back to the CPU); a local
-    run (kfp.local, no pod) just logs the count. Returns the device to train on (``device``, unchanged)."""
+    the pod's accelerator limit was given). It is exported as ``ANIMEGEN_GPUS`` and checked against what the
+    container sees. Returns ``(device, nproc)``: the device to train on (``device``, unchanged) and the number of
+    data-parallel processes (``animegen.train.launch``): one per GPU on CUDA (the visible ones, if fewer than
+    asked: warned about in a pod or with device ``cuda``), and on the CPU (a local run, or a pod that sees no GPU)
+    ``gpus`` gloo processes that share the cores, the CPU twin of the pod's multi-GPU run."""
     text = str(gpus).strip()
-    if not text.isdigit():
-        raise ValueError(f"gpus {gpus!r}: expected a whole number, e.g. \"1\"")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"gpus {gpus!r}: expected a whole number >= 1, e.g. \"1\"")
     count = int(text)
     os.environ[GPUS_ENV] = str(count)
-    visible = 0
-    if count:
-        try:
-            import torch
+    try:
+        import torch
 
-            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        except ImportError:  # pragma: no cover - the images carry torch
-            visible = 0
-    if count > 1:
-        print(f"warning: gpus={count}, but training uses one GPU (data-parallel training is not there yet); "
-              f"{count - 1} GPU(s) of this pod stay idle: set gpus=1", file=sys.stderr, flush=True)
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - the images carry torch
+        visible = 0
+    on_gpu = device == "cuda" or (device == "auto" and visible > 0)
     in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))  # on a cluster the pod was given `count` GPUs
-    if count and device in ("auto", "cuda") and visible < count and (in_pod or device == "cuda"):
+    if device in ("auto", "cuda") and visible < count and (in_pod or device == "cuda"):
         print(f"warning: gpus={count} requested but {visible} GPU(s) visible in this container"
               + (" (training on the CPU)" if not visible and device == "auto" else ""), file=sys.stderr, flush=True)
-    where = "one GPU" if visible and device != "cpu" else device
+    nproc = max(1, min(count, visible)) if on_gpu else count
+    where = (f"{nproc} GPU(s)" if on_gpu else device) + (f", {nproc} processes (torchrun)" if nproc > 1 else "")
     print(f"launcher: gpus={count} requested, {visible} visible, training on {where}", flush=True)
-    return device
+    return device, nproc
 
 
 def training_task(gpus: str, device: str, s3_endpoint: str, s3_region: str, store_uri: str, checkpoint_root: str,
-                  run_id: str, task_name: str) -> tuple[str, str | None]:
+                  run_id: str, task_name: str) -> tuple[str, int, str | None]:
     """What a train or transfer task sets up before it trains: the object-store environment, the GPU count read at
-    run time (:func:`launch_gpus`), and its checkpoint-upload URI ``<root>/<run_id>/<task_name>`` (the same for every
-    attempt, so a retry whose output folder is empty restores the last complete upload: ``animegen.train.remote``;
-    root: ``checkpoint_root``, else ``$ANIMEGEN_CHECKPOINTS``, else ``$ANIMEGEN_STORE/checkpoints``, else none).
-    Returns ``(device, checkpoint_uri or None)``."""
+    run time and the processes to train in (:func:`launch_gpus`), and its checkpoint-upload URI
+    ``<root>/<run_id>/<task_name>`` (the same for every attempt, so a retry whose output folder is empty restores the
+    last complete upload: ``animegen.train.remote``; root: ``checkpoint_root``, else ``$ANIMEGEN_CHECKPOINTS``, else
+    ``$ANIMEGEN_STORE/checkpoints``, else none). Returns ``(device, nproc, checkpoint_uri or None)``."""
     from animegen.train.remote import task_checkpoint_uri
 
     set_object_store_env(s3_endpoint, s3_region, store_uri)
-    device = launch_gpus(gpus, device)
-    return device, task_checkpoint_uri(checkpoint_root, run_id, task_name) or None
+    device, nproc = launch_gpus(gpus, device)
+    return device, nproc, task_checkpoint_uri(checkpoint_root, run_id, task_name) or None
 
 
 def log_scalars(metrics: Any, scalars: dict[str, float]) -> None:

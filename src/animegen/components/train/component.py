@@ -43,10 +43,11 @@ def train(
     ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
     ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
     from animegen.components import runtime as rt
-    from animegen.train import TrainConfig, run_train
+    from animegen.train import TrainConfig
+    from animegen.train.launch import train_processes
 
-    device, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri, checkpoint_root,
-                                              run_id, task_name)  # GPU count and upload key: read at run time
+    device, nproc, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri,
+                                                     checkpoint_root, run_id, task_name)  # read at run time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
@@ -56,7 +57,7 @@ def train(
         "cond_mode": cond_mode, "r1_gamma": r1_gamma, "augment": augment,
         "snapshot_kimg": snapshot_kimg, "seed": seed, "device": device, "progress": False,
         "checkpoint_uri": checkpoint_uri})
-    result = run_train(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file())
+    result = train_processes(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file(), nproc=nproc)
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "img_per_s": result.img_per_s, "device": result.device})
     kind = f"{arch}{' (conditional)' if conditional else ''}"

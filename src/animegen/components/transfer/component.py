@@ -40,10 +40,11 @@ def transfer(
     ``gpus``, the store and the checkpoint upload (every ``checkpoint_interval_s``, an ``options`` field, under
     ``<checkpoint_root>/<run_id>/<task_name>``, so a retry resumes): ``runtime.training_task``."""
     from animegen.components import runtime as rt
-    from animegen.train import TrainConfig, run_transfer
+    from animegen.train import TrainConfig
+    from animegen.train.launch import train_processes
 
-    device, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri, checkpoint_root,
-                                              run_id, task_name)  # GPU count and upload key: read at run time
+    device, nproc, checkpoint_uri = rt.training_task(gpus, device, s3_endpoint, s3_region, store_uri,
+                                                     checkpoint_root, run_id, task_name)  # read at run time
 
     out = rt.out_dir(model)
     cfg = rt.build_config(TrainConfig, options, {
@@ -52,8 +53,8 @@ def transfer(
         "r1_gamma": r1_gamma, "augment": augment, "snapshot_kimg": snapshot_kimg, "seed": seed,
         "device": device, "progress": False,
         "checkpoint_uri": checkpoint_uri})
-    result = run_transfer(cfg, init_model.path, dataset.path, out, resume=(out / "checkpoint.pt").is_file(),
-                          keep=options)
+    result = train_processes(cfg, dataset.path, out, resume=(out / "checkpoint.pt").is_file(), nproc=nproc,
+                             init_model=init_model.path, keep=options)
     arch = rt.read_json(out / "config.json")["arch"]  # the source's, unless options set another
     model.metadata.update({"arch": arch, "conditional": conditional, "kimg": result.images_seen / 1000,
                            "init_class": init_class, "img_per_s": result.img_per_s, "device": result.device})
