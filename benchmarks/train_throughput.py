@@ -13,6 +13,12 @@ runs in a fresh subprocess (``--one CONFIG``) so that the peak belongs to that c
     python benchmarks/train_throughput.py --device cpu --configs dcgan,stylegan
     python benchmarks/train_throughput.py --quick              # a smoke check: fewest steps that give a figure
     python benchmarks/train_throughput.py --quick --tiny       # tiny widths at 16 px: checks the script, not speed
+    python benchmarks/train_throughput.py --nproc 1,2 --configs stylegan   # data-parallel scaling (torchrun)
+
+``--nproc 1,2,...`` trains each config with that many data-parallel processes (``animegen.train.launch``: one per
+GPU on CUDA, gloo processes with one torch thread each on the CPU) at a fixed batch per process (weak scaling:
+the config's default batch, or ``--per-process-batch``), and reports the scaling efficiency img/s(N) / (N x
+img/s(1)). img/s is the global batch's, from rank 0's log; peak memory is rank 0's.
 
 Writes benchmarks/results/train_throughput-<device>-<date>.json (``-quick`` / ``-tiny`` added in those modes).
 """
@@ -76,27 +82,31 @@ def schedule(name: str, device: str, quick: bool, steps: int | None = None, log_
 
 
 def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int | None = None,
-            log_every: int | None = None) -> dict:
-    """Train one config in this process with the real loop; return its figures and exact settings."""
+            log_every: int | None = None, nproc: int = 1, per_process_batch: int | None = None) -> dict:
+    """Train one config with the real loop, in this process or (``nproc`` > 1) in that many data-parallel
+    processes at ``per_process_batch`` each (default: the config's batch); return its figures and exact settings."""
     import torch
 
-    from animegen.train import TrainConfig, run_train
+    from animegen.train import TrainConfig
     from animegen.train.checkpoint import load_checkpoint, models_from_checkpoint
+    from animegen.train.launch import train_processes
 
     steps, log_every = schedule(name, device, quick, steps, log_every)
     model = {**CONFIGS[name], **(TINY[CONFIGS[name]["arch"]] if tiny else {})}
     probe = TrainConfig(**model).with_arch_defaults()
-    batch = probe.batch
+    batch = (per_process_batch or probe.batch) * nproc
+    model["batch"] = batch
     data, resolution = (TINY_DATA, TINY_RESOLUTION) if tiny else (DATA, RESOLUTION)
     with tempfile.TemporaryDirectory(prefix=f"animegen-bench-{name}-") as tmp:
         out = Path(tmp) / "run"
         cfg = TrainConfig(resolution=resolution, **model, kimg=steps * batch / 1000, log_every=log_every,
                           snapshot_kimg=1e6, grid_size=4, progress=False, device=device, seed=0)
         load_before = os.getloadavg()
-        ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        result = run_train(cfg, data, out)
-        ru1, run_s = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
-        cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # the ranks are children of this process
+        ru0, t0 = [resource.getrusage(w) for w in who], time.perf_counter()
+        result = train_processes(cfg, data, out, nproc=nproc)
+        ru1, run_s = [resource.getrusage(w) for w in who], time.perf_counter() - t0
+        cpu_s = sum((b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime) for a, b in zip(ru0, ru1))
         load_after = os.getloadavg()
         rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         saved_cfg = json.loads((out / "config.json").read_text())
@@ -134,7 +144,9 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
     return {
         "config": name,
         "device": result.device,
+        "processes": nproc,
         "batch": batch,
+        "batch_per_process": batch // nproc,
         "img_s": round(img_s, 3),
         "ms_per_step": round(1000 * batch / img_s, 1),
         "peak_memory_bytes": result.peak_memory_bytes,
@@ -158,7 +170,7 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
         "classes": getattr(G, "c_dim", 0),
         "process_cpu_s": round(cpu_s, 1),
         "cpu_utilisation": round(cpu_s / run_s, 2),  # busy cores of this process over the run; ~threads if idle
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if nproc == 1 or device == "cuda" else 1,  # per process
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "settings": settings,
@@ -166,15 +178,25 @@ def run_one(name: str, device: str, quick: bool, tiny: bool = False, steps: int 
 
 
 # ---------------------------------------------------------------------------------------------- parent side
+def scaling_table(results: list[dict]) -> list[dict]:
+    """Per config and process count with a 1-process run beside it: efficiency = img/s(N) / (N x img/s(1))."""
+    one = {r["config"]: r for r in results if r["processes"] == 1}
+    return [{"config": r["config"], "processes": r["processes"], "batch_per_process": r["batch_per_process"],
+             "img_s": r["img_s"], "efficiency": round(r["img_s"] / (r["processes"] * one[r["config"]]["img_s"]), 3)}
+            for r in results if r["config"] in one and len({x["processes"] for x in results
+                                                            if x["config"] == r["config"]}) > 1]
+
+
 def print_results(results: list[dict]) -> None:
     def with_reg(r: dict) -> str:
         if r["img_s_amortised_lower_bound"] is not None:
             return f">={r['img_s_amortised_lower_bound']:.1f}"
         return f"{r['img_s']:.1f}" if r["lazy_reg_steps_in_timed"] else "-"
 
-    head = ["config", "device", "batch", "img/s", "ms/step", "img/s incl. R1/PL", "peak memory", "timed steps",
+    head = ["config", "device", "procs", "batch", "img/s", "ms/step", "img/s incl. R1/PL", "peak memory", "timed steps",
             "img/s min..max"]
-    rows = [[r["config"], r["device"], str(r["batch"]), f"{r['img_s']:.1f}", f"{r['ms_per_step']:.0f}", with_reg(r),
+    rows = [[r["config"], r["device"], str(r["processes"]), str(r["batch"]), f"{r['img_s']:.1f}",
+             f"{r['ms_per_step']:.0f}", with_reg(r),
              human_bytes(r["peak_memory_bytes"]), str(r["timed_steps"]),
              f"{r['interval_img_s_min']:.1f}..{r['interval_img_s_max']:.1f}"] for r in results]
     print_table(head, rows)
@@ -194,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                          "warm-up, so --steps must be at least twice this")
     ap.add_argument("--timeout", type=float, default=None, metavar="S",
                     help="stop a config's subprocess after S seconds (it is then reported as failed)")
+    ap.add_argument("--nproc", default="1", metavar="N[,N...]",
+                    help="data-parallel processes per run, e.g. 1,2 (scaling efficiency against 1; default 1)")
+    ap.add_argument("--per-process-batch", type=int, default=None, metavar="B",
+                    help="batch per process with --nproc (default: the config's batch); the global batch is B x N")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the result JSON")
     ap.add_argument("--one", metavar="CONFIG", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = ap.parse_args(argv)
@@ -209,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         if args.one not in CONFIGS:
             ap.error(f"unknown config {args.one!r}")
-        print(MARK + json.dumps(run_one(args.one, device, args.quick, args.tiny, args.steps, args.log_every)),
-              flush=True)
+        print(MARK + json.dumps(run_one(args.one, device, args.quick, args.tiny, args.steps, args.log_every,
+                                        int(args.nproc), args.per_process_batch)), flush=True)
         return 0
+    nprocs = [int(n) for n in args.nproc.split(",") if n.strip()]
+    if not nprocs or min(nprocs) < 1:
+        ap.error(f"--nproc {args.nproc!r}: whole numbers >= 1, e.g. 1,2")
+    if device == "cuda" and max(nprocs) > torch.cuda.device_count():
+        ap.error(f"--nproc {max(nprocs)}: this machine has {torch.cuda.device_count()} GPU(s)")
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -224,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{' [quick]' if args.quick else ''}{' [tiny]' if args.tiny else ''}", flush=True)
     started = dt.datetime.now().astimezone()
     results, failed = [], []
-    for name in names:
+    for name, nproc in [(n, k) for n in names for k in nprocs]:
         steps, log_every = schedule(name, device, args.quick, args.steps, args.log_every)
-        print(f"  {name}: {steps} steps, log every {log_every} ...", flush=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--device", device]
+        print(f"  {name}: {steps} steps, log every {log_every}"
+              f"{f', {nproc} processes' if len(nprocs) > 1 or nproc > 1 else ''} ...", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--device", device, "--nproc", str(nproc)]
+        if args.per_process_batch:
+            cmd += ["--per-process-batch", str(args.per_process_batch)]
         cmd += ["--quick"] * args.quick + ["--tiny"] * args.tiny
         if args.steps:
             cmd += ["--steps", str(args.steps)]
@@ -253,14 +287,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {r['img_s']:.1f} img/s, {r['ms_per_step']:.0f} ms/step, peak "
               f"{human_bytes(r['peak_memory_bytes'])} (run {r['run_wall_s']:.0f} s, "
               f"load {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f})", flush=True)
-        if device == "cpu" and r["cpu_utilisation"] < 0.8 * min(r["torch_threads"], os.cpu_count() or 1):
+        busy = r["torch_threads"] * r["processes"]
+        if device == "cpu" and r["cpu_utilisation"] < 0.8 * min(busy, os.cpu_count() or 1):
             print(f"    note: this process kept only {r['cpu_utilisation']:.2f} cores busy with "
-                  f"{r['torch_threads']} torch threads (load average {r['loadavg_after'][0]:.1f}): other processes "
+                  f"{busy} torch threads (load average {r['loadavg_after'][0]:.1f}): other processes "
                   "probably shared the cores, so this figure is low", flush=True)
 
     if results:
         print()
         print_results(results)
+        scaling = scaling_table(results)
+        if scaling:
+            print()
+            print_table(["config", "processes", "batch / process", "img/s", "efficiency"],
+                        [[r["config"], str(r["processes"]), str(r["batch_per_process"]), f"{r['img_s']:.1f}",
+                          f"{r['efficiency']:.2f}"] for r in scaling])
         doc = {
             "benchmark": "train_throughput",
             "started": started.isoformat(timespec="seconds"),
@@ -274,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                       "(warm-up); each config in a fresh subprocess; peak memory from TrainResult",
             "environment": env,
             "results": results,
+            "scaling": scaling,
             "failed": failed,
         }
         print()
-        suffix = ("-quick" if args.quick else "") + ("-tiny" if args.tiny else "")
+        suffix = ("-quick" if args.quick else "") + ("-tiny" if args.tiny else "") + \
+            (f"-nproc{'-'.join(map(str, nprocs))}" if nprocs != [1] else "")
         write_result(args.out, f"train_throughput-{device}-{started:%Y-%m-%d}{suffix}.json", doc)
     return 1 if failed else 0
 

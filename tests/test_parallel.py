@@ -210,3 +210,14 @@ def test_a_kfp_local_train_and_transfer_task_with_gpus_2_run_two_processes(tmp_p
         assert summary["processes"] == 2 and summary["steps"] == summary["images_seen"] // 8
     (transferred,) = [p.parent for p in (tmp_path / "root").rglob("init_report.json")]
     assert json.loads((transferred / "config.json").read_text())["arch"] == "dcgan"  # the source's, inherited
+
+
+def test_the_scaling_table_is_img_s_at_n_over_n_times_img_s_at_1():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import scaling_table
+
+    rows = [dict(config="sg", processes=1, batch_per_process=32, img_s=100.0),
+            dict(config="sg", processes=2, batch_per_process=32, img_s=180.0),
+            dict(config="dc", processes=2, batch_per_process=8, img_s=50.0)]  # no 1-process run: no efficiency
+    table = scaling_table(rows)
+    assert [(r["config"], r["processes"], r["efficiency"]) for r in table] == [("sg", 1, 1.0), ("sg", 2, 0.9)]
