@@ -46,13 +46,33 @@ def torchrun_command(job_doc: dict[str, Any], nproc: int, nnodes: int = 1, pytho
                   json.dumps(job_doc, separators=(",", ":"))]
 
 
+def local_data(uri: str) -> str:
+    """A Dataset URI training can open: an ``s3://`` / ``minio://`` Dataset (a multi-node job's data, which every
+    node reads from the object store) is mirrored into the local cache first, one process of a node at a time
+    (the first downloads, the others find it cached); anything else is returned as it is."""
+    from animegen.store.uris import as_s3, is_s3
+
+    if not is_s3(uri):
+        return uri
+    import fcntl
+
+    from animegen.data.sources import default_cache_dir, materialize
+
+    cache = default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".s3-dataset.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(materialize(as_s3(uri).rstrip("/") + "/", cache / "work").root)
+
+
 def run_job(job_doc: dict[str, Any]) -> TrainResult:
     """The call ``job_doc`` describes, in this process (a rank of the job, or the only process)."""
     cfg = TrainConfig.from_dict(job_doc["config"])
+    data = local_data(job_doc["data"])
     if job_doc.get("init_model"):
-        return run_transfer(cfg, job_doc["init_model"], job_doc["data"], job_doc["out"], resume=job_doc["resume"],
+        return run_transfer(cfg, job_doc["init_model"], data, job_doc["out"], resume=job_doc["resume"],
                             keep=job_doc.get("keep") or ())
-    return run_train(cfg, job_doc["data"], job_doc["out"], resume=job_doc["resume"])
+    return run_train(cfg, data, job_doc["out"], resume=job_doc["resume"])
 
 
 def train_processes(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False, nproc: int = 1,
