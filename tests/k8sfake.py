@@ -134,8 +134,10 @@ class LocalNodes:
     PET_MASTER_ADDR, PET_MASTER_PORT), the trainer's env (``secretKeyRef`` entries resolved from ``secrets``) and
     ``extra_env``; status Running while they run, then Complete or Failed with the exit codes."""
 
-    def __init__(self, secrets: dict[str, dict[str, str]], extra_env: dict[str, str], cwd: str, log_dir):
+    def __init__(self, secrets: dict[str, dict[str, str]], extra_env: dict[str, str], cwd: str, log_dir,
+                 paths: dict[str, str] | None = None):
         self.secrets, self.extra_env, self.cwd, self.log_dir = secrets, extra_env, cwd, log_dir
+        self.paths = paths or {}  # a pod's own paths (its private /tmp) -> where these "nodes" keep them
         self.procs: dict[str, list[subprocess.Popen]] = {}
         self.commands: dict[str, list[str]] = {}
 
@@ -158,6 +160,8 @@ class LocalNodes:
             # the image's `python` is this interpreter here
             command = [sys.executable if trainer["command"][0] == "python" else trainer["command"][0],
                        *trainer["command"][1:]]
+            for pod_path, here in self.paths.items():
+                command = [c.replace(pod_path, here) for c in command]
             self.commands[name] = command
             self.procs[name] = [subprocess.Popen(
                 command, cwd=self.cwd, stdout=open(self.log_dir / f"{name}-node{rank}.log", "w"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers import ROOT, tiny_config
@@ -171,46 +172,120 @@ def _upload_dataset(server, folder, bucket: str, prefix: str) -> str:
     return f"minio://{bucket}/{prefix}"
 
 
-def test_a_two_node_trainjob_trains_from_the_store_and_hands_back_its_model(s3_server, monkeypatch, tmp_path):
-    """train_on_nodes against the fake API, whose controller runs the rendered command as 2 nodes here (2 gloo
-    ranks joined by torchrun's static rendezvous from the PET_* variables): the nodes read the Dataset from S3,
-    rank 0 uploads the Model, the launcher restores it into its own folder; a retried launcher takes the finished
-    job's Model without training again."""
+class Art:
+    """A KFP artifact as a component body sees it: path, uri, metadata."""
+
+    def __init__(self, path, uri: str | None = None):
+        self.path, self.uri, self.metadata = str(path), uri or str(path), {}
+
+
+def test_the_launcher_task_trains_on_two_nodes_from_the_store_and_hands_back_the_model(s3_server, monkeypatch,
+                                                                                         tmp_path):
+    """The pipeline's train_nodes component (its own function, as the launcher pod runs it), with a kubeconfig
+    pointing at the fake API, whose controller runs the rendered TrainJob's command as 2 nodes here (2 gloo ranks
+    joined by torchrun's static rendezvous from the PET_* variables, the key pair from the secret the job names):
+    the nodes read the Dataset from S3 by its minio:// URI, rank 0 uploads the Model, the launcher restores it into
+    its Model artifact. A retried launcher takes the finished job's Model without training again."""
+    import yaml
+
+    from animegen.components.train.component import train_nodes
     from animegen.data.ingest import IngestConfig, run_ingest
 
     server = use_server_env(s3_server, monkeypatch, "pipeline")
     monkeypatch.setenv("ANIMEGEN_CACHE", str(tmp_path / "launcher-cache"))
-    ds = run_ingest(IngestConfig(resolution=16, holdout=0.0), "synthetic:?n=32&resolution=16&labels=pair",
+    ds = run_ingest(IngestConfig(resolution=16, holdout=0.0), "synthetic:?n=32&resolution=16&labels=none",
                     tmp_path / "dataset")
     data_uri = _upload_dataset(server, ds, "pipeline", "v2/artifacts/run-1/ingest/dataset")
-    cfg = tiny_config("dcgan", kimg=0.032, batch=8, snapshot_kimg=0, device="cpu",
-                      checkpoint_uri="s3://pipeline/ck/run-1/train-conditional-nodes")
+    # the launcher pod's environment: its own key pair (the task's secret) and no access to the nodes' files
     nodes = LocalNodes(secrets={SECRET: {"accesskey": server.access_key, "secretkey": server.secret_key}},
                        extra_env={"PYTHONPATH": str(ROOT / "src"), "ANIMEGEN_CACHE": str(tmp_path / "node-cache"),
                                   "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "S3_ENDPOINT_URL": ""},
-                       cwd=str(ROOT), log_dir=tmp_path)
-    env = object_store_env(SECRET, server.endpoint, "us-east-1")
-    common = dict(nodes=2, gpus_per_node=1, image="ghcr.io/animegen/animegen-gpu:0.1.0", run_id="run-1",
-                  task_name="train-conditional-nodes", env=env, pod_out=str(tmp_path / "pod" / "model"),
-                  poll_s=0.5, timeout_s=300, namespace="team-a")
+                       cwd=str(ROOT), log_dir=tmp_path, paths={POD_OUT: str(tmp_path / "pod" / "model")})
     with FakeKube(nodes) as kube:
-        jobs = Jobs("TrainJob", "team-a", api_client=kube.api_client())
-        result = train_on_nodes(cfg, data_uri, tmp_path / "model", jobs=jobs, **common)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": kube.host}}],
+            "users": [{"name": "launcher", "user": {"token": "not-a-secret"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "launcher", "namespace": "team-a"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+        def attempt(name: str) -> Art:
+            model = Art(tmp_path / name)
+            train_nodes.python_func(
+                dataset=Art(ds, uri=data_uri), model=model, summary=Art(tmp_path / f"{name}.html"), arch="dcgan",
+                resolution=16, kimg=0.032, batch=8, z_dim=16, channel_base=128, channel_max=64, nodes="2",
+                gpus="1", gpu_cpu_request="1", gpu_memory_limit="2Gi", gpu_node_selector=SELECTOR,
+                gpu_tolerations=TOLERATIONS, credentials_secret=SECRET, checkpoint_root="s3://pipeline/ck",
+                run_id="run-1", task_name="train-conditional-nodes", s3_endpoint=server.endpoint)
+            return model
+
+        model = attempt("model")
         (stored,) = kube.objects.values()
         logs = "".join(p.read_text() for p in tmp_path.glob("*-node*.log"))
-        assert result.images_seen == 32 and result.steps == 4, logs[-3000:]
-        summary = json.loads((tmp_path / "model" / "summary.json").read_text())
-        assert summary["processes"] == 2 and (tmp_path / "model" / "checkpoint.pt").is_file()
+        assert model.metadata["kimg"] == 0.032 and model.metadata["nodes"] == 2, logs[-3000:]
+        out = Path(model.path)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["processes"] == 2 and summary["steps"] == 4 and (out / "checkpoint.pt").is_file()
+        assert stored["metadata"]["namespace"] == "team-a"  # the kubeconfig's (in a pod: its service account's)
+        trainer = stored["spec"]["trainer"]
+        assert trainer["numNodes"] == 2 and trainer["resourcesPerNode"] == {
+            "requests": {"cpu": "1"}, "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"}}
         (command,) = nodes.commands.values()
         assert "--nnodes=2" in command and "--nproc_per_node=1" in command and "--standalone" not in command
         job_doc = json.loads(command[-1])
-        assert job_doc["data"] == data_uri and job_doc["out"] == str(tmp_path / "pod" / "model")
+        assert job_doc["data"] == data_uri and job_doc["config"]["checkpoint_uri"] == \
+            "s3://pipeline/ck/run-1/train-conditional-nodes"
         text = json.dumps(stored)
         assert server.secret_key not in text and server.access_key not in text  # only secretKeyRefs
         # a retried launcher: the job is found finished, its Model restored again, nothing trains
-        again = train_on_nodes(cfg, data_uri, tmp_path / "model-2", jobs=jobs, **common)
-        assert again.steps == 4 and sum(m == "POST" for m, _ in kube.requests) == 1
-    assert POD_OUT.startswith("/tmp/")
+        again = attempt("model-2")
+        assert again.metadata["kimg"] == 0.032 and sum(m == "POST" for m, _ in kube.requests) == 1
+
+
+def test_the_compiled_pipeline_trains_the_conditional_model_on_one_node_or_launches_a_job():
+    """In the committed YAML: train-conditional runs when nodes == "1", train-conditional-nodes otherwise (an
+    If / Else on the run parameter), the evaluation and transfers take whichever Model was made (dsl.OneOf);
+    the launcher asks for no GPU, runs the CPU image, is retried, and passes the GPU tasks' placement on to the
+    job's nodes; the secret reaches the nodes by name."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()))
+    spec, platform = docs[0], docs[1]
+
+    def find(dag, name, path=()):
+        for task_name, task in dag["tasks"].items():
+            if task_name == name:
+                return task, path
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "dag" in comp:
+                hit = find(comp["dag"], name, (*path, task))
+                if hit:
+                    return hit
+        return None
+
+    one, one_path = find(spec["root"]["dag"], "train-conditional")
+    many, many_path = find(spec["root"]["dag"], "train-conditional-nodes")
+    conditions = [t["triggerPolicy"]["condition"] for t in (*one_path, *many_path) if "triggerPolicy" in t]
+    assert any("== '1'" in c and "nodes" in c for c in conditions)
+    assert any("!(" in c and "nodes" in c for c in conditions)  # the Else
+    params = many["inputs"]["parameters"]
+    for name in ("nodes", "gpus", "gpu_image", "gpu_accelerator", "gpu_cpu_request", "gpu_memory_limit",
+                 "gpu_node_selector", "gpu_tolerations", "trainer_kind", "trainer_runtime", "checkpoint_root"):
+        assert params[name]["componentInputParameter"].removeprefix("pipelinechannel--") == name, name
+    assert params["credentials_secret"]["runtimeValue"]["constant"] == "mlpipeline-minio-artifact"
+    executor = spec["deploymentSpec"]["executors"]["exec-train-conditional-nodes"]["container"]
+    assert "accelerator" not in executor.get("resources", {})
+    assert "cpu_image" in executor["image"]
+    assert many.get("retryPolicy", {}).get("maxRetryCount") == 2
+    body = "".join(executor["command"])
+    assert "train_on_nodes(cfg, dataset.uri, out" in body
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "exec-train-conditional-nodes" in k8s and "nodeSelector" not in k8s["exec-train-conditional-nodes"]
+    evaluate, _ = find(spec["root"]["dag"], "evaluate-conditional")
+    model_in = evaluate["inputs"]["artifacts"]["model"]
+    assert "taskOutputArtifact" in model_in and model_in["taskOutputArtifact"]["producerTask"].startswith("condition")
+    assert spec["root"]["inputDefinitions"]["parameters"]["nodes"]["defaultValue"] == "1"
 
 
 def test_training_on_nodes_needs_the_store(tmp_path):

@@ -10,7 +10,7 @@ import yaml
 
 from animegen.cli import main
 from animegen.components.container_images import CPU_IMAGE, GPU_IMAGE
-from animegen.pipelines.pipeline import COMPILED, MODELS, PARAMETERS, TASKS, compile_pipeline
+from animegen.pipelines.pipeline import COMPILED, MODELS, NODES_TASK, PARAMETERS, TASKS, compile_pipeline
 
 FAKE_KEY, FAKE_SECRET = "AKIAFAKEKEY0123456789", "fake/Secret+Value0123456789abcdefghijkl"
 GPU_TASKS = {n for n, t in TASKS.items() if t.stage in ("train", "transfer")}
@@ -56,7 +56,7 @@ def test_every_dag_task_is_in_the_yaml_under_its_name(compiled):
     controls = set(tasks) - set(TASKS)
     assert {t for t in controls if not t.startswith("condition")} == {
         "plan", "skip-manga", "skip-manga-scratch", "skip-character", "skip-character-scratch", "skip-dcgan",
-        "skip-cross-fid"}
+        "skip-cross-fid", "train-conditional-nodes"}
 
 
 def _param(value: str) -> str:
@@ -214,12 +214,13 @@ def test_object_store_secret_and_no_credential_value(compiled):
     assert not re.search(r"AKIA[0-9A-Z]{12,}", text)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     with_secret = {label for label, cfg in k8s.items() if "secretAsEnv" in cfg}
-    store_tasks = {n for n, t in TASKS.items() if t.stage != "tagger"}  # everything but the colour tagger
+    # everything but the colour tagger, and the multi-node launcher (its training pods get the same secret by name)
+    store_tasks = {n for n, t in TASKS.items() if t.stage != "tagger"} | {NODES_TASK}
     assert with_secret == {f"exec-{n}" for n in store_tasks}
     assert store_tasks >= {"ingest-main", "label", "train-conditional", "transfer-manga", "evaluate-conditional",
                            "fid-manga-character", "report"} and "tagger" not in store_tasks
     tasks = all_tasks(spec)
-    for name in store_tasks - {n for n in TASKS if n.startswith("ingest")} - {"report"}:
+    for name in store_tasks - {n for n in TASKS if n.startswith("ingest")} - {"report"}:  # the launcher too
         ins = tasks[name]["inputs"]["parameters"]  # the endpoint, region and ANIMEGEN_STORE prefix reach it
         assert {k: v.get("componentInputParameter", "").removeprefix("pipelinechannel--") for k, v in ins.items()
                 if k in ("s3_endpoint", "s3_region", "store_uri")} == {

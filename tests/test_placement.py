@@ -184,7 +184,7 @@ def test_gpu_components_take_the_count_and_store_components_the_store():
     from animegen.pipelines.pipeline import STORE_COMPONENTS, _components
 
     comps = _components()
-    for name in ("train", "transfer"):
+    for name in ("train", "transfer", "train_nodes"):
         sig = inspect.signature(comps[name].python_func)
         assert sig.parameters["gpus"].annotation in (str, "str") and sig.parameters["gpus"].default == "1"
     for name in STORE_COMPONENTS:
@@ -192,4 +192,5 @@ def test_gpu_components_take_the_count_and_store_components_the_store():
         assert {"s3_endpoint"} <= set(params), name
         if name not in ("ingest", "report"):
             assert {"s3_region", "store_uri"} <= set(params), name
-    assert set(STORE_COMPONENTS) == {"ingest", "label", "train", "transfer", "evaluate", "cross_fid", "report"}
+    assert set(STORE_COMPONENTS) == {"ingest", "label", "train", "train_nodes", "transfer", "evaluate", "cross_fid",
+                                     "report"}

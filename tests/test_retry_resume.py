@@ -290,7 +290,7 @@ def test_the_compiled_pipeline_gives_every_training_task_its_checkpoint_key():
     as placeholders the driver resolves, the checkpoint_root run parameter and the S3 endpoint."""
     import yaml
 
-    from animegen.pipelines.pipeline import TASKS
+    from animegen.pipelines.pipeline import NODES_TASK, TASKS
 
     spec = next(yaml.safe_load_all((ROOT / "src/animegen/pipelines/animegen_pipeline.yaml").read_text()))
 
@@ -306,7 +306,7 @@ def test_the_compiled_pipeline_gives_every_training_task_its_checkpoint_key():
         params = task.get("inputs", {}).get("parameters", {})
         if "task_name" in params:
             seen[name] = params
-    training = {n for n, t in TASKS.items() if t.stage in ("train", "transfer")}
+    training = {n for n, t in TASKS.items() if t.stage in ("train", "transfer")} | {NODES_TASK}
     assert set(seen) == training
     for params in seen.values():
         assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"

@@ -25,6 +25,8 @@ GLUE = {
     "run_id": "the KFP run's id (set by the pipeline): with task_name, the checkpoint upload's key, the same "
               "for every retry of the task",
     "task_name": "the task's name in the pipeline (set by the pipeline), part of the checkpoint upload's key",
+    "credentials_secret": "the Kubernetes secret with the object store's key pair (keys accesskey, secretkey), "
+                          "named in the training pods' environment (the compile option --object-store-secret)",
     "branch": "the skipped branch",
     "reason": "why it is skipped (shown in the report)",
 }
@@ -40,6 +42,7 @@ def _stage_configs() -> dict[str, tuple[str, type | None]]:
 
     return {"ingest": ("ingest", IngestConfig), "label": ("label", LabelConfig),
             "tagger": ("tagger", TaggerTrainConfig), "train": ("train", TrainConfig),
+            "train_nodes": ("train", TrainConfig),
             "transfer": ("transfer", TrainConfig), "evaluate": ("evaluate", EvalConfig),
             "cross_fid": ("evaluate", FidConfig), "report": ("report", None), "plan": ("control", None),
             "skip": ("control", None)}

@@ -143,6 +143,13 @@ class PipelineParams(Config):
                                                   "eval_gpus > 0)")
     gpus: str = _own("1", "GPUs per train / transfer task, a whole number >= 1 (text: the KFP driver reads resource "
                           "counts only from string parameters); the training launcher reads it at run time")
+    nodes: str = _own("1", "nodes of the conditional model's training, a whole number (text): 1 = the "
+                           "train-conditional task itself, on its gpus; more = a Kubeflow Trainer job of nodes x gpus "
+                           "GPUs submitted and watched by the train-conditional-nodes task (needs the Trainer, its "
+                           "RBAC from manifests/trainer and an object store for the checkpoint: README)")
+    trainer_kind: str = _own("TrainJob", "the job nodes > 1 submits: TrainJob (Kubeflow Trainer v2) or PyTorchJob "
+                                         "(the older Training Operator v1)")
+    trainer_runtime: str = _own("torch-distributed", "the ClusterTrainingRuntime a TrainJob runs under")
     gpu_node_selector: dict = _own({"cloud.google.com/gke-accelerator": "nvidia-l4"},
                                    "node labels of the GPU pool ({} = none; EKS e.g. {\"eks.amazonaws.com/nodegroup\": "
                                    "\"gpu\"}; AKS e.g. {\"agentpool\": \"gpu\"})")
@@ -228,7 +235,9 @@ def check_placement(p: PipelineParams) -> None:
         req, lim = getattr(p, f"{kind}_memory_request"), getattr(p, f"{kind}_memory_limit")
         if memory_bytes(req) > memory_bytes(lim):
             raise ValueError(f"{kind}_memory_request {req} exceeds {kind}_memory_limit {lim}")
-    for name, low in (("gpus", 1), ("eval_gpus", 0)):
+    if p.trainer_kind not in ("TrainJob", "PyTorchJob"):
+        raise ValueError(f"trainer_kind {p.trainer_kind!r}: TrainJob or PyTorchJob")
+    for name, low in (("gpus", 1), ("eval_gpus", 0), ("nodes", 1)):
         value = str(getattr(p, name))
         if not value.isdigit() or int(value) < low:
             raise ValueError(f"{name} {value!r}: expected a whole number >= {low} (as text, e.g. \"1\")")

@@ -93,7 +93,10 @@ PLACEMENT_PARAMS = ("cpu_image", "gpu_image", "eval_image", "gpu_accelerator", "
                     "eval_node_selector", "eval_tolerations")
 # components that read or write the object store (s3:// sources and weights, checkpoints, FID statistics cache,
 # the registry): they get the object-store secret as env, and the endpoint, region and ANIMEGEN_STORE as parameters
-STORE_COMPONENTS = ("ingest", "label", "train", "transfer", "evaluate", "cross_fid", "report")
+STORE_COMPONENTS = ("ingest", "label", "train", "train_nodes", "transfer", "evaluate", "cross_fid", "report")
+# the multi-node launcher (nodes > 1): a task of its own beside train-conditional (dsl.If / dsl.Else on ``nodes``,
+# its Model through dsl.OneOf); it trains nothing in its pod, so it gets the CPU image and the CPU tasks' sizes
+NODES_TASK = "train-conditional-nodes"
 CACHED_STAGES = ("ingest", "label", "tagger", "train", "transfer")  # evaluate and report always run
 
 
@@ -138,10 +141,11 @@ def _components() -> dict[str, Any]:
     from animegen.components.label.component import label
     from animegen.components.report.component import report
     from animegen.components.tagger.component import tagger
-    from animegen.components.train.component import train
+    from animegen.components.train.component import train, train_nodes
     from animegen.components.transfer.component import transfer
 
-    return {"ingest": ingest, "label": label, "tagger": tagger, "train": train, "transfer": transfer,
+    return {"ingest": ingest, "label": label, "tagger": tagger, "train": train, "train_nodes": train_nodes,
+            "transfer": transfer,
             "evaluate": evaluate, "cross_fid": cross_fid, "report": report, "plan": plan, "skip": skip}
 
 
@@ -213,8 +217,8 @@ class _Dag:
         from kfp import kubernetes
 
         o, p = self.options, self.p
-        stage = TASKS[name].stage if name in TASKS else "control"
-        t.set_caching_options(stage in CACHED_STAGES or stage == "control")
+        stage = TASKS[name].stage if name in TASKS else "launch" if component == "train_nodes" else "control"
+        t.set_caching_options(stage in CACHED_STAGES or stage in ("control", "launch"))
         if stage in GPU_STAGES:
             t.set_container_image(p["gpu_image"])
             t.set_accelerator_type(p["gpu_accelerator"]).set_accelerator_limit(p["gpus"])
@@ -222,6 +226,11 @@ class _Dag:
             t.set_memory_request(p["gpu_memory_request"]).set_memory_limit(p["gpu_memory_limit"])
             kubernetes.add_node_selector_json(t, p["gpu_node_selector"])
             kubernetes.add_toleration_json(t, p["gpu_tolerations"])
+            t.set_retry(num_retries=o.retries, backoff_duration="60s", backoff_factor=2.0)
+        elif stage == "launch":  # submits and watches the multi-node job: retried, it finds that job again
+            t.set_container_image(p["cpu_image"])
+            t.set_cpu_request(p["cpu_cpu_request"]).set_cpu_limit(p["cpu_cpu_limit"])
+            t.set_memory_request(p["cpu_memory_request"]).set_memory_limit(p["cpu_memory_limit"])
             t.set_retry(num_retries=o.retries, backoff_duration="60s", backoff_factor=2.0)
         elif stage != "control":
             t.set_cpu_request(p["cpu_cpu_request"]).set_cpu_limit(p["cpu_cpu_limit"])
@@ -279,6 +288,26 @@ def _body_keys(branch: str) -> tuple[str, ...]:
             "dcgan": ("metrics", "metrics_conditional")}.get(branch, ("metrics",))
 
 
+def train_conditional(dag: _Dag, p: dict[str, Any], args: dict[str, Any]) -> Any:
+    """The conditional model: ``train-conditional`` on one node, or (``nodes`` > 1 at run time) the
+    ``train-conditional-nodes`` launcher of a multi-node Kubeflow Trainer job, whichever ran (dsl.OneOf). A build
+    with its branches decided up front (a rerun) and a build that imports the model train it on one node."""
+    from kfp import dsl
+
+    if dag.on is not None or not dag.runs("train-conditional"):
+        return dag.task("train-conditional", "train", **args)("model")
+    with dsl.If(p["nodes"] == "1", name="one-node"):
+        one = dag.resolve(dag.task("train-conditional", "train", **args)("model"))
+    with dsl.Else():
+        launcher = {k: v for k, v in args.items() if k not in ("device", "gpus")}
+        many = dag.task(NODES_TASK, "train_nodes", **launcher, nodes=p["nodes"], gpus=p["gpus"],
+                        **{k: p[k] for k in ("gpu_image", "gpu_accelerator", "gpu_cpu_request", "gpu_cpu_limit",
+                                             "gpu_memory_request", "gpu_memory_limit", "gpu_node_selector",
+                                             "gpu_tolerations", "trainer_kind", "trainer_runtime")},
+                        credentials_secret=dag.options.object_store_secret)("model")
+    return dsl.OneOf(one, many)
+
+
 def _build(p: dict[str, Any], dag: _Dag) -> Any:
     """The DAG. ``p``: the pipeline's parameters (channels)."""
     dag.p = p
@@ -310,8 +339,8 @@ def _build(p: dict[str, Any], dag: _Dag) -> Any:
     tagger = dag.task("tagger", "tagger", dataset=labelled, epochs=p["tagger_epochs"], width=p["tagger_width"],
                       resolution=p["tagger_resolution"], batch=p["tagger_batch"], seed=seed, device=device,
                       options=p["tagger_options"])("tagger")
-    conditional = dag.task("train-conditional", "train", dataset=labelled, conditional=True,
-                           kimg=p["kimg_conditional"], **sg_shape, **run_common)("model")
+    conditional = train_conditional(dag, p, dict(dataset=labelled, conditional=True, kimg=p["kimg_conditional"],
+                                                 **sg_shape, **run_common))
 
     def evaluate(name: str, model: Any, dataset: Any) -> Any:
         return dag.task(MODELS[name].evaluate, "evaluate", model=model, dataset=dataset, tagger=tagger,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ class Jobs:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config(config_file=_kubeconfig())
             api_client = client.ApiClient()
         self.kind, self.namespace = kind, namespace
         self.group, self.version, self.plural = KINDS[kind]
@@ -246,17 +247,31 @@ def wait(jobs: Jobs, name: str, poll_s: float = 10.0, timeout_s: float | None = 
         time.sleep(poll_s)
 
 
+def _kubeconfig() -> str | None:
+    """$KUBECONFIG as it is now (the kubernetes package reads it once, at import), else its default."""
+    return os.environ.get("KUBECONFIG") or None
+
+
 def current_namespace(default: str = "default") -> str:
-    """The namespace of the pod this runs in (its service account's), else ``default``."""
+    """The namespace of the pod this runs in (its service account's), else the kubeconfig's current context's,
+    else ``default``."""
     try:
         return NAMESPACE_FILE.read_text().strip() or default
     except OSError:
+        pass
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts(config_file=_kubeconfig())
+        return (active or {}).get("context", {}).get("namespace") or default
+    except Exception:  # no kubeconfig either
         return default
 
 
 def train_on_nodes(cfg, data_uri: str, out: str | Path, *, nodes: int, gpus_per_node: int, image: str,
                    run_id: str, task_name: str, kind: str = "TrainJob", runtime: str = "torch-distributed",
-                   namespace: str = "", requests: dict | None = None, limits: dict | None = None,
+                   namespace: str = "", accelerator: str = "nvidia.com/gpu", requests: dict | None = None,
+                   limits: dict | None = None,
                    node_selector: dict | None = None, tolerations: list | None = None,
                    env: list | None = None, pod_out: str = POD_OUT, poll_s: float = 10.0,
                    timeout_s: float | None = None, jobs: Jobs | None = None) -> TrainResult:
@@ -275,7 +290,8 @@ def train_on_nodes(cfg, data_uri: str, out: str | Path, *, nodes: int, gpus_per_
     doc = job(cfg, data_uri, pod_out)
     spec = NodeJob(name=job_name(run_id, task_name), namespace=namespace, image=image,
                    command=torchrun_command(doc, gpus_per_node, nnodes=nodes, python="python"), nodes=nodes,
-                   gpus_per_node=gpus_per_node, kind=kind, runtime=runtime, requests=requests or {},
+                   gpus_per_node=gpus_per_node, kind=kind, runtime=runtime, accelerator=accelerator,
+                   requests=requests or {},
                    limits=limits or {}, node_selector=node_selector or {}, tolerations=tolerations or [],
                    env=env or [], labels={"animegen/task": re.sub(r"[^A-Za-z0-9_.-]", "-", task_name)[:63]})
     jobs = jobs or Jobs(kind, namespace)
