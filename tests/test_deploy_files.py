@@ -21,7 +21,8 @@ MANIFESTS = ROOT / "manifests"
 DOCKER = ROOT / "containers"
 SECRET_NAME = "mlpipeline-minio-artifact"
 SEAWEEDFS_ENDPOINT = "http://seaweedfs.kubeflow:9000"  # KFP >= 2.16's object store (backend/src/v2/objectstore)
-OVERLAYS = ("standalone", "dev-object-store")  # every kustomization: both standalone-only, namespace kubeflow
+STORE_OVERLAYS = ("standalone", "dev-object-store")  # the object store's: both standalone-only, namespace kubeflow
+OVERLAYS = (*STORE_OVERLAYS, "trainer-rbac")  # every kustomization
 SECRET_KEYS = {"accesskey", "secretkey"}  # what KFP's launcher reads (backend/src/v2/config/env.go)
 PLACEHOLDER = re.compile(r"^REPLACE_WITH_[A-Z_]+$")
 # Well-known default or example credentials that must never appear as values.
@@ -72,6 +73,7 @@ def test_layout():
     assert not (MANIFESTS / "base").exists(), "base/ was applied into profile namespaces: it is standalone/ now"
     for rel in ("standalone/kustomization.yaml", "standalone/kfp-launcher.yaml", "standalone/object-store.env.example",
                 "dev-object-store/kustomization.yaml", "dev-object-store/seaweedfs.yaml", "gpu-node-pools.md",
+                "trainer-rbac/kustomization.yaml", "trainer-rbac/role.yaml", "trainer-rbac/rolebinding.yaml",
                 "README.md"):
         assert (MANIFESTS / rel).is_file(), rel
 
@@ -212,7 +214,7 @@ def test_every_kustomization_is_one_of_the_tested_overlays():
     assert {str(p.parent.relative_to(MANIFESTS)) for p in kustomizations()} == set(OVERLAYS)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", STORE_OVERLAYS)
 def test_kustomize_builds(tmp_path, overlay):
     """The rendered output: the secret with exactly KFP's keys, the standalone launcher root, everything in
     kubeflow (standalone KFP): no overlay renders the profile controller's objects into a profile namespace."""
@@ -236,6 +238,30 @@ def test_kustomize_builds(tmp_path, overlay):
         assert host == SEAWEEDFS_ENDPOINT  # the Service answers where KFP's launcher and s3_endpoint look
     else:
         assert kinds == {("Secret", SECRET_NAME), ("ConfigMap", "kfp-launcher")}
+
+
+def test_the_trainer_rbac_lets_the_pipeline_runner_do_what_the_launcher_does(tmp_path):
+    """trainer-rbac renders a Role granting the launcher's own API calls (multinode.VERBS) on both job kinds it
+    submits, bound to KFP's pipeline-runner in kubeflow, and nothing on pods, secrets or other resources."""
+    from animegen.train.multinode import KINDS, VERBS
+
+    docs = render(tmp_path, "trainer-rbac")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert kinds == {("Role", "animegen-trainjob-launcher"), ("RoleBinding", "animegen-trainjob-launcher")}
+    assert all(d["metadata"]["namespace"] == "kubeflow" for d in docs)
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}
+    assert set(granted) == {(group, plural) for group, _, plural in KINDS.values()}
+    assert all(set(VERBS) <= verbs for verbs in granted.values())
+    assert not any(verbs & {"*", "update", "patch", "deletecollection"} for verbs in granted.values())
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "animegen-trainjob-launcher"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    readme = (MANIFESTS / "README.md").read_text()
+    section = readme.split("## Multi-node training", 1)[1].split("\n## ", 1)[0]
+    assert "kubectl apply -k manifests/trainer-rbac" in section and "default-editor" in section
 
 
 def test_multi_user_docs_apply_nothing_into_profile_namespaces():

@@ -4,6 +4,7 @@ Tasks (names are stable: they name the artifacts' folders, the KFP Compare page 
 
     ingest-main -> label -> tagger
                          -> train-conditional -> evaluate-conditional                  (FID, per-class accuracy)
+                            (nodes > 1: train-conditional-nodes, a multi-node TrainJob, in its place)
     [run_manga]     ingest-manga (lineart, 3 channels) -> transfer-manga (from train-conditional, init class
                     "black hair") -> evaluate-manga
     [+run_baselines] train-manga-scratch (same budget) -> evaluate-manga-scratch

@@ -34,6 +34,7 @@ KINDS = {  # kind -> (group, version, plural)
     "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
 }
+VERBS = ("create", "get", "delete")  # what Jobs does: the RBAC in manifests/trainer-rbac grants them
 POD_OUT = "/tmp/animegen/model"  # the Model folder inside a training pod (rank 0's; uploaded to the store)
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
