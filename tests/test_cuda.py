@@ -1,4 +1,5 @@
-"""The CUDA paths: bf16 training per architecture, fused Adam, the pinned-memory batch index, Inception on the GPU.
+"""The CUDA paths: bf16 training per architecture, fused Adam, the pinned-memory batch index, a streamed set's
+side-stream copy, Inception on the GPU.
 
 Every test is marked ``cuda`` and skips without a CUDA device; ``benchmarks/gpu_check.py`` runs them on a lent GPU
 (``python -m pytest -m cuda tests/test_cuda.py``). The Inception check uses seeded random weights built by
@@ -126,6 +127,35 @@ def test_pinned_memory_batch_index(tmp_path, tiny, monkeypatch):
     run_train(tiny("dcgan", conditional=True, device="cuda", kimg=0.04, snapshot_kimg=1, log_every=5), SYN,
               tmp_path / "run")
     assert len(pinned) == 5 and all(pinned)
+
+
+def test_a_streamed_set_on_cuda_is_copied_on_a_side_stream_and_trains_as_the_resident_one(tmp_path, tiny):
+    """StreamedImages on CUDA: pinned host rows copied on a side stream, waited for by the training stream; the
+    batches equal the device-resident ones; a training run streams (prefetch hits) and logs the resident run's
+    losses to float tolerance (cuDNN may pick other kernels)."""
+    from animegen.data import open_dataset
+    from animegen.train import run_train
+    from animegen.train.state import BatchSampler, images_to_device
+    from animegen.train.stream import StreamedImages
+
+    data = open_dataset(SYN, 16)
+    resident = images_to_device(data.images, torch.device("cuda"), channels_last=True)
+    streamed = StreamedImages(data.images, torch.device("cuda"), channels_last=True)
+    sampler = BatchSampler(len(data.images), 0)
+    for _ in range(6):
+        idx = sampler.next(8)
+        got = streamed[idx]
+        assert got.is_cuda and torch.equal(got, resident[idx.cuda()])
+        streamed.prefetch(sampler.peek(8))
+    assert streamed.hits == 5
+    streamed.close()
+    opts = dict(device="cuda", kimg=0.08, snapshot_kimg=0, log_every=2, amp="off")
+    run_train(tiny("stylegan", **opts), SYN, tmp_path / "resident")
+    run_train(tiny("stylegan", data_placement="stream", **opts), SYN, tmp_path / "streamed")
+    a, b = log_rows(tmp_path / "resident"), log_rows(tmp_path / "streamed")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert rb["loss_d"] == pytest.approx(ra["loss_d"], rel=1e-3, abs=1e-4)
 
 
 @pytest.fixture(scope="module")

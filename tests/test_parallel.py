@@ -58,6 +58,7 @@ CASES = {  # (options, steps): lazy regularisers due within the steps (StyleGAN2
                              1),
     "dcgan": (dict(), 3),  # BatchNorm in G and D: the global batch's statistics
     "dcgan-conditional": (dict(conditional=True, real_label=[0.9, 1.0]), 3),  # label smoothing's draws too
+    "dcgan-streamed": (dict(data_placement="stream"), 3),  # each rank reads its own share of the rows
     "stylegan2-ada": (dict(augment="ada", ada_kimg=0.01, ada_interval=1, r1_interval=2, pl_interval=2), 3),
 }
 

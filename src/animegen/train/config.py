@@ -94,6 +94,13 @@ class TrainConfig(Config):
     ema_kimg: float | None = field(default=None, metadata=_arch(
         "half-life of G_ema in kimg (0: G_ema is a copy of G)", "ema_kimg", unset=-1))
     xflip: bool = field(default=True, metadata=opt("random horizontal flips (p 0.5) of the real images"))
+    data_placement: str = field(default="auto", metadata=opt(
+        "where the training images live: device (all of them, as uint8), stream (read from the packed set's "
+        "memory map batch by batch, the next batch prefetched) or auto (stream when the set is larger than "
+        "data_memory_fraction of the device's memory)", choices=("auto", "device", "stream")))
+    data_memory_fraction: float = field(default=0.3, metadata=opt(
+        "auto placement: the share of the device's memory (a GPU's total, or the host's available memory) the "
+        "set may take on the device"))
     augment: str | None = field(default=None, metadata=opt(
         "augmentation of every image D sees: ada (adaptive, p tuned from D's overfitting r_t), diffaugment "
         "(colour, translation, cutout) or none", choices=("ada", "diffaugment", "none"), unset="",

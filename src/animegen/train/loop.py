@@ -41,6 +41,7 @@ from animegen.train.phases import (
 )
 from animegen.train.remote import CheckpointUploader, restore
 from animegen.train.state import BatchSampler, TrainData, TrainState, images_to_device, sampling_snapshot
+from animegen.train.stream import StreamedImages, device_memory_bytes, should_stream
 from animegen.train.transfer import inherit_architecture, init_from
 from animegen.utils import human_bytes, peak_memory_bytes, read_json, resolve_device, write_json
 
@@ -143,6 +144,8 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     finally:
         if uploader is not None:
             uploader.wait()
+        if isinstance(data.images, StreamedImages):
+            data.images.close()
     wall = time.perf_counter() - t_start
     result = TrainResult(out=out, images_seen=state.images_seen, steps=state.step, wall_s=wall,
                          img_per_s=(state.images_seen - start_seen) / max(wall, 1e-9),
@@ -191,6 +194,8 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
         with torch.no_grad(), amp():
             fake, _ = generate(G, z, c_fake, cfg.style_mixing, update_w_avg=False)
         real, c_real = data.real_batch(state.sampler.next(cfg.batch)[w.rank::w.size], cfg.xflip)
+        if isinstance(data.images, StreamedImages):  # the next step's rows, gathered while this step runs
+            data.images.prefetch(state.sampler.peek(cfg.batch)[w.rank::w.size])
         aug = state.augment
         loss_d, real_logits, fake_logits = d_main(D, loss, real, c_real, fake, c_fake, amp,
                                                   bool(d_regs) and not separate, aug)
@@ -336,7 +341,15 @@ def _load_data(cfg: TrainConfig, uri: str, device: torch.device, channels_last: 
     class_names = list(data.class_names) if cfg.conditional else []
     if ckpt is not None and class_names != list(ckpt["class_names"]):
         raise ValueError("--resume: the dataset's classes differ from the checkpoint's")
-    images = images_to_device(data.images, device, channels_last)
+    nbytes = data.images.nbytes
+    if should_stream(nbytes, device, cfg.data_placement, cfg.data_memory_fraction):
+        images = StreamedImages(data.images, device, channels_last)
+        if parallel.world().main:
+            where = "the memory map" if isinstance(data.images, np.memmap) else "host memory"
+            print(f"data: {human_bytes(nbytes)} of images streamed from {where} (placement {cfg.data_placement}; "
+                  f"the device's memory: {human_bytes(device_memory_bytes(device))})", flush=True)
+    else:
+        images = images_to_device(data.images, device, channels_last)
     conditions = torch.from_numpy(data.conditions()).to(device) if cfg.conditional else None
     return TrainData(images, conditions, class_names)
 

@@ -29,6 +29,15 @@ class BatchSampler:
         idx, self.buffer = self.buffer[:batch], self.buffer[batch:]
         return idx
 
+    def peek(self, batch: int) -> torch.Tensor:
+        """The indices the next ``next(batch)`` will return, without drawing them (the sampler is unchanged)."""
+        gen, buffer = self.gen.get_state(), self.buffer
+        try:
+            return self.next(batch)
+        finally:
+            self.gen.set_state(gen)
+            self.buffer = buffer
+
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "buffer": self.buffer.clone()}
 
@@ -119,9 +128,10 @@ def sampling_snapshot(ckpt: dict) -> dict:
 
 @dataclass
 class TrainData:
-    """The training images (uint8 on the device) and, for a conditional run, their condition rows."""
+    """The training images (uint8 on the device, or animegen.train.stream.StreamedImages) and, for a
+    conditional run, their condition rows (on the device)."""
 
-    images: torch.Tensor
+    images: Any
     conditions: torch.Tensor | None
     class_names: list[str]
 
@@ -136,8 +146,10 @@ class TrainData:
     def real_batch(self, idx: torch.Tensor, xflip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images ``idx`` in [-1, 1] (each mirrored with probability 1/2 when ``xflip``) and their conditions."""
         device = self.images.device
-        # pinned + non_blocking: a pageable host->device copy would synchronise the host every step
-        idx = idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else idx
+        # pinned + non_blocking: a pageable host->device copy would synchronise the host every step (a streamed
+        # set takes its indices on the host)
+        if device.type == "cuda" and isinstance(self.images, torch.Tensor):
+            idx = idx.pin_memory().to(device, non_blocking=True)
         x = self.images[idx].float().div_(127.5).sub_(1.0)
         if xflip:
             flip = sharded(lambda m: torch.rand(m, 1, 1, 1, device=device), len(x)) < 0.5
