@@ -209,11 +209,45 @@ def _generator(args: argparse.Namespace):
 def cmd_sample(args: argparse.Namespace) -> int:
     from animegen.latent import sample
 
+    if args.recipe:
+        return _sample_recipe(args)
     G, names, device = _generator(args)
     classes = None if args.classes is None else args.classes
     paths = sample(G, names, args.out, n=args.n, truncation_psi=args.psi, classes=classes, seed=args.seed,
                    device=device)
     print(f"wrote {len(paths['images'])} images and {paths['grid']} under {args.out}")
+    return 0
+
+
+def _sample_recipe(args: argparse.Namespace) -> int:
+    """``animegen sample MODEL --recipe FILE``: the studio's face of that recipe (a recipe JSON, or a PNG the studio
+    wrote, whose text chunk holds it), bit for bit on the same device and dtype."""
+    from animegen.studio.engine import Recipe, load_model, render
+    from animegen.studio.server import png_bytes
+    from animegen.utils import atomic_write_text, resolve_device
+
+    recipe = Recipe.read(args.recipe)
+    model = load_model(recipe.model, args.model, resolve_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{Path(args.recipe).stem}.png"
+    target.write_bytes(png_bytes(render(model, recipe), recipe))
+    atomic_write_text(target.with_suffix(".json"), json.dumps(recipe.to_dict(), indent=2) + "\n")
+    print(f"wrote {target} (and its recipe, {target.with_suffix('.json').name})")
+    return 0
+
+
+def cmd_studio(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from animegen.studio.models import load_models
+    from animegen.studio.server import create_app
+    from animegen.utils import resolve_device
+
+    models = load_models(args.sources, registry=args.registry, device=str(resolve_device(args.device)))
+    print(f"studio: {len(models)} model(s): {', '.join(models)}; open http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(create_app(models, max_concurrent=args.max_concurrent), host=args.host, port=args.port,
+                log_level="warning")
     return 0
 
 
@@ -364,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = latent_parser("sample", "sample N images (per class when conditional) as PNG files and a grid", cmd_sample)
     q.add_argument("--n", type=int, default=64, help="images (per class when conditional)")
     q.add_argument("--classes", nargs="*", help="class names (default: all); '+' joins tags of a multi-hot model")
+    q.add_argument("--recipe", metavar="FILE", help="draw one face from a studio recipe (its JSON, or a PNG the "
+                   "studio wrote): the same image bit for bit on the same device and dtype; the other sampling "
+                   "options are ignored")
     q = latent_parser("interpolate", "latent interpolation as a grid PNG and a looping GIF", cmd_interpolate)
     q.add_argument("--method", choices=("linear", "slerp", "circular"), default="slerp")
     q.add_argument("--space", choices=("z", "w"), default="z", help="w: StyleGAN's intermediate latent space")
@@ -380,6 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--psis", type=float, nargs="+", default=[2, 1, 0.6, 0, -0.6, -1, -2])
     q.add_argument("--n", type=int, default=8, help="rows (latents)")
     q.add_argument("--class", dest="class_name", help="class to draw (conditional models)")
+    q = sub.add_parser("studio", help="an interactive page and HTTP API to generate faces from trained models",
+                       description="Serve a page and a JSON API (OpenAPI at /openapi.json, /docs) over the models: "
+                       "Model folders, a pipeline run's folder (every model it trained), s3:// Model artifacts, or "
+                       "run:RUN_ID with --registry (every model of that run).")
+    q.add_argument("sources", nargs="+", metavar="MODEL", help="Model folder, pipeline run folder, s3:// URI or "
+                   "run:RUN_ID")
+    q.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--registry", default="", help="the run registry's URI, for run:RUN_ID")
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    q.add_argument("--max-concurrent", type=int, default=2, help="generations at once (others wait, then 503)")
+    q.set_defaults(func=cmd_studio)
     add_pipeline_parser(sub)
     from animegen.images import add_images_parser
 
