@@ -22,7 +22,7 @@ DOCKER = ROOT / "containers"
 SECRET_NAME = "mlpipeline-minio-artifact"
 SEAWEEDFS_ENDPOINT = "http://seaweedfs.kubeflow:9000"  # KFP >= 2.16's object store (backend/src/v2/objectstore)
 STORE_OVERLAYS = ("standalone", "dev-object-store")  # the object store's: both standalone-only, namespace kubeflow
-OVERLAYS = (*STORE_OVERLAYS, "trainer-rbac")  # every kustomization
+OVERLAYS = (*STORE_OVERLAYS, "trainer-rbac", "studio")  # every kustomization
 SECRET_KEYS = {"accesskey", "secretkey"}  # what KFP's launcher reads (backend/src/v2/config/env.go)
 PLACEHOLDER = re.compile(r"^REPLACE_WITH_[A-Z_]+$")
 # Well-known default or example credentials that must never appear as values.
@@ -74,6 +74,7 @@ def test_layout():
     for rel in ("standalone/kustomization.yaml", "standalone/kfp-launcher.yaml", "standalone/object-store.env.example",
                 "dev-object-store/kustomization.yaml", "dev-object-store/seaweedfs.yaml", "gpu-node-pools.md",
                 "trainer-rbac/kustomization.yaml", "trainer-rbac/role.yaml", "trainer-rbac/rolebinding.yaml",
+                "studio/kustomization.yaml", "studio/deployment.yaml", "studio/service.yaml",
                 "README.md"):
         assert (MANIFESTS / rel).is_file(), rel
 
@@ -262,6 +263,37 @@ def test_the_trainer_rbac_lets_the_pipeline_runner_do_what_the_launcher_does(tmp
     readme = (MANIFESTS / "README.md").read_text()
     section = readme.split("## Multi-node training", 1)[1].split("\n## ", 1)[0]
     assert "kubectl apply -k manifests/trainer-rbac" in section and "default-editor" in section
+
+
+def test_the_studio_deployment_serves_a_run_from_the_store_without_a_credential_in_it(tmp_path):
+    """manifests/studio renders a Deployment running `animegen studio` in the CPU image (the name the components
+    use) on the port its Service targets, probed on the API, non-root with a read-only root file system, the key
+    pair from the object-store secret by reference, the run to serve from its ConfigMap."""
+    from animegen.cli import build_parser
+    from animegen.components.container_images import CPU_IMAGE
+
+    docs = render(tmp_path, "studio")
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Deployment", "Service", "ConfigMap"}
+    assert all(d["metadata"]["namespace"] == "kubeflow" for d in docs)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == CPU_IMAGE and c["command"] == ["animegen"]
+    args = build_parser().parse_args(c["args"])  # the CLI accepts exactly these arguments
+    assert args.command == "studio" and args.host == "0.0.0.0" and args.sources == ["$(STUDIO_MODELS)"]
+    assert c["ports"] == [{"name": "http", "containerPort": args.port}]
+    svc = kinds["Service"]["spec"]
+    assert svc["type"] == "ClusterIP" and svc["ports"][0]["targetPort"] == "http"
+    assert svc["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/api/models"
+    assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": "secretkey"}
+    assert all("value" not in e for n, e in env.items() if n.startswith("AWS_"))
+    config = kinds["ConfigMap"]
+    assert {"STUDIO_MODELS", "STUDIO_REGISTRY", "S3_ENDPOINT_URL"} <= set(config["data"])
+    assert config["metadata"]["name"] == env["STUDIO_MODELS"]["valueFrom"]["configMapKeyRef"]["name"]
+    assert env["ANIMEGEN_CACHE"]["value"] in {m["mountPath"] for m in c["volumeMounts"]}
 
 
 def test_multi_user_docs_apply_nothing_into_profile_namespaces():

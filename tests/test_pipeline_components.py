@@ -181,6 +181,7 @@ def test_run_report_table_skips_and_registry(tmp_path, capsys):
     assert html.index(">conditional<") < html.index(">manga<") < html.index(">dcgan<")  # the DAG's order
     assert "+20.00" in html  # scratch - transfer FID
     assert "run_character is false" in html and "DCGAN vs StyleGAN" in html
+    assert f"animegen studio run:run-1 --registry {tmp_path / 'reg'}" in html  # how to open the models
     assert result["scalars"]["fid_manga_scratch"] == 80.0 and "fid_character" not in result["scalars"]
     md = Path(result["markdown"]).read_text()
     assert "| manga_scratch | stylegan | 80.00 |" in md and "Skipped: character" in md

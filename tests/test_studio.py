@@ -208,6 +208,19 @@ def test_a_pipeline_run_folder_serves_every_model_it_trained(tmp_path, trained):
         discover([str(tmp_path)])
 
 
+def test_a_run_of_the_registry_serves_its_models_with_their_figures(tmp_path, trained):
+    from animegen.store.registry import write_run
+
+    write_run(tmp_path / "reg", "run-7", {}, {
+        "conditional": {"metrics": {"fid": 41.5, "hair_accuracy": 0.9}, "artifacts": {"model": str(trained / "cond")}},
+        "dcgan": {"metrics": {"fid": 77.0}, "artifacts": {"model": str(trained / "dc")}}})
+    found = {name: (path, metrics) for name, path, metrics in discover(["run:run-7"], str(tmp_path / "reg"))}
+    assert found == {"conditional": (str(trained / "cond"), {"fid": 41.5, "hair_accuracy": 0.9}),
+                     "dcgan": (str(trained / "dc"), {"fid": 77.0})}
+    with pytest.raises(ValueError, match="--registry"):
+        discover(["run:run-7"])
+
+
 def test_the_studio_binds_this_machine_only_by_default():
     from animegen.cli import build_parser
 

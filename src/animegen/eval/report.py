@@ -185,6 +185,23 @@ def _markdown(done: dict[str, dict[str, Any]], skipped: dict[str, str], cross: d
     return "\n".join(lines) + "\n"
 
 
+def _studio_html(run_id: str, registry: str | None, out: Path) -> str:
+    """How to look at this run's models interactively (``animegen studio``): from the registry record, from the
+    run's folder when this is a local run, and on the cluster (manifests/studio)."""
+    lines = []
+    if registry:
+        lines.append(f"animegen studio run:{run_id} --registry {registry}")
+    run_folder = out.parent.parent  # a local (kfp.local) run: <run>/report/<artifact>
+    if (run_folder / "train-conditional").is_dir():
+        lines.append(f"animegen studio {run_folder}")
+    cmds = "".join(f"<pre>{esc(line)}</pre>" for line in lines)
+    return (f"{cmds}<p class=\"note\">then open http://127.0.0.1:8000/: pick a model and its hair and eye colour, "
+            "reroll, move psi, keep a face, mix its coarse / middle / fine styles, loop between two faces, and "
+            "compare the same seeds across this run's models (transfer vs scratch) with their FID and accuracy. "
+            f"On the cluster: <code>kubectl apply -k manifests/studio</code> with STUDIO_MODELS=run:{esc(run_id)} "
+            "(manifests/README.md).</p>")
+
+
 def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None], out_dir: str | Path) -> dict[str, Any]:
     """Write the run's report into ``out_dir`` and, when ``cfg.registry_uri`` is given, its registry record (see the
     module docstring). Returns ``{"run_id", "report", "markdown", "record", "scalars", "registry"}`` (paths, the KFP
@@ -227,6 +244,10 @@ def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None],
     if skipped:
         parts += ["<h2>Skipped</h2>", html_table(["branch", "reason"],
                                                  [[esc(k), esc(v)] for k, v in skipped.items()])]
+    from animegen.store.registry import resolve_registry_uri, write_run
+
+    registry, why = resolve_registry_uri(cfg.registry_uri, cfg.report_uri)
+    parts += ["<h2>Open these models in the studio</h2>", _studio_html(run_id, registry, out)]
     report = out / "report.html"
     atomic_write_text(report, html_page(f"animegen run {run_id}", "\n".join(parts)))
     markdown = out / "report.md"
@@ -253,9 +274,6 @@ def run_report(cfg: ReportConfig, evaluations: dict[str, dict[str, Any] | None],
     record = {"run_id": run_id, "params": config, "models": models, **extra}
     record_path = out / "run.json"
     write_json(record_path, record)
-    from animegen.store.registry import resolve_registry_uri, write_run
-
-    registry, why = resolve_registry_uri(cfg.registry_uri, cfg.report_uri)
     if registry:
         written = write_run(registry, run_id, config, models, extra)
         print(f"registry: run {run_id} written to {written} ({why})")
