@@ -19,6 +19,8 @@ Three modes, one script:
      (192 steps each, logged every 32: half the benchmark's own run, to fit the budget);
   c. ``fid_speed``: ``benchmarks/fid_speed.py --device cuda --seeded-weights`` on the carried faces (seeded random
      Inception weights: the real ones cannot travel), pytorch-fid against animegen;
+  c2. ``studio``: ``benchmarks/studio_latency.py --device cuda --engine-only``: the studio's generation of one face
+     and of a 16-face grid of a full-width 64 px conditional StyleGAN (target: 16 faces <= 50 ms);
   d. ``quality``: ``animegen ingest`` + ``label`` of the carried subset, ``animegen train`` of a conditional
      StyleGAN at 64 px for a fixed time (kimg from stage b's img/s; what ``--budget`` leaves after a reserve for
      sampling, clamped to 75-180 s), then 2,000 samples (classes drawn as often as the data has them,
@@ -78,7 +80,7 @@ QUALITY_MIN_S, QUALITY_MAX_S = 75, 180
 THROUGHPUT_STEPS, THROUGHPUT_LOG_EVERY = 192, 32
 QUALITY_RESERVE_S = 35                # sampling and writing after the training
 FALLBACK_IMG_S = 1000.0               # conditional StyleGAN img/s when stage b gave none (then the timeout cuts)
-STAGES = ("cuda_tests", "train_throughput", "fid_speed", "quality", "profile")
+STAGES = ("cuda_tests", "train_throughput", "fid_speed", "studio", "quality", "profile")
 OVERRUN_S = 45                        # how far past --budget a child may run before it is stopped
 TINY_STYLEGAN = ["--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2", "--channel-base", "128",
                  "--channel-max", "32", "--batch", "8"]
@@ -296,6 +298,19 @@ def stage_fid_speed(ctx: dict) -> dict:
             "roofline": doc.get("roofline"), "frechet_distance": doc.get("frechet_distance"), **res, "result": doc}
 
 
+def stage_studio(ctx: dict) -> dict:
+    """The studio's generation on the GPU: one face and a 16-face grid of a full-width 64 px conditional StyleGAN
+    (benchmarks/studio_latency.py --engine-only; target: 16 faces <= 50 ms)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "benchmarks/studio_latency.py", "--device", ctx["device"], "--engine-only",
+               "--work", str(Path(tmp) / "work"), "--out", tmp] + (["--tiny", "--repeats", "2"] if ctx["dry"] else [])
+        res = run_child(cmd, timeout=limit(ctx, ctx["timeouts"]["studio"]))
+        doc = one_json(Path(tmp))
+    if doc is None:
+        return {"status": "failed", **res}
+    return {"status": "ok" if res["rc"] == 0 else "failed", "figures": doc["figures_ms"], **res, "result": doc}
+
+
 def stage_profile(ctx: dict) -> dict:
     if not ctx["dry"] and time.time() > ctx["deadline"] - 15:
         return {"status": "skipped", "reason": "the budget is spent"}
@@ -478,7 +493,8 @@ def write_samples(run_dir: Path, data: str, out: Path, n: int, device: str) -> d
 
 
 STAGE_FUNCS = {"cuda_tests": stage_cuda_tests, "train_throughput": stage_train_throughput,
-               "fid_speed": stage_fid_speed, "profile": stage_profile, "quality": stage_quality}
+               "fid_speed": stage_fid_speed, "studio": stage_studio, "profile": stage_profile,
+               "quality": stage_quality}
 
 
 def run_check(args) -> int:
@@ -521,7 +537,7 @@ def run_check(args) -> int:
     ctx = {"dry": dry, "device": device, "out": out, "tmp": tmp, "doc": doc, "faces_zip": faces,
            "deadline": t0 + args.budget,
            "timeouts": {"cuda_tests": 240, "train_throughput": 260, "throughput_config": 90,
-                        "fid_speed": 180, "profile": 90}}
+                        "fid_speed": 180, "studio": 90, "profile": 90}}
     wanted = [s for s in STAGES if not args.stages or s in args.stages.split(",")]
     try:
         for name in wanted:
