@@ -30,6 +30,8 @@ def trained(tmp_path_factory):
     run_train(tiny_config("stylegan", conditional=True, kimg=0.032, snapshot_kimg=0), SYN, root / "cond")
     run_train(tiny_config("stylegan2", kimg=0.016, snapshot_kimg=0), SYN, root / "sg2")
     run_train(tiny_config("dcgan", kimg=0.016, snapshot_kimg=0), SYN, root / "dc")
+    run_train(tiny_config("stylegan", conditional=True, kimg=0.016, snapshot_kimg=0), SYN + "&labels=multi_hot",
+              root / "multi")
     (root / "cond" / "eval").mkdir()
     (root / "cond" / "eval" / "metrics.json").write_text(json.dumps({"fid": 123.4, "hair_accuracy": 0.5}))
     return root
@@ -219,6 +221,21 @@ def test_a_run_of_the_registry_serves_its_models_with_their_figures(tmp_path, tr
                      "dcgan": (str(trained / "dc"), {"fid": 77.0})}
     with pytest.raises(ValueError, match="--registry"):
         discover(["run:run-7"])
+
+
+def test_a_multi_hot_model_takes_several_tags_and_a_one_hot_model_one_class(trained):
+    client = TestClient(create_app(load_models([str(trained / "multi"), str(trained / "cond")])))
+    multi = {m["name"]: m for m in client.get("/api/models").json()}["multi"]
+    assert multi["multi_hot"] and not {m["name"]: m for m in client.get("/api/models").json()}["cond"]["multi_hot"]
+    hair = next(c for c in multi["classes"] if c.endswith("hair"))
+    eyes = next(c for c in multi["classes"] if c.endswith("eyes"))
+    both = client.post("/api/face", json={"model": "multi", "seed": 3, "classes": [hair, eyes]})
+    hair_only = client.post("/api/face", json={"model": "multi", "seed": 3, "classes": [hair]})
+    assert both.status_code == hair_only.status_code == 200
+    assert both.json()["image"] != hair_only.json()["image"]
+    one_hot = client.get("/api/models").json()[1]["classes"]
+    res = client.post("/api/face", json={"model": "cond", "seed": 3, "classes": one_hot[:2]})
+    assert res.status_code == 422 and "takes one class" in res.text
 
 
 def test_the_studio_binds_this_machine_only_by_default():

@@ -114,6 +114,8 @@ class NoiseInjection(nn.Module):
             if noise_mode == "const":
                 g = torch.Generator(device="cpu").manual_seed(h)  # fixed maps per resolution
                 noise = torch.randn(1, 1, h, w, generator=g).to(x.device, x.dtype)
+            elif noise_mode == "host":  # from the CPU's generator whatever the device: the same maps everywhere
+                noise = torch.randn(n, 1, h, w).to(x.device, x.dtype)
             else:
                 noise = sharded(lambda m: torch.randn(m, 1, h, w, device=x.device, dtype=x.dtype), n)
         return x + self.weight.to(x.dtype) * noise

@@ -106,7 +106,11 @@ class StudioModel:
 
     @property
     def multi_hot(self) -> bool:
-        return bool(getattr(self.G, "multi_hot", False))
+        """Trained on multi-hot tags (single hair and eye columns, as evaluation and sampling read them): a face
+        takes several of them at once, e.g. blonde hair + red eyes."""
+        from animegen.train.checkpoint import sampling_conditions
+
+        return bool(self.class_names) and sampling_conditions(self.class_names) is not None
 
 
 def load_model(name: str, path: str | Path, device: str | torch.device = "cpu") -> StudioModel:
@@ -173,11 +177,9 @@ def render_ws(model: StudioModel, ws: torch.Tensor, noise_seed: int) -> np.ndarr
     """uint8 [H, W, C] of styles ws [1, num_ws, w_dim] with per-pixel noise from ``noise_seed``."""
     from animegen.image_files import to_uint8
 
-    device = next(model.G.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=[]):  # noise from the CPU's generator: the same maps on any device
         torch.manual_seed(int(noise_seed))
-        img = model.G.synthesis(ws, noise_mode="random")
+        img = model.G.synthesis(ws, noise_mode="host")
     return to_uint8(img.float().cpu())[0]
 
 
