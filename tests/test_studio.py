@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from helpers import SYN, tiny_config
 from PIL import Image
 
@@ -19,9 +20,6 @@ from animegen.studio.engine import Recipe, load_model, render
 from animegen.studio.models import discover, load_models
 from animegen.studio.server import create_app
 from animegen.train import run_train
-
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture(scope="module")

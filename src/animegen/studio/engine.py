@@ -23,6 +23,7 @@ from animegen.latent.tools import style_ranges
 
 RECIPE_VERSION = 1
 RECIPE_CHUNK = "animegen-recipe"  # the PNG text chunk that holds a face's recipe
+METRICS = ("fid", "kid", "hair_accuracy", "eye_accuracy", "both_accuracy", "n_fid")  # shown beside a model
 BANDS = ("coarse", "middle", "fine")
 
 
@@ -130,8 +131,7 @@ def evaluation_metrics(model_dir: Path) -> dict[str, Any]:
     for candidate in (model_dir / "eval" / "metrics.json", model_dir / "metrics.json"):
         if candidate.is_file():
             m = json.loads(candidate.read_text())
-            return {k: m[k] for k in ("fid", "kid", "hair_accuracy", "eye_accuracy", "both_accuracy", "n_fid")
-                    if m.get(k) is not None}
+            return {k: m[k] for k in METRICS if m.get(k) is not None}
     return {}
 
 

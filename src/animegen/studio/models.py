@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from animegen.run_layout import MODELS
-from animegen.studio.engine import StudioModel, evaluation_metrics, load_model
-
-KEEP = ("fid", "kid", "hair_accuracy", "eye_accuracy", "both_accuracy", "n_fid")
+from animegen.studio.engine import METRICS, StudioModel, evaluation_metrics, load_model
 
 
 def _name(path: Path) -> str:
@@ -19,7 +17,7 @@ def _name(path: Path) -> str:
 
 
 def _metrics(doc: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: doc[k] for k in KEEP if doc and doc.get(k) is not None}
+    return {k: doc[k] for k in METRICS if doc and doc.get(k) is not None}
 
 
 def _local(uri: str) -> Path:
