@@ -56,7 +56,9 @@ CASES = {  # (options, steps): lazy regularisers due within the steps (StyleGAN2
     "stylegan": (dict(r1_interval=2, pl_interval=2, pl_weight=2.0, style_mixing=0.9), 1),
     "stylegan-conditional": (dict(conditional=True, r1_interval=2, pl_interval=2, pl_weight=2.0, style_mixing=0.9),
                              1),
-    "dcgan": (dict(), 3),  # BatchNorm in G and D: the global batch's statistics
+    "dcgan": (dict(), 3),  # BatchNorm in G and D: the global batch's statistics; G's step on D's batch
+    "dcgan-fresh": (dict(g_batch="fresh"), 3),  # G's step on a batch of its own
+    "stylegan-reuse": (dict(g_batch="reuse", r1_interval=2, pl_interval=2, pl_weight=2.0, style_mixing=0.9), 1),
     "dcgan-conditional": (dict(conditional=True, real_label=[0.9, 1.0]), 3),  # label smoothing's draws too
     "dcgan-streamed": (dict(data_placement="stream"), 3),  # each rank reads its own share of the rows
     "stylegan2-ada": (dict(augment="ada", ada_kimg=0.01, ada_interval=1, r1_interval=2, pl_interval=2), 3),

@@ -339,3 +339,64 @@ def test_a_conditional_stylegan_saved_before_class_weights_samples_alike_and_ref
     with pytest.raises(CheckpointError, match="cannot resume; start a new run from it with --init-from"):
         run_train(tiny_config("stylegan", conditional=True, kimg=0.16, snapshot_kimg=0.08), SYN, old, resume=True)
     run_transfer(tiny_config("stylegan", conditional=True, kimg=0.08, snapshot_kimg=0.08), old, SYN, tmp_path / "t")
+
+
+@pytest.mark.parametrize("arch,g_batch", [("dcgan", None), ("dcgan", "fresh"), ("stylegan", None),
+                                          ("stylegan", "reuse")])
+def test_g_steps_on_the_batch_d_has_just_seen_by_default_for_dcgan(tmp_path, monkeypatch, arch, g_batch):
+    """DCGAN's default (g_batch reuse, as the DCGAN reference and the PyTorch tutorial train): G's step scores
+    with D the very images D's step has just seen as fakes, from one pass through G per step; 'fresh' (StyleGAN's
+    default) draws a new batch for G's step, a second pass."""
+    import animegen.train.loop as loop
+
+    events, d_inputs = [], []
+    build = loop.build_models
+
+    def counted(*args, **kw):
+        G, D = build(*args, **kw)
+        if isinstance(G.synthesis, torch.nn.Module):
+            G.synthesis.register_forward_hook(lambda m, i, o: events.append("G"))
+        else:  # DCGAN: a method
+            synthesis = G.synthesis
+            G.synthesis = lambda *a, **k: (events.append("G"), synthesis(*a, **k))[1]
+        def seen(m, i, o):
+            events.append("D")
+            d_inputs.append(i[0].detach().clone())
+
+        D.register_forward_hook(seen)
+        return G, D
+
+    monkeypatch.setattr(loop, "build_models", counted)
+    steps = 3
+    cfg = tiny_config(arch, conditional=True, kimg=0.008 * steps, snapshot_kimg=0, r1_gamma=0.0, pl_weight=0.0,
+                      **({} if g_batch is None else {"g_batch": g_batch}))
+    run_train(cfg, SYN, tmp_path / "run")
+    reuse = (g_batch or {"dcgan": "reuse", "stylegan": "fresh"}[arch]) == "reuse"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["g_batch"] == ("reuse" if reuse else "fresh")
+    # the training steps' passes (the end's snapshot samples G after them): one pass through G per step, or two
+    last_d = len(events) - events[::-1].index("D")
+    assert "".join(events[:last_d]) == ("GDDD" if reuse else "GDDGD") * steps
+    for s in range(steps):  # D's passes: real, fake, then G's step's fake
+        _real, d_fake, g_fake = d_inputs[3 * s: 3 * s + 3]
+        assert torch.equal(d_fake, g_fake) == reuse
+
+
+def test_a_dcgan_run_saved_before_g_batch_resumes_with_a_fresh_g_batch(tmp_path):
+    """A DCGAN run saved before the g_batch option trained G on a fresh batch: resumed from the CLI with no
+    options (config.json and checkpoint without the key), it goes on that way, exactly as an uninterrupted run."""
+    kw = dict(conditional=True, kimg=0.048, snapshot_kimg=0.016, log_every=1, g_batch="fresh")
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_train(tiny_config("dcgan", **kw), SYN, full)
+    run_train(tiny_config("dcgan", **{**kw, "kimg": 0.016}), SYN, part)
+    for f in ("config.json",):
+        saved = json.loads((part / f).read_text())
+        del saved["g_batch"]
+        (part / f).write_text(json.dumps(saved))
+    state = torch.load(part / "checkpoint.pt", weights_only=True)
+    del state["config"]["g_batch"]
+    torch.save(state, part / "checkpoint.pt")
+    assert cli_main(["train", "--out", str(part), "--resume", "--kimg", "0.048"]) == 0
+    assert losses(full) == losses(part)
+    assert json.loads((part / "config.json").read_text())["g_batch"] == "fresh"
+    with pytest.raises(ValueError, match="g_batch"):
+        run_train(tiny_config("dcgan", **{**kw, "kimg": 0.064, "g_batch": "reuse"}), SYN, part, resume=True)

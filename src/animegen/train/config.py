@@ -17,10 +17,10 @@ RUN_KEYS = ("data", "out", "init_from")
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dcgan": dict(z_dim=100, channel_base=2048, batch=128, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999],
                   real_label=[0.9, 1.0], r1_gamma=0.0, pl_weight=0.0, style_mixing=0.0, ema_kimg=0.0,
-                  cond_mode="concat"),
+                  cond_mode="concat", g_batch="reuse"),
     "stylegan": dict(z_dim=512, channel_base=4096, batch=64, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99],
                      real_label=[1.0, 1.0], r1_gamma=10.0, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
-                     cond_mode="concat"),
+                     cond_mode="concat", g_batch="fresh"),
     # StyleGAN2-ADA's settings where they bear on the comparison with v1: lr 0.0025, R1 gamma = 0.0002 *
     # resolution^2 / batch (its 'auto' heuristic, filled in by with_arch_defaults), lazy R1 / path length as steps of
     # their own with the optimiser adjusted for the interval. Unlike its 'auto' config: 8 mapping layers (auto: 2)
@@ -28,9 +28,18 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # path length on the whole batch (the reference: half)
     "stylegan2": dict(z_dim=512, channel_base=8192, batch=32, lr_g=2.5e-3, lr_d=2.5e-3, betas=[0.0, 0.99],
                       real_label=[1.0, 1.0], r1_gamma=None, pl_weight=2.0, style_mixing=0.9, ema_kimg=10.0,
-                      cond_mode="projection"),  # StyleGAN2-ADA's class embedding in G, projection in D
+                      cond_mode="projection",  # StyleGAN2-ADA's class embedding in G, projection in D
+                      g_batch="fresh"),
 }
+# What a run saved before an option existed used instead of its default (saved_config fills these in).
+LEGACY = {"g_batch": "fresh"}
 STYLE_ARCHS = ("stylegan", "stylegan2")  # a mapping network and a w space: style mixing, path length, truncation
+
+
+def saved_config(values: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run's saved config (config.json, a checkpoint's): an option newer than the run takes the
+    value the run used (LEGACY), not its default."""
+    return LEGACY | values
 
 
 def r1_auto(resolution: int, batch: int) -> float:
@@ -93,6 +102,10 @@ class TrainConfig(Config):
         "probability of style-mixing regularisation (stylegan)", "style_mixing", unset=-1))
     ema_kimg: float | None = field(default=None, metadata=_arch(
         "half-life of G_ema in kimg (0: G_ema is a copy of G)", "ema_kimg", unset=-1))
+    g_batch: str | None = field(default=None, metadata=_arch(
+        "G's step on the batch D's step has just seen as fakes (reuse: their latents and classes, generated once "
+        "per step, as the DCGAN paper's reference and the PyTorch DCGAN tutorial train) or on a newly drawn batch "
+        "(fresh: as StyleGAN's references train)", "g_batch", choices=("reuse", "fresh"), unset=""))
     xflip: bool = field(default=True, metadata=opt("random horizontal flips (p 0.5) of the real images"))
     data_placement: str = field(default="auto", metadata=opt(
         "where the training images live: device (all of them, as uint8), stream (read from the packed set's "

@@ -22,11 +22,12 @@ from animegen.models.batchnorm import batchnorm_layers
 from animegen.models.layers import BatchNorm2d
 from animegen.train.augment import SMALL_DATASET, AdaptiveAugment, make_augment
 from animegen.train.checkpoint import load_checkpoint, model_kwargs, recalibrate_for_sampling, save_checkpoint
-from animegen.train.config import STYLE_ARCHS, TrainConfig
+from animegen.train.config import STYLE_ARCHS, TrainConfig, saved_config
 from animegen.train.log import LossMeter, TrainingDiverged, TrainLog, plot_losses, truncate_log
 from animegen.train.losses import R1, PathLength, ema_beta, make_loss
 from animegen.train.phases import (
     Autocast,
+    d_fakes,
     d_main,
     d_reg,
     d_reg_pass,
@@ -35,7 +36,6 @@ from animegen.train.phases import (
     g_main,
     g_reg,
     g_reg_pass,
-    generate,
     optimise,
     update_ema,
 )
@@ -94,7 +94,7 @@ def run_transfer(cfg: TrainConfig, init_model: str | Path, data: str | Path, out
 def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: str | None) -> TrainResult:
     """run_train / run_transfer: set up (or restore) the run, train it, write summary.json. In a torchrun job
     (animegen.parallel) every rank runs this; rank 0 alone writes files."""
-    cfg = cfg.with_arch_defaults()
+    given, cfg = cfg, cfg.with_arch_defaults()
     device = resolve_device(cfg.device)
     w = parallel.init(device.type)
     if cfg.batch % w.size:
@@ -107,7 +107,7 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     ckpt = _previous_run(out / "checkpoint.pt", resume)
     parallel.barrier()  # every rank has looked for a previous run before rank 0 writes anything
     if ckpt is not None:
-        cfg = _resume_config(cfg, ckpt["config"]).with_arch_defaults()
+        cfg = _resume_config(given, ckpt["config"]).with_arch_defaults()
     for folder in (out, out / "samples", out / "snapshots"):
         folder.mkdir(parents=True, exist_ok=True)
     if w.main:
@@ -177,6 +177,7 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
     ema_decay = ema_beta(cfg.batch, cfg.ema_kimg)
     ada = state.augment if isinstance(state.augment, AdaptiveAugment) else None
     separate = cfg.arch == "stylegan2"  # its regularisers take passes and optimiser steps of their own
+    reuse = cfg.g_batch == "reuse"  # G's step on D's fakes: one pass through G per step
     meter = LossMeter(["loss_d", "loss_g", "d_real", "d_fake", "rt"] + [r.name for r in state.regs]
                       + (["ada_p"] if ada is not None else []), device)
     log = TrainLog(out / "train_log.jsonl", meter, state.images_seen,
@@ -191,8 +192,7 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
         # ---- D: Dmain (+ Dreg when due) on a generated and a real batch
         z = _latents(n, G.z_dim, device)
         c_fake = data.fake_conditions(n)
-        with torch.no_grad(), amp():
-            fake, _ = generate(G, z, c_fake, cfg.style_mixing, update_w_avg=False)
+        fake, ws = d_fakes(G, z, c_fake, cfg.style_mixing, amp, reuse, bool(g_regs) and not separate)
         real, c_real = data.real_batch(state.sampler.next(cfg.batch)[w.rank::w.size], cfg.xflip)
         if isinstance(data.images, StreamedImages):  # the next step's rows, gathered while this step runs
             data.images.prefetch(state.sampler.peek(cfg.batch)[w.rank::w.size])
@@ -207,10 +207,12 @@ def _train_loop(cfg: TrainConfig, state: TrainState, data: TrainData, amp: Autoc
 
         # ---- G: Gmain (+ Greg when due) through D, whose parameters take no gradient
         with frozen(state.d_params):
-            z = _latents(n, G.z_dim, device)
-            c_gen = data.fake_conditions(n)
+            if reuse:  # the batch D has just seen (and its graph through G)
+                z, c_gen, generated = z, c_fake, (fake, ws)
+            else:
+                z, c_gen, generated = _latents(n, G.z_dim, device), data.fake_conditions(n), None
             loss_g, fake, ws = g_main(G, D, loss, z, c_gen, cfg.style_mixing, amp, bool(g_regs) and not separate,
-                                      aug)
+                                      aug, generated)
             g_penalties = {} if separate else g_reg(g_regs, fake, ws)
             optimise(state.opt_G, list(G.parameters()), loss_g, g_penalties)
             if separate and g_regs:
@@ -318,12 +320,13 @@ def _record_inputs(out: Path, data: str, init_model: str | None, ckpt: dict | No
 
 
 def _resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
-    base = TrainConfig.from_dict(saved)
-    if cfg.augment is None:  # not given: the run's own (the default is resolved from the data at the start)
-        cfg = dataclasses.replace(cfg, augment=base.augment)
-    # an option newer than the checkpoint is absent from it: the run used that option's default
+    """The checkpoint's config, with the options a resumed run may change taken from ``cfg``; any other option
+    ``cfg`` sets must be the run's (one ``cfg`` leaves to its architecture's default, None, takes the run's)."""
+    base = TrainConfig.from_dict(saved_config(saved)).with_arch_defaults()
+    # an option newer than the checkpoint is absent from it: the run used LEGACY's value, else the option's default
     recorded = base.to_dict()
-    diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_OVERRIDES and recorded.get(k) != v]
+    diff = [k for k, v in cfg.to_dict().items()
+            if k not in RESUMABLE_OVERRIDES and v is not None and recorded.get(k) != v]
     if diff:
         raise ValueError("--resume continues the run stored in the checkpoint; these options differ from it: "
                          + ", ".join(f"{k} ({recorded.get(k)!r} -> {getattr(cfg, k)!r})" for k in diff)

@@ -54,6 +54,15 @@ def generate(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, mixing: floa
     return G.synthesis(ws), ws
 
 
+def d_fakes(G: nn.Module, z, c, mixing: float, amp: Autocast, keep_graph: bool, g_regularised: bool = False):
+    """The generated batch of D's step -> (images, ws). ``keep_graph``: with their graph to G's parameters, for
+    G's step on the same batch (G is not updated in between, so its images are the same as a new pass on these
+    latents would give); this is then the step's one pass through G (w_avg moves, in float32 when G's
+    regulariser is due, as in ``g_main``). Else without a graph, w_avg untouched."""
+    with torch.set_grad_enabled(keep_graph), amp(enabled=not (keep_graph and g_regularised)):
+        return generate(G, z, c, mixing, update_w_avg=keep_graph)
+
+
 def d_main(D: nn.Module, loss, real, c_real, fake, c_fake, amp: Autocast, regularised: bool, aug=None):
     """Dmain: D's loss on a real and a generated batch -> (loss, real logits, fake logits). When a D regulariser
     is due (``regularised``), the real pass runs in float32 with gradients w.r.t. the reals, for Dreg."""
@@ -77,11 +86,16 @@ def d_reg(regs: list[Regularizer], real: torch.Tensor, real_logits: torch.Tensor
     return {r.name: r.penalty({"real": real, "real_logits": real_logits}) for r in regs}
 
 
-def g_main(G: nn.Module, D: nn.Module, loss, z, c, mixing: float, amp: Autocast, regularised: bool, aug=None):
+def g_main(G: nn.Module, D: nn.Module, loss, z, c, mixing: float, amp: Autocast, regularised: bool, aug=None,
+           generated: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Gmain: G's loss on a generated batch -> (loss, images, ws). When a G regulariser is due, the generator
-    runs in float32 (path length's Jacobian, mapping -> ws -> image)."""
-    with amp(enabled=not regularised):
-        fake, ws = generate(G, z, c, mixing, update_w_avg=True)
+    runs in float32 (path length's Jacobian, mapping -> ws -> image). ``generated``: the (images, ws) D's step
+    generated from ``z`` with their graph (``d_fakes`` with ``keep_graph``), taken instead of a new pass."""
+    if generated is not None:
+        fake, ws = generated
+    else:
+        with amp(enabled=not regularised):
+            fake, ws = generate(G, z, c, mixing, update_w_avg=True)
     with amp():
         gen_logits = D(augment(fake, aug), c).float()
     return loss.g_loss(gen_logits), fake, ws
