@@ -21,7 +21,7 @@ CONFIGS = {
     "dcgan": dict(arch="dcgan"),
     "dcgan-cond": dict(arch="dcgan", conditional=True),
     "stylegan": dict(arch="stylegan"),
-    "stylegan-cond-concat": dict(arch="stylegan", conditional=True),
+    "stylegan-cond-concat": dict(arch="stylegan", conditional=True, cond_mode="concat"),
     "stylegan-cond-projection-multi-hot": dict(arch="stylegan", conditional=True, cond_mode="projection"),
     "stylegan2-cond-ada": dict(arch="stylegan2", conditional=True, ada_kimg=0.2),  # ADA's p moves: augmented bf16
 }

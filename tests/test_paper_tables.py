@@ -35,15 +35,17 @@ def test_gpu_scale_split_scores_what_evaluate_scores(tmp_path):
     rec = pt.record_model(S, model, SYN, dev / "evals" / "m", n_fid=40, n_curve=24, tagger=None)
     assert rec["sets"] == {"final": 40, "kimg-0000000.0": 24, "kimg-0000000.1": 24, "kimg-0000000.2": 24}
     (dev / "device.json").write_text(json.dumps({"run_id": "r1", "models": {"m": rec}}))
-    pt.PACK_CHUNK_BYTES = 20_000  # several chunks, two parts
+    pt.PACK_CHUNK_BYTES = 20_000  # several chunks, several parts
     pt.PACK_CHUNKS_PER_PART = 2
-    fetched = []
-    for part in (1, 2):
+    pt.pack(dev, tmp_path / "part1", 1)
+    parts = json.loads((tmp_path / "part1" / "device.json").read_text())["parts"]
+    assert parts >= 2  # how many depends on how well the samples compress
+    fetched = [tmp_path / "part1"]
+    for part in range(2, parts + 1):
         pt.pack(dev, tmp_path / f"part{part}", part)
         fetched.append(tmp_path / f"part{part}")
-    assert json.loads((fetched[0] / "device.json").read_text())["parts"] == 2
     here = tmp_path / "here"
-    with pytest.raises(SystemExit, match="parts \\[1\\] of 2"):
+    with pytest.raises(SystemExit, match=f"parts \\[1\\] of {parts}"):
         pt.unpack(fetched[:1], here)
     pt.unpack(fetched, here)
     for key in rec["sets"]:  # lossless: the images scored here are the ones drawn there

@@ -150,7 +150,8 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 def test_init_from_with_another_class_count(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    run_train(tiny_config("stylegan", conditional=True, kimg=0.16), SYN, src)  # 3 hair x 2 eye = 6 classes
+    # 3 hair x 2 eye = 6 classes; concat: D's class input (fromRGB's) is remapped under FreezeD
+    run_train(tiny_config("stylegan", conditional=True, cond_mode="concat", kimg=0.16), SYN, src)
     old = load_checkpoint(src)
     old_names = old["class_names"]
     assert len(old_names) == 6
@@ -312,7 +313,7 @@ def test_a_conditional_stylegan_saved_before_class_weights_samples_alike_and_ref
     from animegen.train.checkpoint import CheckpointError, save_checkpoint
 
     run = tmp_path / "run"
-    cfg = tiny_config("stylegan", conditional=True, kimg=0.08, snapshot_kimg=0.08)
+    cfg = tiny_config("stylegan", conditional=True, cond_mode="concat", kimg=0.08, snapshot_kimg=0.08)
     run_train(cfg, SYN, run)
     ckpt = dict(load_checkpoint(run))
     z_dim, lr_mul = cfg.z_dim, 0.01

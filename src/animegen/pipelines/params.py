@@ -105,7 +105,7 @@ class PipelineParams(Config):
                              "baselines: stylegan (the papers') or stylegan2 (StyleGAN2-ADA's)",
                         choices=("stylegan", "stylegan2"))
     sg_cond_mode: str = _stage(TrainConfig, "cond_mode", "", what="conditional StyleGAN ",
-                               unset_means="the architecture's: concat stylegan, projection stylegan2")
+                               unset_means="the architecture's: projection")
     sg_augment: str = _stage(TrainConfig, "augment", "", what="StyleGAN models: ")
     sg_r1_gamma: float = _stage(TrainConfig, "r1_gamma", -1.0, what="StyleGAN ", unset_means=_SG["r1_gamma"])
     # DCGAN
