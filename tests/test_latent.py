@@ -284,8 +284,8 @@ def test_tools_work_on_a_loaded_checkpoint_without_training(tmp_path):
     from animegen.train.checkpoint import load_generator, save_checkpoint
     from animegen.train.config import TrainConfig
 
-    cfg = TrainConfig(arch="stylegan", resolution=RES, conditional=True, cond_mode="concat", z_dim=16, w_dim=16,
-                      mapping_layers=2, channel_base=64, channel_max=16)  # build_models' cond_mode
+    cfg = TrainConfig(arch="stylegan", resolution=RES, conditional=True, z_dim=16, w_dim=16, mapping_layers=2,
+                      channel_base=64, channel_max=16)
     torch.manual_seed(0)
     G, D = build_models("stylegan", c_dim=3, resolution=RES, z_dim=16, w_dim=16, mapping_layers=2,
                         channel_base=64, channel_max=16)

@@ -11,9 +11,9 @@ ARCHS = ("dcgan", "stylegan", "stylegan2")
 
 
 def build_models(arch: str, *, c_dim: int = 0, resolution: int = 64, img_channels: int = 3, z_dim: int,
-                 channel_base: int, channel_max: int = 512, cond_mode: str = "concat", w_dim: int = 512,
+                 channel_base: int, channel_max: int = 512, cond_mode: str = "projection", w_dim: int = 512,
                  mapping_layers: int = 8) -> tuple[nn.Module, nn.Module]:
-    """(G, D) for an architecture; conditional when ``c_dim`` > 0."""
+    """(G, D) for an architecture; conditional when ``c_dim`` > 0 (``cond_mode``: TrainConfig's default)."""
     common = dict(c_dim=c_dim, resolution=resolution, img_channels=img_channels, channel_base=channel_base,
                   channel_max=channel_max)
     if arch == "dcgan":
