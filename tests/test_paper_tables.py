@@ -99,6 +99,25 @@ def test_spread_decides_a_comparison_only_beyond_its_seeds_or_intervals():
         "character_transfer lower, inside the bootstrap intervals"
 
 
+def test_cpu_scale_trains_stylegan_in_bf16_only_where_the_cpu_computes_bf16_natively(monkeypatch):
+    import paper_tables as pt
+
+    def cpu(*flags):
+        monkeypatch.setattr(pt, "environment", lambda device: {"cpu": {"flags": ["avx2", "avx512f", *flags]}})
+
+    cpu("avx512_bf16", "amx_bf16", "amx_tile")
+    S = pt.on_this_machine(pt.SCALES["cpu"])
+    assert S.stylegan["amp"] == "on" and S.stylegan["batch"] == pt.SCALES["cpu"].stylegan["batch"]
+    assert "amp" not in S.dcgan  # DCGAN keeps float32
+    cpu("avx512_bf16")
+    assert pt.on_this_machine(pt.SCALES["cpu"]).stylegan["amp"] == "on"
+    cpu()  # bf16 emulated: slower than float32
+    assert pt.on_this_machine(pt.SCALES["cpu"]).stylegan["amp"] == "off"
+    for scale in ("quick", "gpu"):  # the quick scale stays float32; CUDA's autocast is amp auto's own choice
+        assert pt.on_this_machine(pt.SCALES[scale]) == pt.SCALES[scale]
+    assert "amp" not in pt.SCALES["cpu"].stylegan  # the table itself names no precision: the machine decides
+
+
 @pytest.mark.skipif(not MLDS.exists(), reason=f"{MLDS} is absent (the shared MLDS faces)")
 def test_quick_paper_tables_write_the_four_tables_and_a_report(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
