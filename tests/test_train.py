@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT, SYN, tiny_config
@@ -401,3 +402,14 @@ def test_a_dcgan_run_saved_before_g_batch_resumes_with_a_fresh_g_batch(tmp_path)
     assert json.loads((part / "config.json").read_text())["g_batch"] == "fresh"
     with pytest.raises(ValueError, match="g_batch"):
         run_train(tiny_config("dcgan", **{**kw, "kimg": 0.064, "g_batch": "reuse"}), SYN, part, resume=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resetting the peak RSS needs Linux")
+def test_peak_memory_is_the_runs_own_not_what_the_process_held_before(tmp_path):
+    """A process that trains several models (the paper tables, a notebook) reports each run's peak, not the
+    largest so far."""
+    held = np.ones(4 * 2**30 // 8)  # 4 GiB resident before the run, freed
+    del held
+    res = run_train(tiny_config(kimg=0.05, snapshot_kimg=0), SYN, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < res.peak_memory_bytes == summary["peak_memory_bytes"] < 4 * 2**30

@@ -92,12 +92,27 @@ def resolve_device(name: str = "auto"):
 
 def peak_memory_bytes(device) -> int:
     """Peak CUDA memory allocated on a CUDA device, else the process's peak resident set size (VmHWM, which,
-    unlike ru_maxrss, is not inherited from a parent process across fork/exec)."""
+    unlike ru_maxrss, is not inherited from a parent process across fork/exec), since :func:`reset_peak_memory`."""
     import torch
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return peak_rss_bytes()
+
+
+def reset_peak_memory(device) -> None:
+    """Start :func:`peak_memory_bytes` afresh, so it measures what follows (one training run of several in a
+    process): CUDA's peak statistics, or on Linux the resident set's high-water mark (``/proc/self/clear_refs``,
+    value 5). Where neither can be reset the figure stays the process's peak."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def peak_rss_bytes() -> int:

@@ -43,7 +43,7 @@ from animegen.train.remote import CheckpointUploader, restore
 from animegen.train.state import BatchSampler, TrainData, TrainState, images_to_device, sampling_snapshot
 from animegen.train.stream import StreamedImages, device_memory_bytes, should_stream
 from animegen.train.transfer import inherit_architecture, init_from
-from animegen.utils import human_bytes, peak_memory_bytes, read_json, resolve_device, write_json
+from animegen.utils import human_bytes, peak_memory_bytes, read_json, reset_peak_memory, resolve_device, write_json
 
 __all__ = ["TrainResult", "TrainingDiverged", "run_train", "run_transfer"]
 
@@ -96,6 +96,7 @@ def _run(cfg: TrainConfig, data_uri: str, out: Path, resume: bool, init_model: s
     (animegen.parallel) every rank runs this; rank 0 alone writes files."""
     given, cfg = cfg, cfg.with_arch_defaults()
     device = resolve_device(cfg.device)
+    reset_peak_memory(device)  # this run's peak, not that of what the process ran before
     w = parallel.init(device.type)
     if cfg.batch % w.size:
         raise ValueError(f"--batch {cfg.batch} is the global batch: it must divide among {w.size} processes")
